@@ -1,0 +1,112 @@
+//! The command line: `vtguard run`, `vtguard kernel status|detach`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    config::{Config, DEFAULT_BPFFS},
+    kernel::{self, KernelStatus},
+    telemetry::LogFormat,
+};
+
+/// vtguard: Vitess transport security, pinned in the kernel.
+#[derive(Debug, Parser)]
+#[command(name = "vtguard", version, about)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: attach (or adopt) the kernel programs and enforce the config's policy.
+    Run {
+        /// The agent's TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Inspect or remove the kernel programs.
+    Kernel {
+        #[command(subcommand)]
+        command: KernelCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// Attached programs, pinned maps, policy, counters and the last denials.
+    Status {
+        #[command(flatten)]
+        pins: PinArgs,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach every program and remove the pins: protected ports open up again.
+    Detach {
+        #[command(flatten)]
+        pins: PinArgs,
+    },
+}
+
+/// Where the pins are: from a config file, or given directly.
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Take [kernel] bpffs from this agent config.
+    #[arg(long, short, conflicts_with = "bpffs")]
+    pub config: Option<PathBuf>,
+    /// The bpffs folder holding vtguard's pins.
+    #[arg(long)]
+    pub bpffs: Option<PathBuf>,
+}
+
+impl PinArgs {
+    fn dir(&self) -> anyhow::Result<PathBuf> {
+        Ok(match (&self.config, &self.bpffs) {
+            (Some(c), _) => Config::load(c)?.kernel.bpffs,
+            (None, Some(b)) => b.clone(),
+            (None, None) => PathBuf::from(DEFAULT_BPFFS),
+        })
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            crate::app::run(config)
+        }
+        Command::Kernel { command: KernelCommand::Status { pins, json } } => {
+            let dir = pins.dir()?;
+            let st = KernelStatus::read(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st).context("encoding status")?);
+            } else {
+                print!("{st}");
+            }
+            Ok(())
+        }
+        Command::Kernel { command: KernelCommand::Detach { pins } } => {
+            let dir = pins.dir()?;
+            let report = kernel::detach(&dir)?;
+            if report.pins_removed == 0 {
+                println!("nothing pinned under {}: nothing to detach", dir.display());
+            } else {
+                println!(
+                    "detached {} program(s) [{}], removed {} pin(s) and {}",
+                    report.links_detached.len(),
+                    report.links_detached.join(", "),
+                    report.pins_removed,
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+    }
+}

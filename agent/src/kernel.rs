@@ -1,0 +1,555 @@
+//! The kernel half of vtguard: loads the eBPF programs, attaches them to a cgroup2 directory,
+//! pins programs' links and maps under a bpffs folder so that they outlive the agent, adopts
+//! what a previous agent pinned, and offers the API the proxies use: register a socket under
+//! an identity, connect, unregister.
+//!
+//! Fail closed: the pinned links keep the programs attached after the agent exits or dies.
+//! Only [`detach`] (`vtguard kernel detach`) removes them.
+
+mod events;
+mod policy;
+mod socket;
+mod status;
+pub mod sys;
+
+use std::{
+    fs,
+    io,
+    os::{
+        fd::{AsFd, BorrowedFd, OwnedFd},
+        unix::fs::DirBuilderExt,
+    },
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{
+        links::{FdLink, PinnedLink},
+        ProgramError,
+    },
+    Ebpf, EbpfLoader,
+};
+use tracing::{info, warn};
+use vtguard_common::{
+    maps as map_names, programs as prog_names, DenyEvent, FlowKey, FlowValue, LAYOUT_VERSION,
+    COUNTER_SLOTS,
+};
+
+pub use events::{Denial, EventReader};
+pub use policy::{IdentityTable, PolicySummary};
+pub use socket::Registration;
+pub use status::{detach, DetachReport, KernelStatus, LinkStatus};
+
+use crate::config::{KernelConfig, KernelPolicy};
+
+/// The eBPF object, built by `cargo xtask build-ebpf` and committed.
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf/prebuilt/vtguard.bpf.o"));
+
+/// What went wrong in the kernel layer. Each message names the cause and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("vtguard needs root to load and attach eBPF programs (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN): run it as root")]
+    NotRoot,
+    #[error("no cgroup2 filesystem is mounted (none in /proc/mounts): mount one with `mount -t cgroup2 none /sys/fs/cgroup` or set [kernel] cgroup")]
+    NoCgroup2,
+    #[error("cgroup {path} is not a cgroup2 directory: set [kernel] cgroup to a directory of the cgroup2 mount (see `grep cgroup2 /proc/mounts`)")]
+    NotCgroup2 { path: PathBuf },
+    #[error("bpffs {path}: {parent} is not a BPF filesystem: mount one with `mount -t bpf bpf {parent}` or set [kernel] bpffs to a folder under a mounted bpffs")]
+    NotBpffs { path: PathBuf, parent: PathBuf },
+    #[error("bpffs {path} is in use by another running vtguard agent: stop it first, or give this one another [kernel] bpffs")]
+    Busy { path: PathBuf },
+    #[error("bpffs {path}: maps pinned there have layout version {found}, this vtguard needs {expected}: run `vtguard kernel detach --bpffs {path}` and start again")]
+    Layout {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("kernel refused program {name} ({section}): {detail}: this kernel may lack that program type or helper; vtguard needs Linux 5.8 or newer with CONFIG_CGROUP_BPF and BTF")]
+    Program {
+        name: &'static str,
+        section: &'static str,
+        detail: String,
+    },
+    #[error("pinned map {name} under {path}: {source}")]
+    Map {
+        name: &'static str,
+        path: PathBuf,
+        source: MapError,
+    },
+    #[error("pinning link {path}: {detail}")]
+    Pin { path: PathBuf, detail: String },
+    #[error("kernel map {name}: {source}")]
+    MapOp {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("socket: {0}")]
+    Socket(io::Error),
+}
+
+/// Whether to attach the programs (the agent) or only open the maps (benchmark baselines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    Yes,
+    /// Load and pin the maps, attach nothing.
+    MapsOnly,
+}
+
+/// How a program came to be attached when the agent started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Attached by this agent.
+    Attached,
+    /// Found pinned (a previous agent attached it) and reused.
+    Adopted,
+}
+
+/// One attached program, as the agent found or made it.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub program: &'static str,
+    pub origin: Origin,
+    pub link_id: u32,
+    pub program_id: u32,
+}
+
+/// The handle on vtguard's kernel state. Shared by the proxies (behind an `Arc`).
+pub struct Kernel {
+    pin_dir: PathBuf,
+    cgroup: PathBuf,
+    attachments: Vec<Attachment>,
+    identities: Mutex<IdentityTable>,
+    sockets: Mutex<HashMap<MapData, u64, vtguard_common::SocketEntry>>,
+    policy: Mutex<policy::PolicyMaps>,
+    counters: PerCpuArray<MapData, u64>,
+    flows: Mutex<HashMap<MapData, FlowKey, FlowValue>>,
+    events: Mutex<Option<RingBuf<MapData>>>,
+    recent: Mutex<Array<MapData, DenyEvent>>,
+    tally: events::DenialTally,
+    // Held while the agent runs: a second agent on the same folder is refused.
+    _lock: sys::DirLock,
+}
+
+/// Program name, ELF section (for messages), link pin file name.
+const PROGRAMS: [(&str, &str); 4] = [
+    (prog_names::SOCK_OPS, "sockops"),
+    (prog_names::CONNECT4, "cgroup/connect4"),
+    (prog_names::CONNECT6, "cgroup/connect6"),
+    (prog_names::INGRESS, "cgroup_skb/ingress"),
+];
+
+/// The pin path of a program's link.
+pub fn link_pin(dir: &Path, program: &str) -> PathBuf {
+    dir.join(format!("link_{program}"))
+}
+
+/// The cgroup2 directory to attach to: the configured one, or the cgroup2 root.
+pub fn resolve_cgroup(configured: Option<&Path>) -> Result<PathBuf, Error> {
+    let path = match configured {
+        Some(p) => p.to_owned(),
+        None => {
+            let mounts = fs::read_to_string("/proc/mounts").map_err(|source| Error::Io {
+                what: "reading",
+                path: "/proc/mounts".into(),
+                source,
+            })?;
+            sys::cgroup2_mount(&mounts).ok_or(Error::NoCgroup2)?
+        }
+    };
+    match sys::fs_magic(&path) {
+        Ok(m) if m == sys::CGROUP2_SUPER_MAGIC => Ok(path),
+        _ => Err(Error::NotCgroup2 { path }),
+    }
+}
+
+/// Checks that `dir` can hold pins: it, or the folder it would be created in, is on bpffs.
+pub fn check_bpffs(dir: &Path) -> Result<(), Error> {
+    let probe = if dir.exists() {
+        dir.to_owned()
+    } else {
+        dir.parent().map(Path::to_owned).unwrap_or_else(|| "/".into())
+    };
+    match sys::fs_magic(&probe) {
+        Ok(m) if m == sys::BPF_FS_MAGIC => Ok(()),
+        _ => Err(Error::NotBpffs {
+            path: dir.to_owned(),
+            parent: probe,
+        }),
+    }
+}
+
+impl Kernel {
+    /// Attaches the programs (or adopts the pinned ones) and installs `cfg.policy`.
+    ///
+    /// On error nothing this call attached stays attached, and a pin folder this call created
+    /// is removed again.
+    pub fn start(cfg: &KernelConfig, attach: Attach) -> Result<Self, Error> {
+        if !sys::is_root() {
+            return Err(Error::NotRoot);
+        }
+        let cgroup = resolve_cgroup(cfg.cgroup.as_deref())?;
+        let dir = cfg.bpffs.clone();
+        check_bpffs(&dir)?;
+        let created_dir = !dir.exists();
+        if created_dir {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| Error::Io {
+                    what: "creating pin folder",
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
+        let result = Self::start_in(&dir, cgroup, &cfg.policy, attach);
+        if result.is_err() && created_dir {
+            remove_pins(&dir);
+        }
+        result
+    }
+
+    fn start_in(
+        dir: &Path,
+        cgroup: PathBuf,
+        kernel_policy: &KernelPolicy,
+        attach: Attach,
+    ) -> Result<Self, Error> {
+        let lock = sys::DirLock::try_lock(dir)
+            .map_err(|source| Error::Io {
+                what: "locking pin folder",
+                path: dir.to_owned(),
+                source,
+            })?
+            .ok_or_else(|| Error::Busy {
+                path: dir.to_owned(),
+            })?;
+        check_layout(dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(dir)
+            .load(EBPF_OBJECT)?;
+        let mut meta: Array<MapData, u32> = open_map(dir, map_names::META)?;
+        meta.set(0, LAYOUT_VERSION, 0).map_err(|source| Error::MapOp {
+            name: map_names::META,
+            source,
+        })?;
+
+        // Sockets registered by a previous agent died with it; their cookies are never reused,
+        // but there is no reason to keep them.
+        let mut sockets: HashMap<MapData, u64, vtguard_common::SocketEntry> =
+            open_map(dir, map_names::SOCKETS)?;
+        let stale: Vec<u64> = sockets.keys().filter_map(Result::ok).collect();
+        for cookie in stale {
+            let _ = sockets.remove(&cookie);
+        }
+
+        // Policy goes in before anything is attached, so the first verdict is already right.
+        let mut identities = IdentityTable::default();
+        let mut policy_maps = policy::PolicyMaps::open(dir)?;
+        let summary = policy_maps.install(kernel_policy, &mut identities)?;
+        info!(
+            protected_ports = ?summary.protected_ports,
+            grants = summary.grants,
+            generation = summary.generation,
+            "kernel policy installed"
+        );
+
+        let attachments = match attach {
+            Attach::Yes => attach_all(&mut ebpf, dir, &cgroup)?,
+            Attach::MapsOnly => Vec::new(),
+        };
+        // The links are pinned (or unneeded): dropping the loaded object detaches nothing.
+        drop(ebpf);
+
+        let recent: Array<MapData, DenyEvent> = open_map(dir, map_names::RECENT)?;
+        Ok(Kernel {
+            pin_dir: dir.to_owned(),
+            cgroup,
+            attachments,
+            identities: Mutex::new(identities),
+            sockets: Mutex::new(sockets),
+            policy: Mutex::new(policy_maps),
+            counters: open_map(dir, map_names::COUNTERS)?,
+            flows: Mutex::new(open_map(dir, map_names::FLOWS)?),
+            events: Mutex::new(Some(open_map(dir, map_names::EVENTS)?)),
+            recent: Mutex::new(recent),
+            tally: events::DenialTally::default(),
+            _lock: lock,
+        })
+    }
+
+    /// The bpffs folder holding the pins.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The cgroup2 directory the programs are attached to.
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// The programs attached, and whether this agent attached or adopted each.
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    /// Replaces the kernel policy. Programs see the old policy or the new one, never a mix:
+    /// the new one is written into the inactive generation, then the generation flips.
+    pub fn apply_policy(&self, policy: &KernelPolicy) -> Result<PolicySummary, Error> {
+        let mut maps = lock(&self.policy);
+        let mut ids = lock(&self.identities);
+        maps.install(policy, &mut ids)
+    }
+
+    /// Decision counters, summed over CPUs, in [`vtguard_common::Counter`] order.
+    pub fn counters(&self) -> Result<[u64; COUNTER_SLOTS as usize], Error> {
+        read_counters(&self.counters)
+    }
+
+    /// The number of recorded flows (connections made by registered sockets).
+    pub fn flow_count(&self) -> usize {
+        lock(&self.flows).keys().filter(Result::is_ok).count()
+    }
+
+    /// The name of an identity id, as the kernel maps carry them.
+    pub fn identity_name(&self, id: u32) -> Option<String> {
+        lock(&self.identities).name(id).map(str::to_owned)
+    }
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel")
+            .field("pin_dir", &self.pin_dir)
+            .field("cgroup", &self.cgroup)
+            .field("attachments", &self.attachments)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves the map itself consistent (each kernel
+    // update is one syscall), so a poisoned lock is still safe to use.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn open_map<T>(dir: &Path, name: &'static str) -> Result<T, Error>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).map_err(|source| Error::Map {
+        name,
+        path: path.clone(),
+        source,
+    })?;
+    let map = Map::from_map_data(data).map_err(|source| Error::Map {
+        name,
+        path: path.clone(),
+        source,
+    })?;
+    T::try_from(map).map_err(|source| Error::Map { name, path, source })
+}
+
+fn read_counters(m: &PerCpuArray<MapData, u64>) -> Result<[u64; COUNTER_SLOTS as usize], Error> {
+    let mut out = [0u64; COUNTER_SLOTS as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let per_cpu = m.get(&(i as u32), 0).map_err(|source| Error::MapOp {
+            name: map_names::COUNTERS,
+            source,
+        })?;
+        *slot = per_cpu.iter().sum();
+    }
+    Ok(out)
+}
+
+/// Refuses pinned maps of another layout (a vtguard of another version pinned them).
+fn check_layout(dir: &Path) -> Result<(), Error> {
+    let path = dir.join(map_names::META);
+    if !path.exists() {
+        return Ok(());
+    }
+    let meta: Array<MapData, u32> = open_map(dir, map_names::META)?;
+    let found = meta.get(&0, 0).map_err(|source| Error::MapOp {
+        name: map_names::META,
+        source,
+    })?;
+    // 0: the maps were created but the agent died before it wrote the version.
+    if found != LAYOUT_VERSION && found != 0 {
+        return Err(Error::Layout {
+            path: dir.to_owned(),
+            found,
+            expected: LAYOUT_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Attaches every program whose link is not pinned yet, adopts the others, then pins the new
+/// links. If anything fails, the links made here are closed (which detaches them).
+fn attach_all(ebpf: &mut Ebpf, dir: &Path, cgroup: &Path) -> Result<Vec<Attachment>, Error> {
+    let cg = fs::File::open(cgroup).map_err(|source| Error::Io {
+        what: "opening cgroup",
+        path: cgroup.to_owned(),
+        source,
+    })?;
+    let mut adopted = Vec::new();
+    let mut fresh: Vec<(&'static str, OwnedFd)> = Vec::new();
+    for (name, section) in PROGRAMS {
+        let pin = link_pin(dir, name);
+        if pin.exists() {
+            match link_info(&pin) {
+                Ok(a) if a.program_id != 0 => {
+                    adopted.push(Attachment { origin: Origin::Adopted, ..a });
+                    continue;
+                }
+                Ok(_) => warn!(pin = %pin.display(), "pinned link was detached; attaching anew"),
+                Err(e) => warn!(pin = %pin.display(), error = %e, "pinned link unusable; attaching anew"),
+            }
+            // Not a live link: replace it rather than run unprotected.
+            let _ = fs::remove_file(&pin);
+        }
+        fresh.push((name, attach_one(ebpf, cg.as_fd(), name, section)?));
+    }
+    // Pin only once every program is attached, so that a failure above leaves nothing behind.
+    let mut pinned_now: Vec<PathBuf> = Vec::new();
+    for (name, link) in &fresh {
+        let pin = link_pin(dir, name);
+        if let Err(e) = sys::bpf_obj_pin(link.as_fd(), &pin) {
+            for p in &pinned_now {
+                let _ = fs::remove_file(p);
+            }
+            // `fresh` drops here: its links close and detach.
+            return Err(Error::Pin {
+                path: pin,
+                detail: e.to_string(),
+            });
+        }
+        pinned_now.push(pin);
+    }
+    let mut attachments = adopted;
+    for (name, _) in &fresh {
+        let pin = link_pin(dir, name);
+        let a = link_info(&pin).map_err(|e| Error::Pin { path: pin, detail: e.to_string() })?;
+        attachments.push(Attachment { origin: Origin::Attached, ..a });
+    }
+    // Keep the attach order in reports.
+    attachments.sort_by_key(|a| PROGRAMS.iter().position(|(n, _)| *n == a.program));
+    Ok(attachments)
+}
+
+/// Reads a pinned link's ids.
+fn link_info(pin: &Path) -> Result<Attachment, aya::programs::links::LinkError> {
+    let link = FdLink::from(PinnedLink::from_pin(pin)?);
+    let info = link.info()?;
+    let name = pin
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("link_"))
+        .and_then(|n| PROGRAMS.iter().find(|(p, _)| *p == n))
+        .map_or("unknown", |(p, _)| *p);
+    Ok(Attachment {
+        program: name,
+        origin: Origin::Adopted,
+        link_id: info.id(),
+        program_id: info.program_id(),
+    })
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    cg: BorrowedFd<'_>,
+    name: &'static str,
+    section: &'static str,
+) -> Result<OwnedFd, Error> {
+    use aya::programs::Program;
+    let refused = |detail: String| Error::Program {
+        name,
+        section,
+        detail,
+    };
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| refused("not in the embedded eBPF object".into()))?;
+    let (fd, attach_type) = match prog {
+        Program::SockOps(p) => {
+            p.load().map_err(|e| refused(program_error(&e)))?;
+            (p.fd().map_err(|e| refused(program_error(&e)))?.as_fd(), sys::attach_type::CGROUP_SOCK_OPS)
+        }
+        Program::CgroupSockAddr(p) => {
+            p.load().map_err(|e| refused(program_error(&e)))?;
+            let t = if name == prog_names::CONNECT4 {
+                sys::attach_type::CGROUP_INET4_CONNECT
+            } else {
+                sys::attach_type::CGROUP_INET6_CONNECT
+            };
+            (p.fd().map_err(|e| refused(program_error(&e)))?.as_fd(), t)
+        }
+        Program::CgroupSkb(p) => {
+            p.load().map_err(|e| refused(program_error(&e)))?;
+            (p.fd().map_err(|e| refused(program_error(&e)))?.as_fd(), sys::attach_type::CGROUP_INET_INGRESS)
+        }
+        _ => return Err(refused("unexpected program type in the eBPF object".into())),
+    };
+    sys::bpf_link_create(fd, cg, attach_type).map_err(|e| refused(format!("attach failed: {e}")))
+}
+
+/// One line: the syscall error, and the verifier's last words when there are some.
+fn program_error(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            tracing::debug!(verifier_log = %log, "verifier log");
+            // The verifier ends with statistics; the reason is the line before them.
+            let last = log
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| {
+                    !l.is_empty()
+                        && !["processed ", "verification time", "stack depth"]
+                            .iter()
+                            .any(|p| l.starts_with(p))
+                })
+                .unwrap_or("");
+            if last.is_empty() {
+                format!("load failed: {io_error}")
+            } else {
+                format!("load failed: {io_error} (verifier: {})", last.trim())
+            }
+        }
+        other => {
+            let mut s = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(e) = src {
+                s.push_str(": ");
+                s.push_str(&e.to_string());
+                src = e.source();
+            }
+            s
+        }
+    }
+}
+
+/// Removes every pin in `dir` and the folder itself (best effort).
+fn remove_pins(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}

@@ -1,0 +1,164 @@
+//! The kernel half of policy: protected ports and which identity may reach which port, in two
+//! generations so that a swap is seen whole or not at all.
+
+use std::{
+    collections::{BTreeSet, HashMap as StdHashMap},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, HashMap, MapData};
+use vtguard_common::{maps as map_names, AccessKey, PortKey};
+
+use super::{open_map, Error};
+use crate::config::KernelPolicy;
+
+/// How long a retired generation stays untouched after a flip. A program that read the old
+/// generation number just before the flip finishes its lookups long before this; only then may
+/// the next swap rewrite that generation.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// Identity names and the small integers the kernel maps carry for them. Ids are never reused
+/// while the agent runs, so a socket registered under an id keeps meaning that identity.
+#[derive(Debug, Default)]
+pub struct IdentityTable {
+    by_name: StdHashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl IdentityTable {
+    /// The id of `name`, allocated on first use (ids start at 1; 0 means "none").
+    pub fn id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.by_name.get(name) {
+            return *id;
+        }
+        self.names.push(name.to_owned());
+        let id = self.names.len() as u32;
+        self.by_name.insert(name.to_owned(), id);
+        id
+    }
+
+    /// The name of `id`, if it was allocated.
+    pub fn name(&self, id: u32) -> Option<&str> {
+        let i = usize::try_from(id).ok()?.checked_sub(1)?;
+        self.names.get(i).map(String::as_str)
+    }
+}
+
+/// What an installed policy amounts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySummary {
+    /// The generation now active.
+    pub generation: u32,
+    pub protected_ports: BTreeSet<u16>,
+    /// Number of (identity, port) grants.
+    pub grants: usize,
+}
+
+pub(super) struct PolicyMaps {
+    generation: Array<MapData, u32>,
+    protected: HashMap<MapData, PortKey, u32>,
+    access: HashMap<MapData, AccessKey, u32>,
+    last_flip: Option<Instant>,
+}
+
+impl PolicyMaps {
+    pub(super) fn open(dir: &Path) -> Result<Self, Error> {
+        Ok(Self {
+            generation: open_map(dir, map_names::POLICY_GEN)?,
+            protected: open_map(dir, map_names::PROTECTED)?,
+            access: open_map(dir, map_names::ACCESS)?,
+            last_flip: None,
+        })
+    }
+
+    /// Writes `policy` into the inactive generation, then makes it the active one. If writing
+    /// fails half-way, the active generation is untouched.
+    pub(super) fn install(
+        &mut self,
+        policy: &KernelPolicy,
+        ids: &mut IdentityTable,
+    ) -> Result<PolicySummary, Error> {
+        if let Some(t) = self.last_flip {
+            let since = t.elapsed();
+            if since < GRACE {
+                std::thread::sleep(GRACE - since);
+            }
+        }
+        let op = |name| move |source| Error::MapOp { name, source };
+        let current = self
+            .generation
+            .get(&0, 0)
+            .map_err(op(map_names::POLICY_GEN))?
+            & 1;
+        let next = current ^ 1;
+
+        // Clear what an earlier swap left in the generation about to be written.
+        let stale_ports: Vec<PortKey> = self
+            .protected
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.generation == next)
+            .collect();
+        for k in stale_ports {
+            self.protected.remove(&k).map_err(op(map_names::PROTECTED))?;
+        }
+        let stale_access: Vec<AccessKey> = self
+            .access
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.generation == next)
+            .collect();
+        for k in stale_access {
+            self.access.remove(&k).map_err(op(map_names::ACCESS))?;
+        }
+
+        let mut grants = 0;
+        for &port in &policy.protected_ports {
+            let key = PortKey {
+                generation: next,
+                port,
+                _pad: 0,
+            };
+            self.protected
+                .insert(key, 1, 0)
+                .map_err(op(map_names::PROTECTED))?;
+            for name in policy.access.get(&port).into_iter().flatten() {
+                let key = AccessKey {
+                    generation: next,
+                    identity: ids.id(name),
+                    port,
+                    _pad: [0; 3],
+                };
+                self.access.insert(key, 1, 0).map_err(op(map_names::ACCESS))?;
+                grants += 1;
+            }
+        }
+        self.generation
+            .set(0, next, 0)
+            .map_err(op(map_names::POLICY_GEN))?;
+        self.last_flip = Some(Instant::now());
+        Ok(PolicySummary {
+            generation: next,
+            protected_ports: policy.protected_ports.clone(),
+            grants,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_ids_are_stable_and_start_at_one() {
+        let mut t = IdentityTable::default();
+        assert_eq!(t.id("vtgate client 1"), 1);
+        assert_eq!(t.id("vtgate client 2"), 2);
+        assert_eq!(t.id("vtgate client 1"), 1);
+        assert_eq!(t.name(1), Some("vtgate client 1"));
+        assert_eq!(t.name(2), Some("vtgate client 2"));
+        assert_eq!(t.name(0), None);
+        assert_eq!(t.name(3), None);
+    }
+}

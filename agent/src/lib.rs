@@ -1,0 +1,8 @@
+//! vtguard: a node agent that enforces the Vitess transport security model, with the kernel's
+//! help. See DESIGN.md for the architecture; this crate is the userspace half.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod kernel;
+pub mod telemetry;

@@ -1,0 +1,28 @@
+//! vtguard's kernel programs: only sockets vtguard registered may reach a protected port.
+//!
+//! - `connect` (cgroup/connect4, cgroup/connect6): connect() to a protected port needs a
+//!   registered socket cookie whose identity may reach that port; otherwise EPERM.
+//! - `flow` (sockops): when a registered socket connects, its 4-tuple is recorded.
+//! - `ingress` (cgroup_skb/ingress): a packet to a protected port is admitted only as part of a
+//!   recorded flow, so a connection from another host (or a hand-made packet) never completes.
+//!
+//! Every program reads the active policy generation once and looks up only that generation, so
+//! a policy swap done by the agent is seen whole or not at all.
+#![no_std]
+#![no_main]
+
+mod connect;
+mod event;
+mod flow;
+mod ingress;
+mod policy;
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// Required by the kernel for programs that call GPL-only helpers (ring buffer, cookies).
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

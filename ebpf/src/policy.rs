@@ -1,0 +1,81 @@
+//! The maps that hold policy, and the lookups every program shares.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use vtguard_common::{
+    AccessKey, Counter, DenyEvent, FlowKey, FlowValue, PortKey, SocketEntry, COUNTER_SLOTS,
+    MAX_ACCESS, MAX_FLOWS, MAX_PROTECTED, MAX_SOCKETS, RECENT_SLOTS,
+};
+
+#[map(name = "VTG_POLICY_GEN")]
+static POLICY_GEN: Array<u32> = Array::pinned(1, 0);
+
+#[map(name = "VTG_PROTECTED")]
+static PROTECTED: HashMap<PortKey, u32> = HashMap::pinned(MAX_PROTECTED, 0);
+
+#[map(name = "VTG_ACCESS")]
+static ACCESS: HashMap<AccessKey, u32> = HashMap::pinned(MAX_ACCESS, 0);
+
+#[map(name = "VTG_SOCKETS")]
+pub static SOCKETS: HashMap<u64, SocketEntry> = HashMap::pinned(MAX_SOCKETS, 0);
+
+#[map(name = "VTG_FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(MAX_FLOWS, 0);
+
+#[map(name = "VTG_COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+/// Layout version of these maps, written by the agent (the programs never read it).
+#[map(name = "VTG_META")]
+static META: Array<u32> = Array::pinned(1, 0);
+
+/// The last denials, written by the agent for `vtguard kernel status` (never read here).
+#[map(name = "VTG_RECENT")]
+static RECENT: Array<DenyEvent> = Array::pinned(RECENT_SLOTS, 0);
+
+/// The active policy generation (0 or 1).
+#[inline(always)]
+pub fn generation() -> u32 {
+    match POLICY_GEN.get(0) {
+        Some(g) => *g,
+        None => 0,
+    }
+}
+
+/// Whether `port` is protected in generation `generation`.
+#[inline(always)]
+pub fn is_protected(generation: u32, port: u16) -> bool {
+    let key = PortKey {
+        generation,
+        port,
+        _pad: 0,
+    };
+    PROTECTED.get_ptr(&key).is_some()
+}
+
+/// Whether `identity` may reach `port` in generation `generation`.
+#[inline(always)]
+pub fn may_reach(generation: u32, identity: u32, port: u16) -> bool {
+    let key = AccessKey {
+        generation,
+        identity,
+        port,
+        _pad: [0; 3],
+    };
+    ACCESS.get_ptr(&key).is_some()
+}
+
+/// The identity a socket was registered under, if it was.
+#[inline(always)]
+pub fn registered_identity(cookie: u64) -> Option<u32> {
+    SOCKETS.get_ptr(&cookie).map(|e| unsafe { (*e).identity })
+}
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(counter as u32) {
+        unsafe { *p += 1 };
+    }
+}
