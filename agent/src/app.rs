@@ -85,8 +85,12 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
 fn reload(kernel: &Kernel, config: &Config) {
     match Config::load(&config.source) {
         Ok(new) => match kernel.apply_policy(&new.kernel.policy) {
-            Ok(s) => info!(generation = s.generation, protected_ports = ?s.protected_ports, grants = s.grants, "kernel policy reloaded"),
-            Err(e) => error!(error = %e, "kernel policy reload failed; the previous policy stays in force"),
+            Ok(s) => {
+                info!(generation = s.generation, protected_ports = ?s.protected_ports, grants = s.grants, "kernel policy reloaded")
+            }
+            Err(e) => {
+                error!(error = %e, "kernel policy reload failed; the previous policy stays in force")
+            }
         },
         Err(e) => error!(error = %e, "config reload failed; the previous policy stays in force"),
     }
@@ -98,7 +102,9 @@ fn warn_ephemeral_overlap(ports: &std::collections::BTreeSet<u16>) {
     let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
         return;
     };
-    let mut it = text.split_whitespace().filter_map(|s| s.parse::<u16>().ok());
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|s| s.parse::<u16>().ok());
     if let (Some(lo), Some(hi)) = (it.next(), it.next()) {
         for p in ports.iter().filter(|p| (lo..=hi).contains(*p)) {
             warn!(port = p, range = %format!("{lo}-{hi}"), "protected port lies in the ephemeral port range: outgoing connections may be given it as their local port; move the service or narrow net.ipv4.ip_local_port_range");

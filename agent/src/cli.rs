@@ -82,17 +82,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             crate::app::run(config)
         }
-        Command::Kernel { command: KernelCommand::Status { pins, json } } => {
+        Command::Kernel {
+            command: KernelCommand::Status { pins, json },
+        } => {
             let dir = pins.dir()?;
             let st = KernelStatus::read(&dir)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&st).context("encoding status")?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&st).context("encoding status")?
+                );
             } else {
                 print!("{st}");
             }
             Ok(())
         }
-        Command::Kernel { command: KernelCommand::Detach { pins } } => {
+        Command::Kernel {
+            command: KernelCommand::Detach { pins },
+        } => {
             let dir = pins.dir()?;
             let report = kernel::detach(&dir)?;
             if report.pins_removed == 0 {

@@ -116,7 +116,8 @@ impl Config {
         }
         let mut protected_ports = BTreeSet::new();
         for p in &k.protected_ports {
-            let port = valid_port(*p).map_err(|m| invalid(format!("[kernel] protected-ports: {m}")))?;
+            let port =
+                valid_port(*p).map_err(|m| invalid(format!("[kernel] protected-ports: {m}")))?;
             if !protected_ports.insert(port) {
                 return Err(invalid(format!(
                     "[kernel] protected-ports lists {port} twice: list each port once"
@@ -125,7 +126,8 @@ impl Config {
         }
         let mut access: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
         for a in &k.access {
-            let port = valid_port(a.port).map_err(|m| invalid(format!("[[kernel.access]] port: {m}")))?;
+            let port =
+                valid_port(a.port).map_err(|m| invalid(format!("[[kernel.access]] port: {m}")))?;
             if !protected_ports.contains(&port) {
                 return Err(invalid(format!(
                     "[[kernel.access]] port {port} is not in [kernel] protected-ports: add it there or remove this entry"
@@ -232,7 +234,10 @@ mod tests {
         let e = err("[kernel]\nprotected-ports = [16991]\nprotected-port = 3\n");
         assert!(e.contains("unknown field `protected-port`"), "{e}");
         let e = err("[kernel]\nprotected-ports = [0]\n");
-        assert!(e.contains("protected-ports: 0 is not a TCP port: use 1-65535"), "{e}");
+        assert!(
+            e.contains("protected-ports: 0 is not a TCP port: use 1-65535"),
+            "{e}"
+        );
         let e = err("[kernel]\nprotected-ports = [70000]\n");
         assert!(e.contains("70000 is not a TCP port"), "{e}");
         let e = err("[kernel]\nprotected-ports = []\n");
@@ -244,7 +249,10 @@ mod tests {
         let e = err(
             "[kernel]\nprotected-ports = [5]\n[[kernel.access]]\nport = 6\nidentities = [\"a\"]\n",
         );
-        assert!(e.contains("port 6 is not in [kernel] protected-ports"), "{e}");
+        assert!(
+            e.contains("port 6 is not in [kernel] protected-ports"),
+            "{e}"
+        );
         let e = err(
             "[kernel]\nprotected-ports = [5]\n[[kernel.access]]\nport = 5\nidentities = [\"\"]\n",
         );
@@ -260,6 +268,9 @@ mod tests {
         let e = Config::load(Path::new("/nonexistent/vtguard.toml"))
             .expect_err("missing file")
             .to_string();
-        assert!(e.starts_with("reading config /nonexistent/vtguard.toml: "), "{e}");
+        assert!(
+            e.starts_with("reading config /nonexistent/vtguard.toml: "),
+            "{e}"
+        );
     }
 }

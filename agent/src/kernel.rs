@@ -13,8 +13,7 @@ mod status;
 pub mod sys;
 
 use std::{
-    fs,
-    io,
+    fs, io,
     os::{
         fd::{AsFd, BorrowedFd, OwnedFd},
         unix::fs::DirBuilderExt,
@@ -33,8 +32,8 @@ use aya::{
 };
 use tracing::{info, warn};
 use vtguard_common::{
-    maps as map_names, programs as prog_names, DenyEvent, FlowKey, FlowValue, LAYOUT_VERSION,
-    COUNTER_SLOTS,
+    maps as map_names, programs as prog_names, DenyEvent, FlowKey, FlowValue, COUNTER_SLOTS,
+    LAYOUT_VERSION,
 };
 
 pub use events::{Denial, EventReader};
@@ -45,8 +44,10 @@ pub use status::{detach, DetachReport, KernelStatus, LinkStatus};
 use crate::config::{KernelConfig, KernelPolicy};
 
 /// The eBPF object, built by `cargo xtask build-ebpf` and committed.
-static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf/prebuilt/vtguard.bpf.o"));
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../ebpf/prebuilt/vtguard.bpf.o"
+));
 
 /// What went wrong in the kernel layer. Each message names the cause and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +179,9 @@ pub fn check_bpffs(dir: &Path) -> Result<(), Error> {
     let probe = if dir.exists() {
         dir.to_owned()
     } else {
-        dir.parent().map(Path::to_owned).unwrap_or_else(|| "/".into())
+        dir.parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| "/".into())
     };
     match sys::fs_magic(&probe) {
         Ok(m) if m == sys::BPF_FS_MAGIC => Ok(()),
@@ -239,10 +242,11 @@ impl Kernel {
             .default_map_pin_directory(dir)
             .load(EBPF_OBJECT)?;
         let mut meta: Array<MapData, u32> = open_map(dir, map_names::META)?;
-        meta.set(0, LAYOUT_VERSION, 0).map_err(|source| Error::MapOp {
-            name: map_names::META,
-            source,
-        })?;
+        meta.set(0, LAYOUT_VERSION, 0)
+            .map_err(|source| Error::MapOp {
+                name: map_names::META,
+                source,
+            })?;
 
         // Sockets registered by a previous agent died with it; their cookies are never reused,
         // but there is no reason to keep them.
@@ -410,11 +414,16 @@ fn attach_all(ebpf: &mut Ebpf, dir: &Path, cgroup: &Path) -> Result<Vec<Attachme
         if pin.exists() {
             match link_info(&pin) {
                 Ok(a) if a.program_id != 0 => {
-                    adopted.push(Attachment { origin: Origin::Adopted, ..a });
+                    adopted.push(Attachment {
+                        origin: Origin::Adopted,
+                        ..a
+                    });
                     continue;
                 }
                 Ok(_) => warn!(pin = %pin.display(), "pinned link was detached; attaching anew"),
-                Err(e) => warn!(pin = %pin.display(), error = %e, "pinned link unusable; attaching anew"),
+                Err(e) => {
+                    warn!(pin = %pin.display(), error = %e, "pinned link unusable; attaching anew")
+                }
             }
             // Not a live link: replace it rather than run unprotected.
             let _ = fs::remove_file(&pin);
@@ -440,8 +449,14 @@ fn attach_all(ebpf: &mut Ebpf, dir: &Path, cgroup: &Path) -> Result<Vec<Attachme
     let mut attachments = adopted;
     for (name, _) in &fresh {
         let pin = link_pin(dir, name);
-        let a = link_info(&pin).map_err(|e| Error::Pin { path: pin, detail: e.to_string() })?;
-        attachments.push(Attachment { origin: Origin::Attached, ..a });
+        let a = link_info(&pin).map_err(|e| Error::Pin {
+            path: pin,
+            detail: e.to_string(),
+        })?;
+        attachments.push(Attachment {
+            origin: Origin::Attached,
+            ..a
+        });
     }
     // Keep the attach order in reports.
     attachments.sort_by_key(|a| PROGRAMS.iter().position(|(n, _)| *n == a.program));
@@ -484,7 +499,10 @@ fn attach_one(
     let (fd, attach_type) = match prog {
         Program::SockOps(p) => {
             p.load().map_err(|e| refused(program_error(&e)))?;
-            (p.fd().map_err(|e| refused(program_error(&e)))?.as_fd(), sys::attach_type::CGROUP_SOCK_OPS)
+            (
+                p.fd().map_err(|e| refused(program_error(&e)))?.as_fd(),
+                sys::attach_type::CGROUP_SOCK_OPS,
+            )
         }
         Program::CgroupSockAddr(p) => {
             p.load().map_err(|e| refused(program_error(&e)))?;
@@ -497,7 +515,10 @@ fn attach_one(
         }
         Program::CgroupSkb(p) => {
             p.load().map_err(|e| refused(program_error(&e)))?;
-            (p.fd().map_err(|e| refused(program_error(&e)))?.as_fd(), sys::attach_type::CGROUP_INET_INGRESS)
+            (
+                p.fd().map_err(|e| refused(program_error(&e)))?.as_fd(),
+                sys::attach_type::CGROUP_INET_INGRESS,
+            )
         }
         _ => return Err(refused("unexpected program type in the eBPF object".into())),
     };

@@ -45,7 +45,9 @@ mod tests {
     #[test]
     fn causes_already_quoted_are_not_repeated() {
         let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
-        let e = anyhow::Error::new(inner).context("reading /x: No such file").context("starting");
+        let e = anyhow::Error::new(inner)
+            .context("reading /x: No such file")
+            .context("starting");
         assert_eq!(one_line(&e), "starting: reading /x: No such file");
     }
 }

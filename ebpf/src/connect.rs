@@ -4,8 +4,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext,
 };
 use vtguard_common::{v4_mapped, Counter, DenyReason, HOOK_CONNECT4, HOOK_CONNECT6};
 

@@ -100,7 +100,8 @@ fn parse(ctx: &SkBuffContext) -> Parsed {
             if vihl >> 4 != 4 || ihl < 20 {
                 return Parsed::Malformed;
             }
-            let (Ok(p), Ok(s), Ok(d)) = (ctx.load::<u8>(9), ctx.load::<u32>(12), ctx.load::<u32>(16))
+            let (Ok(p), Ok(s), Ok(d)) =
+                (ctx.load::<u8>(9), ctx.load::<u32>(12), ctx.load::<u32>(16))
             else {
                 return Parsed::Malformed;
             };

@@ -1,1 +1,361 @@
-fn main(){}
+//! Project tasks: `cargo xtask build-ebpf [--check]`, `test`, `demo`, `bench`.
+
+use std::{
+    env,
+    ffi::OsString,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use sha2::{Digest, Sha256};
+
+/// The bpf-linker release that loads rustc's own LLVM (20-22) on these machines.
+const BPF_LINKER_VERSION: &str = "0.10.4";
+/// Where the built eBPF object is committed (the agent embeds it from here).
+const OBJECT: &str = "ebpf/prebuilt/vtguard.bpf.o";
+/// Debian packages the tests drive: bpftool (attachment checks), iproute2 (network
+/// namespaces), curl and python3 (real clients), util-linux (setpriv, to run as non-root).
+const APT_PACKAGES: [(&str, &str); 5] = [
+    ("bpftool", "bpftool"),
+    ("ip", "iproute2"),
+    ("curl", "curl"),
+    ("python3", "python3"),
+    ("setpriv", "util-linux"),
+];
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the kernel programs (nightly, bpf-linker) into the committed object.
+    BuildEbpf {
+        /// Rebuild and fail if the committed object differs; write nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Run every test: installs what is missing, fmt, clippy, eBPF check, unit and end-to-end
+    /// tests (the root-only kernel tests included).
+    Test,
+    /// Run the agent on the example config (as root), until Ctrl-C.
+    Demo,
+    /// Benchmarks (as root): the cost of the kernel hook per connect().
+    Bench,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = project_root();
+    match cli.task {
+        Task::BuildEbpf { check } => build_ebpf(&root, check).map(|_| ()),
+        Task::Test => test(&root),
+        Task::Demo => demo(&root),
+        Task::Bench => bench(&root),
+    }
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the project root")
+        .to_owned()
+}
+
+fn is_ci() -> bool {
+    env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {}", show(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", show(cmd)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", show(cmd));
+    }
+    Ok(())
+}
+
+fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Why the eBPF toolchain cannot be used here, with the command that fixes it.
+fn ebpf_toolchain_missing() -> Option<String> {
+    let sysroot = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let Some(sysroot) = sysroot else {
+        return Some(
+            "the nightly toolchain is missing: install it with `rustup toolchain install nightly`"
+                .into(),
+        );
+    };
+    if !sysroot.join("lib/rustlib/src/rust/library").is_dir() {
+        return Some("rust-src is missing for nightly (needed by build-std): install it with `rustup component add rust-src --toolchain nightly`".into());
+    }
+    None
+}
+
+/// Installs bpf-linker into the project-local .tools/ when it is missing; returns its bin dir.
+fn ensure_bpf_linker(root: &Path) -> Result<PathBuf> {
+    let tools = root.join(".tools/bpf-linker");
+    let bin = tools.join("bin");
+    let current = Command::new(bin.join("bpf-linker"))
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false);
+    if !current {
+        eprintln!(
+            "installing bpf-linker {BPF_LINKER_VERSION} into {} (about 2 minutes)",
+            tools.display()
+        );
+        run(Command::new("cargo")
+            .args(["+stable", "install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--root"])
+            .arg(&tools))
+        .with_context(|| {
+            format!("installing bpf-linker; by hand: cargo +stable install bpf-linker@{BPF_LINKER_VERSION} --locked --root {}", tools.display())
+        })?;
+    }
+    Ok(bin)
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Builds the eBPF object. Returns false when the toolchain is missing (the committed object
+/// keeps serving); with `check`, fails when the committed object does not match the sources.
+fn build_ebpf(root: &Path, check: bool) -> Result<bool> {
+    if let Some(why) = ebpf_toolchain_missing() {
+        eprintln!("build-ebpf: {why}; the committed {OBJECT} keeps serving");
+        return Ok(false);
+    }
+    let linker_bin = ensure_bpf_linker(root)?;
+    let crate_dir = root.join("ebpf");
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    // The object must not depend on where the project or the cargo registry lives, so that a
+    // fresh clone anywhere rebuilds it byte for byte.
+    let flags = [
+        "-C".to_owned(),
+        "debuginfo=2".to_owned(),
+        "-C".to_owned(),
+        "link-arg=--btf".to_owned(),
+        format!("--remap-path-prefix={}=/vtguard", root.display()),
+        format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
+    ]
+    .join("\x1f");
+    let mut path = OsString::from(&linker_bin);
+    path.push(":");
+    path.push(env::var_os("PATH").unwrap_or_default());
+    // Run from ebpf/ so that its .cargo/config.toml (target, build-std) applies.
+    run(Command::new("cargo")
+        .args([
+            "+nightly",
+            "build",
+            "--package",
+            "vtguard-ebpf",
+            "--profile",
+            "bpf",
+            "--locked",
+        ])
+        .current_dir(&crate_dir)
+        .env("PATH", path)
+        .env("CARGO_ENCODED_RUSTFLAGS", flags)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR"))
+    .context("building ebpf/ (cargo +nightly build --profile bpf)")?;
+    let built = fs::read(root.join("target/bpfel-unknown-none/bpf/vtguard"))
+        .context("reading the built eBPF object")?;
+    let committed_path = root.join(OBJECT);
+    if check {
+        let committed = fs::read(&committed_path).with_context(|| format!("reading {OBJECT}"))?;
+        if committed != built {
+            bail!(
+                "{OBJECT} does not match the kernel sources (committed sha256 {}, rebuilt {}): run `cargo xtask build-ebpf` and commit the object",
+                sha256(&committed),
+                sha256(&built)
+            );
+        }
+        eprintln!(
+            "build-ebpf --check: {OBJECT} matches the sources (sha256 {})",
+            sha256(&built)
+        );
+    } else {
+        fs::write(&committed_path, &built).with_context(|| format!("writing {OBJECT}"))?;
+        eprintln!(
+            "wrote {OBJECT} ({} bytes, sha256 {})",
+            built.len(),
+            sha256(&built)
+        );
+    }
+    Ok(true)
+}
+
+/// Installs the Debian packages the tests need (as root), mounts bpffs.
+fn prepare_machine() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!(
+                "missing packages {missing:?}: install them with `sudo apt-get install -y {}`",
+                missing.join(" ")
+            );
+        }
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if is_root() {
+        let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+        let bpffs_mounted = mounts.lines().any(|l| {
+            l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
+                && l.split_whitespace().nth(2) == Some("bpf")
+        });
+        if !bpffs_mounted {
+            run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+        }
+    }
+    Ok(())
+}
+
+fn test(root: &Path) -> Result<()> {
+    prepare_machine()?;
+    // The eBPF toolchain: nightly's rust-src (bpf-linker is installed by build-ebpf).
+    if ebpf_toolchain_missing().is_some() {
+        let _ = run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]));
+    }
+    let cargo = || {
+        let mut c = Command::new("cargo");
+        c.current_dir(root);
+        c
+    };
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    // Pass 1: the workspace on stable.
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "vtguard-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // Pass 2: the kernel crate, on nightly for its own target, and the committed object.
+    match ebpf_toolchain_missing() {
+        None => {
+            let bin = ensure_bpf_linker(root)?;
+            let mut path = OsString::from(&bin);
+            path.push(":");
+            path.push(env::var_os("PATH").unwrap_or_default());
+            run(Command::new("cargo")
+                .args([
+                    "+nightly",
+                    "clippy",
+                    "--package",
+                    "vtguard-ebpf",
+                    "--profile",
+                    "bpf",
+                    "--locked",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
+                .current_dir(root.join("ebpf"))
+                .env("PATH", &path))?;
+            build_ebpf(root, true)?;
+        }
+        Some(why) if is_ci() => {
+            bail!("CI needs the eBPF toolchain to check the committed object: {why}")
+        }
+        Some(why) => eprintln!("skipping the eBPF clippy pass and object check: {why}"),
+    }
+    run(cargo().args(["build", "--bins"]))?;
+    run(cargo().args(["test", "--", "--nocapture"]))?;
+    Ok(())
+}
+
+fn demo(root: &Path) -> Result<()> {
+    prepare_machine()?;
+    let config = root.join("agent/config/example.toml");
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "vtguard-agent",
+            "--bin",
+            "vtguard",
+            "--",
+            "run",
+            "--config",
+        ])
+        .arg(&config))
+}
+
+fn bench(root: &Path) -> Result<()> {
+    if !is_root() {
+        bail!("benchmarks attach kernel programs: run `cargo xtask bench` as root");
+    }
+    prepare_machine()?;
+    run(Command::new("cargo").current_dir(root).args([
+        "bench",
+        "-p",
+        "vtguard-tests",
+        "--bench",
+        "kernel_hook",
+    ]))
+}

@@ -11,7 +11,9 @@ use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 use tracing::warn;
-use vtguard_common::{DenyEvent, DenyReason, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_INGRESS, RECENT_SLOTS};
+use vtguard_common::{
+    DenyEvent, DenyReason, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_INGRESS, RECENT_SLOTS,
+};
 
 use super::{lock, Error, Kernel};
 
@@ -45,7 +47,11 @@ impl Denial {
             HOOK_INGRESS => "ingress",
             _ => "unknown",
         };
-        let comm_len = ev.comm.iter().position(|&b| b == 0).unwrap_or(ev.comm.len());
+        let comm_len = ev
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(ev.comm.len());
         Denial {
             seq: ev.seq,
             ts_ns: ev.ts_ns,
@@ -56,9 +62,11 @@ impl Denial {
             comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
             cgroup_id: ev.cgroup_id,
             cookie: ev.cookie,
-            identity: (ev.identity != 0).then(|| identity(ev.identity).unwrap_or_else(|| format!("#{}", ev.identity))),
+            identity: (ev.identity != 0)
+                .then(|| identity(ev.identity).unwrap_or_else(|| format!("#{}", ev.identity))),
             destination: SocketAddr::new(addr(ev.daddr), ev.dport),
-            source: (ev.hook == HOOK_INGRESS && ev.sport != 0).then(|| SocketAddr::new(addr(ev.saddr), ev.sport)),
+            source: (ev.hook == HOOK_INGRESS && ev.sport != 0)
+                .then(|| SocketAddr::new(addr(ev.saddr), ev.sport)),
         }
     }
 }
@@ -66,7 +74,11 @@ impl Denial {
 impl fmt::Display for Denial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.hook == "ingress" {
-            write!(f, "packet to {} dropped ({})", self.destination, self.reason)?;
+            write!(
+                f,
+                "packet to {} dropped ({})",
+                self.destination, self.reason
+            )?;
             if let Some(src) = self.source {
                 write!(f, " from {src}")?;
             }
@@ -116,7 +128,12 @@ impl Kernel {
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| Error::Socket(e.into()))?;
         // Continue numbering after what a previous agent stored.
-        let last = self.recent_denials().iter().map(|d| d.seq).max().unwrap_or(0);
+        let last = self
+            .recent_denials()
+            .iter()
+            .map(|d| d.seq)
+            .max()
+            .unwrap_or(0);
         Ok(EventReader {
             kernel: self,
             ring,
@@ -149,7 +166,9 @@ impl EventReader<'_> {
                     if item.len() >= std::mem::size_of::<DenyEvent>() {
                         // SAFETY: the kernel wrote a DenyEvent (a Pod) of at least this size;
                         // read_unaligned makes no alignment assumption.
-                        batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DenyEvent>()) });
+                        batch.push(unsafe {
+                            std::ptr::read_unaligned(item.as_ptr().cast::<DenyEvent>())
+                        });
                     }
                 }
             }
@@ -201,7 +220,13 @@ impl DenialTally {
 
     /// (reason, count) for every reason seen at least once.
     pub(super) fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let names = ["unknown", "unregistered_socket", "identity_not_allowed", "unknown_flow", "malformed_packet"];
+        let names = [
+            "unknown",
+            "unregistered_socket",
+            "identity_not_allowed",
+            "unknown_flow",
+            "malformed_packet",
+        ];
         names
             .iter()
             .zip(&self.by_reason)
@@ -279,6 +304,9 @@ mod tests {
         ev.sport = 40000;
         ev.saddr = v4_mapped(u32::from_ne_bytes([10, 199, 0, 2]));
         let d = Denial::from_event(&ev, |_| None);
-        assert_eq!(d.to_string(), "packet to 10.199.0.1:16991 dropped (unknown_flow) from 10.199.0.2:40000");
+        assert_eq!(
+            d.to_string(),
+            "packet to 10.199.0.1:16991 dropped (unknown_flow) from 10.199.0.2:40000"
+        );
     }
 }

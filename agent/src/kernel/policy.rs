@@ -101,7 +101,9 @@ impl PolicyMaps {
             .filter(|k| k.generation == next)
             .collect();
         for k in stale_ports {
-            self.protected.remove(&k).map_err(op(map_names::PROTECTED))?;
+            self.protected
+                .remove(&k)
+                .map_err(op(map_names::PROTECTED))?;
         }
         let stale_access: Vec<AccessKey> = self
             .access
@@ -130,7 +132,9 @@ impl PolicyMaps {
                     port,
                     _pad: [0; 3],
                 };
-                self.access.insert(key, 1, 0).map_err(op(map_names::ACCESS))?;
+                self.access
+                    .insert(key, 1, 0)
+                    .map_err(op(map_names::ACCESS))?;
                 grants += 1;
             }
         }

@@ -37,11 +37,22 @@ impl Drop for Registration<'_> {
 impl Kernel {
     /// Registers `socket` under `identity`: its connect() to a protected port that `identity`
     /// may reach is then allowed. Register before connect(), drop the registration after.
-    pub fn register(&self, socket: BorrowedFd<'_>, identity: &str) -> Result<Registration<'_>, Error> {
+    pub fn register(
+        &self,
+        socket: BorrowedFd<'_>,
+        identity: &str,
+    ) -> Result<Registration<'_>, Error> {
         let cookie = sys::socket_cookie(socket).map_err(Error::Socket)?;
         let id = lock(&self.identities).id(identity);
         lock(&self.sockets)
-            .insert(cookie, SocketEntry { identity: id, _pad: 0 }, 0)
+            .insert(
+                cookie,
+                SocketEntry {
+                    identity: id,
+                    _pad: 0,
+                },
+                0,
+            )
             .map_err(|source| Error::MapOp {
                 name: map_names::SOCKETS,
                 source,
@@ -53,7 +64,11 @@ impl Kernel {
     }
 
     /// Opens a TCP connection to `addr` on behalf of `identity` (the proxies' upstream path).
-    pub async fn connect(&self, identity: &str, addr: SocketAddr) -> Result<tokio::net::TcpStream, Error> {
+    pub async fn connect(
+        &self,
+        identity: &str,
+        addr: SocketAddr,
+    ) -> Result<tokio::net::TcpStream, Error> {
         let socket = match addr {
             SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
             SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
@@ -66,7 +81,11 @@ impl Kernel {
     }
 
     /// Blocking form of [`Kernel::connect`], for tools, tests and benchmarks.
-    pub fn connect_blocking(&self, identity: &str, addr: SocketAddr) -> Result<std::net::TcpStream, Error> {
+    pub fn connect_blocking(
+        &self,
+        identity: &str,
+        addr: SocketAddr,
+    ) -> Result<std::net::TcpStream, Error> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
             .map_err(Error::Socket)?;
         let registration = self.register(socket.as_fd(), identity)?;

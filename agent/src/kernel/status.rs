@@ -97,11 +97,26 @@ impl KernelStatus {
         if let Ok(g) = open_map::<Array<MapData, u32>>(dir, map_names::POLICY_GEN) {
             let gen = g.get(&0, 0).ok().map(|v| v & 1);
             st.generation = gen;
-            if let (Some(gen), Ok(p)) = (gen, open_map::<HashMap<MapData, PortKey, u32>>(dir, map_names::PROTECTED)) {
-                st.protected_ports = p.keys().filter_map(Result::ok).filter(|k| k.generation == gen).map(|k| k.port).collect();
+            if let (Some(gen), Ok(p)) = (
+                gen,
+                open_map::<HashMap<MapData, PortKey, u32>>(dir, map_names::PROTECTED),
+            ) {
+                st.protected_ports = p
+                    .keys()
+                    .filter_map(Result::ok)
+                    .filter(|k| k.generation == gen)
+                    .map(|k| k.port)
+                    .collect();
             }
-            if let (Some(gen), Ok(a)) = (gen, open_map::<HashMap<MapData, AccessKey, u32>>(dir, map_names::ACCESS)) {
-                st.grants = a.keys().filter_map(Result::ok).filter(|k| k.generation == gen).count();
+            if let (Some(gen), Ok(a)) = (
+                gen,
+                open_map::<HashMap<MapData, AccessKey, u32>>(dir, map_names::ACCESS),
+            ) {
+                st.grants = a
+                    .keys()
+                    .filter_map(Result::ok)
+                    .filter(|k| k.generation == gen)
+                    .count();
             }
         }
         if let Ok(s) = open_map::<HashMap<MapData, u64, SocketEntry>>(dir, map_names::SOCKETS) {
@@ -112,7 +127,10 @@ impl KernelStatus {
         }
         if let Ok(c) = open_map::<PerCpuArray<MapData, u64>>(dir, map_names::COUNTERS) {
             let values = read_counters(&c)?;
-            st.counters = Counter::ALL.iter().map(|c| (c.as_str(), values[*c as usize])).collect();
+            st.counters = Counter::ALL
+                .iter()
+                .map(|c| (c.as_str(), values[*c as usize]))
+                .collect();
         }
         if let Ok(r) = open_map::<Array<MapData, DenyEvent>>(dir, map_names::RECENT) {
             let mut d: Vec<Denial> = (0..RECENT_SLOTS)
@@ -136,24 +154,50 @@ impl KernelStatus {
 impl fmt::Display for KernelStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "bpffs:      {}", self.bpffs.display())?;
-        writeln!(f, "agent:      {}", if self.agent_running { "running" } else { "not running (pinned programs keep enforcing)" })?;
+        writeln!(
+            f,
+            "agent:      {}",
+            if self.agent_running {
+                "running"
+            } else {
+                "not running (pinned programs keep enforcing)"
+            }
+        )?;
         writeln!(f, "programs:")?;
         for l in &self.links {
             match (l.attached, l.link_id, l.program_id) {
-                (true, Some(link), Some(prog)) => writeln!(f, "  {:<12} {:<19} attached (link {link}, prog {prog})", l.program, l.section)?,
+                (true, Some(link), Some(prog)) => writeln!(
+                    f,
+                    "  {:<12} {:<19} attached (link {link}, prog {prog})",
+                    l.program, l.section
+                )?,
                 _ => writeln!(f, "  {:<12} {:<19} NOT ATTACHED", l.program, l.section)?,
             }
         }
-        let missing: Vec<&str> = self.maps.iter().filter(|(_, p)| !p).map(|(n, _)| *n).collect();
+        let missing: Vec<&str> = self
+            .maps
+            .iter()
+            .filter(|(_, p)| !p)
+            .map(|(n, _)| *n)
+            .collect();
         if missing.is_empty() {
             writeln!(f, "maps:       {} pinned", self.maps.len())?;
         } else {
             writeln!(f, "maps:       missing {}", missing.join(", "))?;
         }
         let ports: Vec<String> = self.protected_ports.iter().map(u16::to_string).collect();
-        writeln!(f, "policy:     generation {}, protected ports [{}], {} identity grants",
-            self.generation.map_or("-".into(), |g| g.to_string()), ports.join(", "), self.grants)?;
-        writeln!(f, "sockets:    {} registered, {} flows recorded", self.registered_sockets, self.flows)?;
+        writeln!(
+            f,
+            "policy:     generation {}, protected ports [{}], {} identity grants",
+            self.generation.map_or("-".into(), |g| g.to_string()),
+            ports.join(", "),
+            self.grants
+        )?;
+        writeln!(
+            f,
+            "sockets:    {} registered, {} flows recorded",
+            self.registered_sockets, self.flows
+        )?;
         writeln!(f, "counters:")?;
         for (name, v) in &self.counters {
             writeln!(f, "  {name:<28} {v}")?;
@@ -188,23 +232,55 @@ pub fn detach(dir: &Path) -> Result<DetachReport, Error> {
         return Ok(report);
     }
     let _lock = sys::DirLock::try_lock(dir)
-        .map_err(|source| Error::Io { what: "locking pin folder", path: dir.to_owned(), source })?
-        .ok_or_else(|| Error::Busy { path: dir.to_owned() })?;
+        .map_err(|source| Error::Io {
+            what: "locking pin folder",
+            path: dir.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| Error::Busy {
+            path: dir.to_owned(),
+        })?;
     for (program, _) in PROGRAMS {
         let pin = link_pin(dir, program);
         if !pin.exists() {
             continue;
         }
         // Detach explicitly: a descriptor held elsewhere would otherwise keep it attached.
-        let fd = sys::bpf_obj_get(&pin).map_err(|source| Error::Io { what: "opening pinned link", path: pin.clone(), source })?;
-        sys::bpf_link_detach(fd.as_fd()).map_err(|source| Error::Io { what: "detaching link", path: pin.clone(), source })?;
+        let fd = sys::bpf_obj_get(&pin).map_err(|source| Error::Io {
+            what: "opening pinned link",
+            path: pin.clone(),
+            source,
+        })?;
+        sys::bpf_link_detach(fd.as_fd()).map_err(|source| Error::Io {
+            what: "detaching link",
+            path: pin.clone(),
+            source,
+        })?;
         report.links_detached.push(program.to_owned());
     }
-    for e in fs::read_dir(dir).map_err(|source| Error::Io { what: "reading pin folder", path: dir.to_owned(), source })? {
-        let path = e.map_err(|source| Error::Io { what: "reading pin folder", path: dir.to_owned(), source })?.path();
-        fs::remove_file(&path).map_err(|source| Error::Io { what: "removing pin", path: path.clone(), source })?;
+    for e in fs::read_dir(dir).map_err(|source| Error::Io {
+        what: "reading pin folder",
+        path: dir.to_owned(),
+        source,
+    })? {
+        let path = e
+            .map_err(|source| Error::Io {
+                what: "reading pin folder",
+                path: dir.to_owned(),
+                source,
+            })?
+            .path();
+        fs::remove_file(&path).map_err(|source| Error::Io {
+            what: "removing pin",
+            path: path.clone(),
+            source,
+        })?;
         report.pins_removed += 1;
     }
-    fs::remove_dir(dir).map_err(|source| Error::Io { what: "removing pin folder", path: dir.to_owned(), source })?;
+    fs::remove_dir(dir).map_err(|source| Error::Io {
+        what: "removing pin folder",
+        path: dir.to_owned(),
+        source,
+    })?;
     Ok(report)
 }

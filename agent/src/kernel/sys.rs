@@ -80,14 +80,25 @@ pub fn bpf_obj_get(path: &Path) -> io::Result<OwnedFd> {
 /// Attaches a loaded program to a cgroup through a BPF link (BPF_LINK_CREATE). aya 0.14 cannot
 /// turn every cgroup link it makes into a pinnable one (sock_ops links), so vtguard makes all
 /// four the same way.
-pub fn bpf_link_create(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<OwnedFd> {
+pub fn bpf_link_create(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
     // union bpf_attr for BPF_LINK_CREATE: { u32 prog_fd; u32 target_fd; u32 attach_type; u32 flags; ... }
     let mut attr = [0u8; 128];
     attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
     attr[4..8].copy_from_slice(&(cgroup.as_raw_fd() as u32).to_ne_bytes());
     attr[8..12].copy_from_slice(&attach_type.to_ne_bytes());
     // SAFETY: attr is a valid bpf_attr of the size passed.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, attr.as_mut_ptr(), attr.len()) };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            attr.as_mut_ptr(),
+            attr.len(),
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -116,7 +127,14 @@ pub fn bpf_link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
     let mut attr = [0u8; 128];
     attr[0..4].copy_from_slice(&(link.as_raw_fd() as u32).to_ne_bytes());
     // SAFETY: attr is a valid bpf_attr of the size passed.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), attr.len()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_mut_ptr(),
+            attr.len(),
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -199,10 +217,16 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n";
-        assert_eq!(cgroup2_mount(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            cgroup2_mount(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         let spaced = "none /mnt/my\\040cgroup cgroup2 rw 0 0\n";
         assert_eq!(cgroup2_mount(spaced), Some(PathBuf::from("/mnt/my cgroup")));
-        assert_eq!(cgroup2_mount("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"), None);
+        assert_eq!(
+            cgroup2_mount("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"),
+            None
+        );
         assert_eq!(cgroup2_mount(""), None);
     }
 
