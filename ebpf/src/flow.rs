@@ -92,7 +92,7 @@ fn on_connect(ctx: &SockOpsContext) {
         _pad: 0,
         expires_ns: 0,
     };
-    if FLOWS.insert(&key, &value, 0).is_ok() {
+    if FLOWS.insert(key, value, 0).is_ok() {
         count(Counter::FlowsRecorded);
         // Ask for state changes so that the record can expire once the connection closes.
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
@@ -104,7 +104,7 @@ fn on_close(ctx: &SockOpsContext) {
     let Some(key) = flow_key(ctx) else {
         return;
     };
-    if let Some(v) = FLOWS.get_ptr_mut(&key) {
+    if let Some(v) = FLOWS.get_ptr_mut(key) {
         // Not deleted at once: the peer's last FIN/ACK may still be on its way.
         unsafe { (*v).expires_ns = bpf_ktime_get_ns() + FLOW_LINGER_NS };
     }

@@ -44,7 +44,7 @@ pub fn vtg_ingress(ctx: SkBuffContext) -> i32 {
 #[inline(always)]
 fn check_flow(key: FlowKey, flags: u8, local_port: u16) -> i32 {
     if key.dport == local_port {
-        if let Some(v) = FLOWS.get_ptr(&key) {
+        if let Some(v) = FLOWS.get_ptr(key) {
             let expires = unsafe { (*v).expires_ns };
             if expires == 0 || unsafe { bpf_ktime_get_ns() } < expires {
                 count(Counter::IngressAllowed);

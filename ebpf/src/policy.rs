@@ -52,7 +52,7 @@ pub fn is_protected(generation: u32, port: u16) -> bool {
         port,
         _pad: 0,
     };
-    PROTECTED.get_ptr(&key).is_some()
+    PROTECTED.get_ptr(key).is_some()
 }
 
 /// Whether `identity` may reach `port` in generation `generation`.
@@ -64,13 +64,13 @@ pub fn may_reach(generation: u32, identity: u32, port: u16) -> bool {
         port,
         _pad: [0; 3],
     };
-    ACCESS.get_ptr(&key).is_some()
+    ACCESS.get_ptr(key).is_some()
 }
 
 /// The identity a socket was registered under, if it was.
 #[inline(always)]
 pub fn registered_identity(cookie: u64) -> Option<u32> {
-    SOCKETS.get_ptr(&cookie).map(|e| unsafe { (*e).identity })
+    SOCKETS.get_ptr(cookie).map(|e| unsafe { (*e).identity })
 }
 
 #[inline(always)]
