@@ -258,9 +258,9 @@ impl Kernel {
         }
 
         // Policy goes in before anything is attached, so the first verdict is already right.
-        let mut identities = IdentityTable::default();
+        let identities = Mutex::new(IdentityTable::default());
         let mut policy_maps = policy::PolicyMaps::open(dir)?;
-        let summary = policy_maps.install(kernel_policy, &mut identities)?;
+        let summary = policy_maps.install(kernel_policy, &identities)?;
         info!(
             protected_ports = ?summary.protected_ports,
             grants = summary.grants,
@@ -280,7 +280,7 @@ impl Kernel {
             pin_dir: dir.to_owned(),
             cgroup,
             attachments,
-            identities: Mutex::new(identities),
+            identities,
             sockets: Mutex::new(sockets),
             policy: Mutex::new(policy_maps),
             counters: open_map(dir, map_names::COUNTERS)?,
@@ -310,9 +310,7 @@ impl Kernel {
     /// Replaces the kernel policy. Programs see the old policy or the new one, never a mix:
     /// the new one is written into the inactive generation, then the generation flips.
     pub fn apply_policy(&self, policy: &KernelPolicy) -> Result<PolicySummary, Error> {
-        let mut maps = lock(&self.policy);
-        let mut ids = lock(&self.identities);
-        maps.install(policy, &mut ids)
+        lock(&self.policy).install(policy, &self.identities)
     }
 
     /// Decision counters, summed over CPUs, in [`vtguard_common::Counter`] order.

@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeSet, HashMap as StdHashMap},
     path::Path,
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -73,11 +74,12 @@ impl PolicyMaps {
     }
 
     /// Writes `policy` into the inactive generation, then makes it the active one. If writing
-    /// fails half-way, the active generation is untouched.
+    /// fails half-way, the active generation is untouched. The identity table is locked only
+    /// to look ids up, never across the grace wait, so registrations go on meanwhile.
     pub(super) fn install(
         &mut self,
         policy: &KernelPolicy,
-        ids: &mut IdentityTable,
+        ids: &Mutex<IdentityTable>,
     ) -> Result<PolicySummary, Error> {
         if let Some(t) = self.last_flip {
             let since = t.elapsed();
@@ -85,6 +87,17 @@ impl PolicyMaps {
                 std::thread::sleep(GRACE - since);
             }
         }
+        let grants: Vec<(u16, u32)> = {
+            let mut ids = super::lock(ids);
+            policy
+                .access
+                .iter()
+                .filter(|(port, _)| policy.protected_ports.contains(port))
+                .flat_map(|(port, names)| {
+                    names.iter().map(|n| (*port, ids.id(n))).collect::<Vec<_>>()
+                })
+                .collect()
+        };
         let op = |name| move |source| Error::MapOp { name, source };
         let current = self
             .generation
@@ -115,7 +128,6 @@ impl PolicyMaps {
             self.access.remove(&k).map_err(op(map_names::ACCESS))?;
         }
 
-        let mut grants = 0;
         for &port in &policy.protected_ports {
             let key = PortKey {
                 generation: next,
@@ -125,18 +137,17 @@ impl PolicyMaps {
             self.protected
                 .insert(key, 1, 0)
                 .map_err(op(map_names::PROTECTED))?;
-            for name in policy.access.get(&port).into_iter().flatten() {
-                let key = AccessKey {
-                    generation: next,
-                    identity: ids.id(name),
-                    port,
-                    _pad: [0; 3],
-                };
-                self.access
-                    .insert(key, 1, 0)
-                    .map_err(op(map_names::ACCESS))?;
-                grants += 1;
-            }
+        }
+        for &(port, identity) in &grants {
+            let key = AccessKey {
+                generation: next,
+                identity,
+                port,
+                _pad: [0; 3],
+            };
+            self.access
+                .insert(key, 1, 0)
+                .map_err(op(map_names::ACCESS))?;
         }
         self.generation
             .set(0, next, 0)
@@ -145,7 +156,7 @@ impl PolicyMaps {
         Ok(PolicySummary {
             generation: next,
             protected_ports: policy.protected_ports.clone(),
-            grants,
+            grants: grants.len(),
         })
     }
 }
