@@ -1,0 +1,350 @@
+//! The `vtguard` binary as an operator runs it: fail closed after `kill -9`, adopt pins on
+//! restart, log each denial, detach explicitly, and refuse bad input with a one-line error.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use vtguard_tests::*;
+
+/// A running `vtguard run`; its stderr is collected. Killed on drop.
+struct Agent {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(vtguard_bin())
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start vtguard run");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let agent = Agent { child, log };
+        agent.wait_for("kernel enforcement active");
+        agent
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until a log line contains `needle`; panics with the log after 10 s.
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent never logged {needle:?}; log:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill_9(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let status = self.child.wait().expect("wait for the agent");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Detaches whatever the test left under `dir`, also when it fails.
+struct PinGuard(PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let _ = vtguard_agent::kernel::detach(&self.0);
+    }
+}
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("agent.toml");
+    fs::write(&path, body).expect("write config");
+    path
+}
+
+fn vtguard(args: &[&str]) -> (i32, String, String) {
+    sh(Command::new(vtguard_bin()).args(args))
+}
+
+fn link_ids(status_json: &str) -> Vec<u64> {
+    let v: serde_json::Value = serde_json::from_str(status_json).expect("status is JSON");
+    v["links"]
+        .as_array()
+        .expect("links")
+        .iter()
+        .map(|l| l["link_id"].as_u64().expect("every program attached"))
+        .collect()
+}
+
+#[test]
+fn kill_9_keeps_ports_closed_and_a_restart_adopts_the_pins() {
+    if !kernel_tests_can_run("kill_9_keeps_ports_closed_and_a_restart_adopts_the_pins") {
+        return;
+    }
+    let _serial = serial();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (protected, open) = (free_port(), free_port());
+    let _s1 = Server::start(protected);
+    let _s2 = Server::start(open);
+    let pins = test_pin_dir();
+    let _guard = PinGuard(pins.clone());
+    let config = write_config(
+        tmp.path(),
+        &format!(
+            "[kernel]\nprotected-ports = [{protected}]\nbpffs = \"{}\"\n[[kernel.access]]\nport = {protected}\nidentities = [\"vtgate client 1\"]\n",
+            pins.display()
+        ),
+    );
+    let cfg = config.to_str().expect("utf-8 path");
+    let cgroup = vtguard_agent::kernel::resolve_cgroup(None).expect("cgroup2 root");
+
+    let agent = Agent::start(&config);
+    assert_eq!(
+        vtguard_attachments(&cgroup).len(),
+        4,
+        "one attachment per hook"
+    );
+    let r = py_connect(None, "127.0.0.1", protected, 3.0, "connect");
+    assert_eq!(r.outcome, "ERR 1 Operation not permitted");
+    // The refused connect shows up in the agent's log with its pid and destination.
+    let line = agent.wait_for(&format!("\"pid\":{}", r.pid));
+    assert!(
+        line.contains(&format!("\"dst\":\"127.0.0.1:{protected}\"")),
+        "{line}"
+    );
+    assert!(
+        line.contains("\"reason\":\"unregistered_socket\""),
+        "{line}"
+    );
+    assert!(line.contains("\"comm\":\"python3\""), "{line}");
+
+    // Detach is refused while the agent runs: it would go on enforcing nothing.
+    let (code, _, err) = vtguard(&["kernel", "detach", "--config", cfg]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("in use by another running vtguard agent: stop it first"),
+        "{err}"
+    );
+
+    let (code, before, err) = vtguard(&["kernel", "status", "--config", cfg, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let ids_before = link_ids(&before);
+
+    agent.kill_9();
+    // Fail closed: the pinned programs still refuse plain connects, on every family.
+    for host in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+        let r = py_connect(None, host, protected, 3.0, "connect");
+        assert_eq!(
+            r.outcome, "ERR 1 Operation not permitted",
+            "after kill -9, {host}"
+        );
+    }
+    assert_eq!(
+        py_connect(None, "127.0.0.1", open, 3.0, "connect").outcome,
+        "CONNECTED hello"
+    );
+    let (code, text, err) = vtguard(&["kernel", "status", "--config", cfg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains("not running (pinned programs keep enforcing)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("protected ports [{protected}]")),
+        "{text}"
+    );
+    assert!(
+        text.contains("refused (unregistered_socket): pid"),
+        "{text}"
+    );
+
+    // A restarted agent adopts the pins: same links, still one attachment per hook.
+    let agent = Agent::start(&config);
+    for prog in ["vtg_sockops", "vtg_connect4", "vtg_connect6", "vtg_ingress"] {
+        agent.wait_for(&format!("adopted {prog}"));
+    }
+    let attachments = vtguard_attachments(&cgroup);
+    assert_eq!(
+        attachments.len(),
+        4,
+        "no second attachment: {attachments:#?}"
+    );
+    let (_, after, _) = vtguard(&["kernel", "status", "--config", cfg, "--json"]);
+    assert_eq!(link_ids(&after), ids_before, "the same links were adopted");
+    assert_eq!(
+        py_connect(None, "::1", protected, 3.0, "connect").outcome,
+        "ERR 1 Operation not permitted"
+    );
+
+    // A clean stop leaves them attached too; only detach opens the port.
+    drop(agent);
+    assert_eq!(
+        py_connect(None, "127.0.0.1", protected, 3.0, "connect").outcome,
+        "ERR 1 Operation not permitted"
+    );
+    let (code, out, err) = vtguard(&["kernel", "detach", "--config", cfg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("detached 4 program(s)"), "{out}");
+    assert!(
+        vtguard_attachments(&cgroup).is_empty(),
+        "detach removed every attachment"
+    );
+    assert!(!pins.exists(), "detach removed the pin folder");
+    for host in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+        assert_eq!(
+            py_connect(None, host, protected, 3.0, "connect").outcome,
+            "CONNECTED hello",
+            "after detach, {host}"
+        );
+    }
+    let (code, out, _) = vtguard(&["kernel", "detach", "--config", cfg]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("nothing pinned under"), "{out}");
+}
+
+/// Runs `vtguard run` on a config that must be refused; checks the one-line error and that
+/// nothing was attached or pinned.
+fn refused(body: &str, expect: &[&str]) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = write_config(tmp.path(), body);
+    let (code, out, err) = vtguard(&["run", "--config", config.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "exit status for {body:?}: {err}");
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("vtguard: error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {err}");
+    for e in expect {
+        assert!(errors[0].contains(e), "{e:?} not in {:?}", errors[0]);
+    }
+    assert!(out.is_empty(), "{out}");
+}
+
+#[test]
+fn bad_input_gets_one_line_naming_the_cause_and_the_fix() {
+    // Config errors come before any kernel work, so they need no root.
+    refused(
+        "[kernel]\nprotected-ports = [16991]\nprotected-port = 1\n",
+        &["agent.toml", "unknown field `protected-port`"],
+    );
+    refused(
+        "[kernel]\nprotected-ports = [0]\n",
+        &["protected-ports: 0 is not a TCP port: use 1-65535"],
+    );
+    refused("[listener]\nname = \"x\"\n", &["unknown field `listener`"]);
+    let (code, _, err) = vtguard(&["run", "--config", "/nonexistent/agent.toml"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("reading config /nonexistent/agent.toml: No such file or directory"),
+        "{err}"
+    );
+
+    if !kernel_tests_can_run("bad_input_gets_one_line_naming_the_cause_and_the_fix (kernel part)") {
+        return;
+    }
+    let _serial = serial();
+    let cgroup = vtguard_agent::kernel::resolve_cgroup(None).expect("cgroup2 root");
+    let port = free_port();
+
+    // bpffs folder not on a BPF filesystem.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let not_bpffs = tmp.path().join("pins");
+    refused(
+        &format!(
+            "[kernel]\nprotected-ports = [{port}]\nbpffs = \"{}\"\n",
+            not_bpffs.display()
+        ),
+        &["is not a BPF filesystem", "mount -t bpf bpf"],
+    );
+    assert!(!not_bpffs.exists(), "nothing created");
+
+    // cgroup that is not cgroup2.
+    let pins = test_pin_dir();
+    let _guard = PinGuard(pins.clone());
+    refused(
+        &format!(
+            "[kernel]\nprotected-ports = [{port}]\nbpffs = \"{}\"\ncgroup = \"{}\"\n",
+            pins.display(),
+            tmp.path().display()
+        ),
+        &["is not a cgroup2 directory", "grep cgroup2 /proc/mounts"],
+    );
+    assert!(!pins.exists(), "no pins left behind");
+
+    // Not root.
+    let body = format!(
+        "[kernel]\nprotected-ports = [{port}]\nbpffs = \"{}\"\n",
+        pins.display()
+    );
+    let config = write_config(tmp.path(), &body);
+    let (code, _, err) = sh(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(vtguard_bin())
+        .args(["run", "--config"])
+        .arg(&config));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("vtguard needs root") && err.contains("run it as root"),
+        "{err}"
+    );
+
+    // A second agent on the same pins.
+    let agent = Agent::start(&config);
+    refused(&body, &["in use by another running vtguard agent"]);
+    assert_eq!(
+        vtguard_attachments(&cgroup).len(),
+        4,
+        "the second agent attached nothing"
+    );
+    drop(agent);
+
+    // Status of a folder with nothing pinned.
+    let (code, _, err) = vtguard(&[
+        "kernel",
+        "status",
+        "--bpffs",
+        "/sys/fs/bpf/vtguard-nothing-here",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nothing is pinned there"), "{err}");
+
+    assert!(vtguard_agent::kernel::detach(&pins).is_ok());
+    assert!(
+        vtguard_attachments(&cgroup).is_empty(),
+        "nothing left attached"
+    );
+}
