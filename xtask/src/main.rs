@@ -91,6 +91,37 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cargo test`, echoing its output, and adds up its "test result:" lines.
+fn run_counting(cmd: &mut Command) -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("+ {}", show(cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", show(cmd)))?;
+    let (mut passed, mut failed) = (0, 0);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                match (words.next().map(str::parse::<u64>), words.next()) {
+                    (Some(Ok(n)), Some("passed")) => passed += n,
+                    (Some(Ok(n)), Some("failed")) => failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() && failed == 0 {
+        bail!("{} failed ({status})", show(cmd));
+    }
+    Ok((passed, failed))
+}
+
 fn show(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {
@@ -323,7 +354,13 @@ fn test(root: &Path) -> Result<()> {
         Some(why) => eprintln!("skipping the eBPF clippy pass and object check: {why}"),
     }
     run(cargo().args(["build", "--bins"]))?;
-    run(cargo().args(["test", "--", "--nocapture"]))?;
+    // Doc tests are left out (there are none): their empty "0 passed" would close the log.
+    let (passed, failed) =
+        run_counting(cargo().args(["test", "--lib", "--bins", "--tests", "--", "--nocapture"]))?;
+    println!("tests: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} test(s) failed");
+    }
     Ok(())
 }
 
