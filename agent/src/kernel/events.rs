@@ -110,11 +110,55 @@ pub(super) fn addr(words: [u32; 4]) -> IpAddr {
     }
 }
 
+/// Denial log lines allowed per second; past that they are counted, not logged, so that a
+/// flood of refused connections cannot flood the log.
+const LOG_LINES_PER_SECOND: u32 = 100;
+
 /// Reads denial events until dropped.
 pub struct EventReader<'k> {
     kernel: &'k Kernel,
     ring: AsyncFd<RingBuf<MapData>>,
     next_seq: AtomicU64,
+    limiter: LogLimiter,
+}
+
+/// A fixed one-second window of log lines.
+#[derive(Debug)]
+struct LogLimiter {
+    window: std::time::Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    fn new() -> Self {
+        Self {
+            window: std::time::Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether one more line may be logged now; reports what the last window suppressed.
+    fn allow(&mut self) -> bool {
+        if self.window.elapsed() >= std::time::Duration::from_secs(1) {
+            if self.suppressed > 0 {
+                warn!(
+                    suppressed = self.suppressed,
+                    "{} more denials in the last second were counted but not logged",
+                    self.suppressed
+                );
+            }
+            *self = Self::new();
+        }
+        if self.logged < LOG_LINES_PER_SECOND {
+            self.logged += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
 }
 
 impl Kernel {
@@ -138,6 +182,7 @@ impl Kernel {
             kernel: self,
             ring,
             next_seq: AtomicU64::new(last + 1),
+            limiter: LogLimiter::new(),
         })
     }
 
@@ -179,9 +224,15 @@ impl EventReader<'_> {
         }
     }
 
-    fn handle(&self, mut ev: DenyEvent) {
+    fn handle(&mut self, mut ev: DenyEvent) {
         ev.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let d = Denial::from_event(&ev, |id| self.kernel.identity_name(id));
+        self.kernel.count_denial(&d);
+        let slot = (ev.seq % u64::from(RECENT_SLOTS)) as u32;
+        let _ = lock(&self.kernel.recent).set(slot, ev, 0);
+        if !self.limiter.allow() {
+            return;
+        }
         warn!(
             reason = d.reason,
             hook = d.hook,
@@ -194,9 +245,6 @@ impl EventReader<'_> {
             identity = ?d.identity,
             "denied: {d}"
         );
-        self.kernel.count_denial(&d);
-        let slot = (ev.seq % u64::from(RECENT_SLOTS)) as u32;
-        let _ = lock(&self.kernel.recent).set(slot, ev, 0);
     }
 }
 
@@ -251,6 +299,17 @@ impl Kernel {
 mod tests {
     use super::*;
     use vtguard_common::v4_mapped;
+
+    #[test]
+    fn log_lines_are_capped_per_second() {
+        let mut l = LogLimiter::new();
+        let allowed = (0..250).filter(|_| l.allow()).count();
+        assert_eq!(allowed, LOG_LINES_PER_SECOND as usize);
+        assert_eq!(l.suppressed, 150);
+        l.window -= std::time::Duration::from_secs(2);
+        assert!(l.allow(), "a new window logs again");
+        assert_eq!(l.suppressed, 0);
+    }
 
     fn event() -> DenyEvent {
         let mut ev = DenyEvent::zeroed();

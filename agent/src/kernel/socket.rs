@@ -63,6 +63,30 @@ impl Kernel {
         })
     }
 
+    /// Benchmarks only: fills the socket map with `n` registrations under `identity` for
+    /// cookies no socket will ever have (the kernel counts cookies up from 1).
+    #[doc(hidden)]
+    pub fn insert_synthetic_sockets(&self, n: u32, identity: &str) -> Result<(), Error> {
+        let id = lock(&self.identities).id(identity);
+        let mut sockets = lock(&self.sockets);
+        for i in 0..u64::from(n) {
+            sockets
+                .insert(
+                    u64::MAX - i,
+                    SocketEntry {
+                        identity: id,
+                        _pad: 0,
+                    },
+                    0,
+                )
+                .map_err(|source| Error::MapOp {
+                    name: map_names::SOCKETS,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
     /// Opens a TCP connection to `addr` on behalf of `identity` (the proxies' upstream path).
     pub async fn connect(
         &self,
