@@ -38,7 +38,7 @@ use vtguard_common::{
 
 pub use events::{Denial, EventReader};
 pub use policy::{IdentityTable, PolicySummary};
-pub use socket::Registration;
+pub use socket::{FlowRecord, Registration, Upstream};
 pub use status::{detach, DetachReport, KernelStatus, LinkStatus};
 
 use crate::config::{KernelConfig, KernelPolicy};
@@ -134,7 +134,7 @@ pub struct Kernel {
     sockets: Mutex<HashMap<MapData, u64, vtguard_common::SocketEntry>>,
     policy: Mutex<policy::PolicyMaps>,
     counters: PerCpuArray<MapData, u64>,
-    flows: Mutex<HashMap<MapData, FlowKey, FlowValue>>,
+    flows: socket::Flows,
     events: Mutex<Option<RingBuf<MapData>>>,
     recent: Mutex<Array<MapData, DenyEvent>>,
     tally: events::DenialTally,
@@ -143,8 +143,7 @@ pub struct Kernel {
 }
 
 /// Program name, ELF section (for messages), link pin file name.
-const PROGRAMS: [(&str, &str); 4] = [
-    (prog_names::SOCK_OPS, "sockops"),
+const PROGRAMS: [(&str, &str); 3] = [
     (prog_names::CONNECT4, "cgroup/connect4"),
     (prog_names::CONNECT6, "cgroup/connect6"),
     (prog_names::INGRESS, "cgroup_skb/ingress"),
@@ -257,6 +256,15 @@ impl Kernel {
             let _ = sockets.remove(&cookie);
         }
 
+        // Flows belong to the agent that recorded them: a previous agent's connections were
+        // closed when it exited.
+        let mut flow_map: HashMap<MapData, FlowKey, FlowValue> = open_map(dir, map_names::FLOWS)?;
+        let stale: Vec<FlowKey> = flow_map.keys().filter_map(Result::ok).collect();
+        for key in stale {
+            let _ = flow_map.remove(&key);
+        }
+        let flows = std::sync::Arc::new(Mutex::new(flow_map));
+
         // Policy goes in before anything is attached, so the first verdict is already right.
         let identities = Mutex::new(IdentityTable::default());
         let mut policy_maps = policy::PolicyMaps::open(dir)?;
@@ -284,7 +292,7 @@ impl Kernel {
             sockets: Mutex::new(sockets),
             policy: Mutex::new(policy_maps),
             counters: open_map(dir, map_names::COUNTERS)?,
-            flows: Mutex::new(open_map(dir, map_names::FLOWS)?),
+            flows,
             events: Mutex::new(Some(open_map(dir, map_names::EVENTS)?)),
             recent: Mutex::new(recent),
             tally: events::DenialTally::default(),
@@ -495,13 +503,6 @@ fn attach_one(
         .program_mut(name)
         .ok_or_else(|| refused("not in the embedded eBPF object".into()))?;
     let (fd, attach_type) = match prog {
-        Program::SockOps(p) => {
-            p.load().map_err(|e| refused(program_error(&e)))?;
-            (
-                p.fd().map_err(|e| refused(program_error(&e)))?.as_fd(),
-                sys::attach_type::CGROUP_SOCK_OPS,
-            )
-        }
         Program::CgroupSockAddr(p) => {
             p.load().map_err(|e| refused(program_error(&e)))?;
             let t = if name == prog_names::CONNECT4 {

@@ -9,13 +9,16 @@
 pub mod maps {
     /// `Array<u32>[1]`: which policy generation (0 or 1) is active.
     pub const POLICY_GEN: &str = "VTG_POLICY_GEN";
-    /// `HashMap<PortKey, u32>`: ports only registered sockets may reach.
+    /// `Array<u32>[PROTECTED_SLOTS]`: nonzero at `generation * 65536 + port` when only
+    /// registered sockets may reach `port`. An array, not a hash: its lookup is a bounds check
+    /// and an offset, and it runs on every connect() and every packet of the node.
     pub const PROTECTED: &str = "VTG_PROTECTED";
     /// `HashMap<AccessKey, u32>`: which identity may reach which protected port.
     pub const ACCESS: &str = "VTG_ACCESS";
     /// `HashMap<u64 cookie, SocketEntry>`: sockets vtguard opened for an identity.
     pub const SOCKETS: &str = "VTG_SOCKETS";
-    /// `LruHashMap<FlowKey, FlowValue>`: connections made by registered sockets.
+    /// `LruHashMap<FlowKey, FlowValue>`: connections made by registered sockets, written by
+    /// the agent before it connects them.
     pub const FLOWS: &str = "VTG_FLOWS";
     /// `PerCpuArray<u64>[COUNTER_SLOTS]`: decision counters, see [`super::Counter`].
     pub const COUNTERS: &str = "VTG_COUNTERS";
@@ -39,22 +42,26 @@ pub mod programs {
     pub const CONNECT4: &str = "vtg_connect4";
     /// cgroup/connect6.
     pub const CONNECT6: &str = "vtg_connect6";
-    /// sockops: records the flows of registered sockets.
-    pub const SOCK_OPS: &str = "vtg_sockops";
     /// cgroup_skb/ingress: drops packets to a protected port outside recorded flows.
     pub const INGRESS: &str = "vtg_ingress";
 
-    /// Every program, in the order the agent attaches them: flows are recorded before
-    /// anything is denied, and connect() is policed before packets are.
-    pub const ALL: [&str; 4] = [SOCK_OPS, CONNECT4, CONNECT6, INGRESS];
+    /// Every program, in the order the agent attaches them: connect() is policed before
+    /// packets are.
+    pub const ALL: [&str; 3] = [CONNECT4, CONNECT6, INGRESS];
 }
 
 /// Bumped whenever a key or value layout below changes; pinned maps of another layout are
 /// not adopted.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
-/// Capacity of [`maps::PROTECTED`] (both generations together).
-pub const MAX_PROTECTED: u32 = 4096;
+/// Slots of [`maps::PROTECTED`]: one per port, per generation.
+pub const PROTECTED_SLOTS: u32 = 2 * 65_536;
+
+/// The [`maps::PROTECTED`] slot of `port` in `generation`.
+#[inline(always)]
+pub const fn protected_slot(generation: u32, port: u16) -> u32 {
+    (generation & 1) * 65_536 + port as u32
+}
 /// Capacity of [`maps::ACCESS`] (both generations together).
 pub const MAX_ACCESS: u32 = 262_144;
 /// Capacity of [`maps::SOCKETS`].
@@ -68,15 +75,6 @@ pub const RECENT_SLOTS: u32 = 32;
 
 /// How long a closed flow's record keeps admitting its packets (FIN/ACK stragglers), in ns.
 pub const FLOW_LINGER_NS: u64 = 60_000_000_000;
-
-/// Key of [`maps::PROTECTED`]: a TCP port in one policy generation.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PortKey {
-    pub generation: u32,
-    pub port: u16,
-    pub _pad: u16,
-}
 
 /// Key of [`maps::ACCESS`]: identity `identity` may reach `port` in one generation.
 #[repr(C)]
@@ -241,14 +239,12 @@ pub enum Counter {
     IngressDeniedFlow = 4,
     /// Packets to a protected port dropped: unreadable headers.
     IngressDeniedMalformed = 5,
-    /// Flows recorded by sock_ops.
-    FlowsRecorded = 6,
     /// Events that did not fit in the ring buffer.
-    EventsLost = 7,
+    EventsLost = 6,
 }
 
 /// Number of slots in [`maps::COUNTERS`].
-pub const COUNTER_SLOTS: u32 = 8;
+pub const COUNTER_SLOTS: u32 = 7;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -259,7 +255,6 @@ impl Counter {
         Counter::IngressAllowed,
         Counter::IngressDeniedFlow,
         Counter::IngressDeniedMalformed,
-        Counter::FlowsRecorded,
         Counter::EventsLost,
     ];
 
@@ -272,7 +267,6 @@ impl Counter {
             Self::IngressAllowed => "ingress_allowed",
             Self::IngressDeniedFlow => "ingress_denied_unknown_flow",
             Self::IngressDeniedMalformed => "ingress_denied_malformed",
-            Self::FlowsRecorded => "flows_recorded",
             Self::EventsLost => "events_lost",
         }
     }
@@ -290,7 +284,6 @@ mod pod {
     use super::*;
     // SAFETY: all of these are #[repr(C)], Copy, and have no implicit padding (every hole is
     // an explicit `_pad` field), so any byte pattern is a valid value.
-    unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for AccessKey {}
     unsafe impl aya::Pod for SocketEntry {}
     unsafe impl aya::Pod for FlowKey {}
@@ -305,7 +298,6 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<PortKey>(), 8);
         assert_eq!(size_of::<AccessKey>(), 16);
         assert_eq!(size_of::<SocketEntry>(), 8);
         assert_eq!(size_of::<FlowKey>(), 36);
@@ -325,6 +317,18 @@ mod tests {
         assert_eq!(
             bytes,
             [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1]
+        );
+    }
+
+    #[test]
+    fn protected_slots_separate_generations() {
+        assert_eq!(protected_slot(0, 16991), 16991);
+        assert_eq!(protected_slot(1, 16991), 65_536 + 16991);
+        assert_eq!(protected_slot(1, u16::MAX), PROTECTED_SLOTS - 1);
+        assert_eq!(
+            protected_slot(3, 0),
+            65_536,
+            "only the low bit is a generation"
         );
     }
 

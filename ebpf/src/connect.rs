@@ -14,6 +14,7 @@ use crate::{
 };
 
 const ALLOW: i32 = 1;
+const SOCK_DGRAM: u32 = 2;
 /// The kernel turns 0 into EPERM for the caller.
 const DENY: i32 = 0;
 
@@ -21,7 +22,7 @@ const DENY: i32 = 0;
 pub fn vtg_connect4(ctx: SockAddrContext) -> i32 {
     let sa = unsafe { &*ctx.sock_addr };
     let daddr = v4_mapped(sa.user_ip4);
-    verdict(&ctx, HOOK_CONNECT4, sa.user_port, daddr)
+    verdict(&ctx, HOOK_CONNECT4, sa.user_port, sa.type_, daddr)
 }
 
 #[cgroup_sock_addr(connect6)]
@@ -35,17 +36,26 @@ pub fn vtg_connect6(ctx: SockAddrContext) -> i32 {
         sa.user_ip6[2],
         sa.user_ip6[3],
     ];
-    verdict(&ctx, HOOK_CONNECT6, sa.user_port, daddr)
+    verdict(&ctx, HOOK_CONNECT6, sa.user_port, sa.type_, daddr)
 }
 
 /// Every path ends in a deliberate verdict: unprotected ports are allowed, and a protected
 /// port is allowed only on a positive match.
 #[inline(always)]
-fn verdict(ctx: &SockAddrContext, hook: u32, user_port: u32, daddr: [u32; 4]) -> i32 {
+fn verdict(
+    ctx: &SockAddrContext,
+    hook: u32,
+    user_port: u32,
+    sock_type: u32,
+    daddr: [u32; 4],
+) -> i32 {
     // user_port holds the port in network byte order in its low 16 bits.
     let port = u16::from_be(user_port as u16);
     let gen = generation();
-    if !is_protected(gen, port) {
+    // Datagram sockets cannot reach a TCP service; connecting one only sets its default
+    // destination (the agent uses that to ask the kernel for a route's source address).
+    // Every other type (TCP, MPTCP, raw, ...) is policed.
+    if !is_protected(gen, port) || sock_type == SOCK_DGRAM {
         return ALLOW;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };

@@ -2,9 +2,9 @@
 //!
 //! - `connect` (cgroup/connect4, cgroup/connect6): connect() to a protected port needs a
 //!   registered socket cookie whose identity may reach that port; otherwise EPERM.
-//! - `flow` (sockops): when a registered socket connects, its 4-tuple is recorded.
 //! - `ingress` (cgroup_skb/ingress): a packet to a protected port is admitted only as part of a
-//!   recorded flow, so a connection from another host (or a hand-made packet) never completes.
+//!   flow the agent recorded (it binds a registered socket, records its 4-tuple, then
+//!   connects), so a connection from another host (or a hand-made packet) never completes.
 //!
 //! Every program reads the active policy generation once and looks up only that generation, so
 //! a policy swap done by the agent is seen whole or not at all.
@@ -13,7 +13,6 @@
 
 mod connect;
 mod event;
-mod flow;
 mod ingress;
 mod policy;
 

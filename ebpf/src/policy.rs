@@ -5,21 +5,21 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use vtguard_common::{
-    AccessKey, Counter, DenyEvent, FlowKey, FlowValue, PortKey, SocketEntry, COUNTER_SLOTS,
-    MAX_ACCESS, MAX_FLOWS, MAX_PROTECTED, MAX_SOCKETS, RECENT_SLOTS,
+    protected_slot, AccessKey, Counter, DenyEvent, FlowKey, FlowValue, SocketEntry, COUNTER_SLOTS,
+    MAX_ACCESS, MAX_FLOWS, MAX_SOCKETS, PROTECTED_SLOTS, RECENT_SLOTS,
 };
 
 #[map(name = "VTG_POLICY_GEN")]
 static POLICY_GEN: Array<u32> = Array::pinned(1, 0);
 
 #[map(name = "VTG_PROTECTED")]
-static PROTECTED: HashMap<PortKey, u32> = HashMap::pinned(MAX_PROTECTED, 0);
+static PROTECTED: Array<u32> = Array::pinned(PROTECTED_SLOTS, 0);
 
 #[map(name = "VTG_ACCESS")]
 static ACCESS: HashMap<AccessKey, u32> = HashMap::pinned(MAX_ACCESS, 0);
 
 #[map(name = "VTG_SOCKETS")]
-pub static SOCKETS: HashMap<u64, SocketEntry> = HashMap::pinned(MAX_SOCKETS, 0);
+static SOCKETS: HashMap<u64, SocketEntry> = HashMap::pinned(MAX_SOCKETS, 0);
 
 #[map(name = "VTG_FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(MAX_FLOWS, 0);
@@ -47,12 +47,7 @@ pub fn generation() -> u32 {
 /// Whether `port` is protected in generation `generation`.
 #[inline(always)]
 pub fn is_protected(generation: u32, port: u16) -> bool {
-    let key = PortKey {
-        generation,
-        port,
-        _pad: 0,
-    };
-    PROTECTED.get_ptr(key).is_some()
+    matches!(PROTECTED.get(protected_slot(generation, port)), Some(v) if *v != 0)
 }
 
 /// Whether `identity` may reach `port` in generation `generation`.

@@ -211,8 +211,9 @@ impl Drop for Server {
 }
 
 /// Reads the greeting from a connected stream.
-pub fn read_greeting(mut s: std::net::TcpStream) -> String {
-    s.set_read_timeout(Some(Duration::from_secs(5)))
+pub fn read_greeting(mut s: kernel::Upstream<std::net::TcpStream>) -> String {
+    s.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let mut buf = [0u8; 6];
     s.read_exact(&mut buf).expect("greeting from the server");

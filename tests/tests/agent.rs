@@ -135,7 +135,7 @@ fn kill_9_keeps_ports_closed_and_a_restart_adopts_the_pins() {
     let agent = Agent::start(&config);
     assert_eq!(
         vtguard_attachments(&cgroup).len(),
-        4,
+        3,
         "one attachment per hook"
     );
     let r = py_connect(None, "127.0.0.1", protected, 3.0, "connect");
@@ -194,13 +194,13 @@ fn kill_9_keeps_ports_closed_and_a_restart_adopts_the_pins() {
 
     // A restarted agent adopts the pins: same links, still one attachment per hook.
     let agent = Agent::start(&config);
-    for prog in ["vtg_sockops", "vtg_connect4", "vtg_connect6", "vtg_ingress"] {
+    for prog in ["vtg_connect4", "vtg_connect6", "vtg_ingress"] {
         agent.wait_for(&format!("adopted {prog}"));
     }
     let attachments = vtguard_attachments(&cgroup);
     assert_eq!(
         attachments.len(),
-        4,
+        3,
         "no second attachment: {attachments:#?}"
     );
     let (_, after, _) = vtguard(&["kernel", "status", "--config", cfg, "--json"]);
@@ -218,7 +218,7 @@ fn kill_9_keeps_ports_closed_and_a_restart_adopts_the_pins() {
     );
     let (code, out, err) = vtguard(&["kernel", "detach", "--config", cfg]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("detached 4 program(s)"), "{out}");
+    assert!(out.starts_with("detached 3 program(s)"), "{out}");
     assert!(
         vtguard_attachments(&cgroup).is_empty(),
         "detach removed every attachment"
@@ -327,7 +327,7 @@ fn bad_input_gets_one_line_naming_the_cause_and_the_fix() {
     refused(&body, &["in use by another running vtguard agent"]);
     assert_eq!(
         vtguard_attachments(&cgroup).len(),
-        4,
+        3,
         "the second agent attached nothing"
     );
     drop(agent);

@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap, MapData};
-use vtguard_common::{maps as map_names, AccessKey, PortKey};
+use vtguard_common::{maps as map_names, protected_slot, AccessKey};
 
 use super::{open_map, Error};
 use crate::config::KernelPolicy;
@@ -58,17 +58,23 @@ pub struct PolicySummary {
 
 pub(super) struct PolicyMaps {
     generation: Array<MapData, u32>,
-    protected: HashMap<MapData, PortKey, u32>,
+    protected: Array<MapData, u32>,
     access: HashMap<MapData, AccessKey, u32>,
+    /// The ports set in each generation's slots of `protected`.
+    protected_ports: [BTreeSet<u16>; 2],
     last_flip: Option<Instant>,
 }
 
 impl PolicyMaps {
     pub(super) fn open(dir: &Path) -> Result<Self, Error> {
+        let protected: Array<MapData, u32> = open_map(dir, map_names::PROTECTED)?;
+        // Learn what a previous agent left (once, at start): both generations' ports.
+        let protected_ports = [0, 1].map(|g| protected_ports(&protected, g));
         Ok(Self {
             generation: open_map(dir, map_names::POLICY_GEN)?,
-            protected: open_map(dir, map_names::PROTECTED)?,
+            protected,
             access: open_map(dir, map_names::ACCESS)?,
+            protected_ports,
             last_flip: None,
         })
     }
@@ -107,15 +113,10 @@ impl PolicyMaps {
         let next = current ^ 1;
 
         // Clear what an earlier swap left in the generation about to be written.
-        let stale_ports: Vec<PortKey> = self
-            .protected
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.generation == next)
-            .collect();
-        for k in stale_ports {
+        let stale = std::mem::take(&mut self.protected_ports[next as usize]);
+        for port in stale {
             self.protected
-                .remove(&k)
+                .set(protected_slot(next, port), 0, 0)
                 .map_err(op(map_names::PROTECTED))?;
         }
         let stale_access: Vec<AccessKey> = self
@@ -129,14 +130,10 @@ impl PolicyMaps {
         }
 
         for &port in &policy.protected_ports {
-            let key = PortKey {
-                generation: next,
-                port,
-                _pad: 0,
-            };
             self.protected
-                .insert(key, 1, 0)
+                .set(protected_slot(next, port), 1, 0)
                 .map_err(op(map_names::PROTECTED))?;
+            self.protected_ports[next as usize].insert(port);
         }
         for &(port, identity) in &grants {
             let key = AccessKey {
@@ -159,6 +156,13 @@ impl PolicyMaps {
             grants: grants.len(),
         })
     }
+}
+
+/// The ports set in `generation`'s slots of the PROTECTED array (65 536 lookups).
+pub(super) fn protected_ports(protected: &Array<MapData, u32>, generation: u32) -> BTreeSet<u16> {
+    (0..=u16::MAX)
+        .filter(|&p| matches!(protected.get(&protected_slot(generation, p), 0), Ok(v) if v != 0))
+        .collect()
 }
 
 #[cfg(test)]

@@ -14,8 +14,7 @@ use aya::{
 };
 use serde::Serialize;
 use vtguard_common::{
-    maps as map_names, AccessKey, Counter, DenyEvent, FlowKey, FlowValue, PortKey, SocketEntry,
-    RECENT_SLOTS,
+    maps as map_names, AccessKey, Counter, DenyEvent, FlowKey, FlowValue, SocketEntry, RECENT_SLOTS,
 };
 
 use super::{events::Denial, link_pin, open_map, read_counters, sys, Error, PROGRAMS};
@@ -99,14 +98,9 @@ impl KernelStatus {
             st.generation = gen;
             if let (Some(gen), Ok(p)) = (
                 gen,
-                open_map::<HashMap<MapData, PortKey, u32>>(dir, map_names::PROTECTED),
+                open_map::<Array<MapData, u32>>(dir, map_names::PROTECTED),
             ) {
-                st.protected_ports = p
-                    .keys()
-                    .filter_map(Result::ok)
-                    .filter(|k| k.generation == gen)
-                    .map(|k| k.port)
-                    .collect();
+                st.protected_ports = super::policy::protected_ports(&p, gen);
             }
             if let (Some(gen), Ok(a)) = (
                 gen,
