@@ -87,37 +87,35 @@ enum Parsed {
     Malformed,
 }
 
-/// Reads the addresses and ports of a packet (cgroup_skb data starts at the IP header).
+/// Reads the addresses and ports of a packet (cgroup_skb data starts at the IP header). Each
+/// header is read with one helper call: this runs for every packet to a protected port.
 #[inline(always)]
 fn parse(ctx: &SkBuffContext) -> Parsed {
     let proto = u16::from_be(ctx.skb.protocol() as u16);
     let (saddr, daddr, l4) = match proto {
         ETH_P_IP => {
-            let Ok(vihl) = ctx.load::<u8>(0) else {
+            let Ok(h) = ctx.load::<[u8; 20]>(0) else {
                 return Parsed::Malformed;
             };
-            let ihl = ((vihl & 0x0f) as usize) * 4;
-            if vihl >> 4 != 4 || ihl < 20 {
+            let ihl = ((h[0] & 0x0f) as usize) * 4;
+            if h[0] >> 4 != 4 || ihl < 20 {
                 return Parsed::Malformed;
             }
-            let (Ok(p), Ok(s), Ok(d)) =
-                (ctx.load::<u8>(9), ctx.load::<u32>(12), ctx.load::<u32>(16))
-            else {
-                return Parsed::Malformed;
-            };
-            if p != IPPROTO_TCP {
+            if h[9] != IPPROTO_TCP {
                 return Parsed::NotTcp;
             }
+            let s = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
+            let d = u32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
             (v4_mapped(s), v4_mapped(d), ihl)
         }
         ETH_P_IPV6 => {
-            let (Ok(nh), Ok(s), Ok(d)) = (
-                ctx.load::<u8>(6),
-                ctx.load::<[u32; 4]>(8),
-                ctx.load::<[u32; 4]>(24),
-            ) else {
+            let Ok(h) = ctx.load::<[u32; 10]>(0) else {
                 return Parsed::Malformed;
             };
+            // Next header is byte 6 of the fixed header: the third byte of word 1.
+            let nh = h[1].to_ne_bytes()[2];
+            let s = [h[2], h[3], h[4], h[5]];
+            let d = [h[6], h[7], h[8], h[9]];
             match ipv6_transport(ctx, nh) {
                 Some((IPPROTO_TCP, off)) => (s, d, off),
                 Some(_) => return Parsed::NotTcp,
@@ -126,21 +124,18 @@ fn parse(ctx: &SkBuffContext) -> Parsed {
         }
         _ => return Parsed::NotTcp,
     };
-    let (Ok(sport), Ok(dport), Ok(flags)) = (
-        ctx.load::<u16>(l4),
-        ctx.load::<u16>(l4 + 2),
-        ctx.load::<u8>(l4 + 13),
-    ) else {
+    // Ports (0..4) and flags (13) of the TCP header.
+    let Ok(t) = ctx.load::<[u8; 14]>(l4) else {
         return Parsed::Malformed;
     };
     Parsed::Tcp {
         key: FlowKey {
             saddr,
             daddr,
-            sport: u16::from_be(sport),
-            dport: u16::from_be(dport),
+            sport: u16::from_be_bytes([t[0], t[1]]),
+            dport: u16::from_be_bytes([t[2], t[3]]),
         },
-        flags,
+        flags: t[13],
     }
 }
 

@@ -45,32 +45,43 @@ fn connect_close(k: &Kernel, addr: &SocketAddr) {
         .expect("linger 0");
 }
 
-/// (total run time, run count) of the attached programs, from the kernel's BPF stats.
-fn program_stats(k: &Kernel) -> (u128, u64) {
-    let ids: Vec<u32> = k.attachments().iter().map(|a| a.program_id).collect();
-    aya::programs::loaded_programs()
+/// (run time ns, run count) of each attached program, from the kernel's BPF stats.
+fn program_stats(k: &Kernel) -> Vec<(&'static str, u128, u64)> {
+    let progs: Vec<aya::programs::ProgramInfo> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| ids.contains(&p.id()))
-        .fold((0, 0), |(t, c), p| {
-            (t + p.run_time().as_nanos(), c + p.run_count())
+        .collect();
+    k.attachments()
+        .iter()
+        .map(|a| {
+            let p = progs
+                .iter()
+                .find(|p| p.id() == a.program_id)
+                .expect("attached program is loaded");
+            (a.program, p.run_time().as_nanos(), p.run_count())
         })
+        .collect()
 }
 
-/// BPF program time per connect+close (all programs: connect, ingress on both
-/// ends), measured by the kernel over `n` connections.
-fn hook_cost(k: &Kernel, addr: &SocketAddr, n: u32) -> (f64, f64) {
+/// BPF program time per connect+close (all programs: connect, ingress on both ends),
+/// measured by the kernel over `n` connections; and the same per program.
+fn hook_cost(k: &Kernel, addr: &SocketAddr, n: u32) -> (f64, f64, String) {
     let _stats =
         aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable BPF run-time stats");
-    let (t0, c0) = program_stats(k);
+    let before = program_stats(k);
     for _ in 0..n {
         connect_close(k, addr);
     }
     thread::sleep(Duration::from_millis(100));
-    let (t1, c1) = program_stats(k);
-    (
-        (t1 - t0) as f64 / f64::from(n),
-        (c1 - c0) as f64 / f64::from(n),
-    )
+    let after = program_stats(k);
+    let n = f64::from(n);
+    let (mut total_ns, mut total_runs, mut detail) = (0.0, 0.0, Vec::new());
+    for ((name, t0, c0), (_, t1, c1)) in before.iter().zip(&after) {
+        let (ns, runs) = ((t1 - t0) as f64 / n, (c1 - c0) as f64 / n);
+        total_ns += ns;
+        total_runs += runs;
+        detail.push(format!("{name} {ns:.0} ns/{runs:.1} runs"));
+    }
+    (total_ns, total_runs, detail.join(", "))
 }
 
 /// A policy granting IDENTITY (and `extra` other identities) access to `protected`.
@@ -127,9 +138,9 @@ fn bench(c: &mut Criterion) {
                 ("unprotected port", &to_open),
                 ("protected port, registered", &to_protected),
             ] {
-                let (ns, runs) = hook_cost(&k, addr, 20_000);
+                let (ns, runs, detail) = hook_cost(&k, addr, 20_000);
                 println!(
-                    "hook cost, {entries} map entries, {name}: {ns:.0} ns of BPF program time per connect+close ({runs:.1} program runs)"
+                    "hook cost, {entries} map entries, {name}: {ns:.0} ns of BPF program time per connect+close ({runs:.1} program runs: {detail})"
                 );
             }
         }

@@ -24,6 +24,13 @@ use vtguard_common::{maps as map_names, FlowKey, FlowValue, SocketEntry, FLOW_LI
 
 use super::{lock, sys, Error, Kernel};
 
+/// How long a looked-up route source address is reused.
+const ROUTE_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Cached route source addresses by destination.
+pub(super) type RouteSources =
+    Mutex<std::collections::HashMap<IpAddr, (IpAddr, std::time::Instant)>>;
+
 /// The flows map, shared with every open upstream connection.
 pub(super) type Flows = Arc<Mutex<HashMap<MapData, FlowKey, FlowValue>>>;
 
@@ -222,7 +229,7 @@ impl Kernel {
         addr: SocketAddr,
     ) -> Result<(Registration<'_>, FlowRecord), Error> {
         let registration = self.register(socket.as_fd(), identity)?;
-        let source = source_address(addr).map_err(Error::Socket)?;
+        let source = self.route_source(addr)?;
         socket
             .bind(&SocketAddr::new(source, 0).into())
             .map_err(Error::Socket)?;
@@ -255,6 +262,23 @@ impl Kernel {
             value,
         };
         Ok((registration, flow))
+    }
+
+    /// The source address for `dest`, from a short-lived cache: upstreams are few and routes
+    /// change rarely, and each lookup costs a socket and a connect().
+    fn route_source(&self, dest: SocketAddr) -> Result<IpAddr, Error> {
+        let mut cache = lock(&self.route_sources);
+        if let Some((source, at)) = cache.get(&dest.ip()) {
+            if at.elapsed() < ROUTE_CACHE_TTL {
+                return Ok(*source);
+            }
+        }
+        let source = source_address(dest).map_err(Error::Socket)?;
+        if cache.len() > 1024 {
+            cache.clear();
+        }
+        cache.insert(dest.ip(), (source, std::time::Instant::now()));
+        Ok(source)
     }
 
     /// Benchmarks only: fills the socket map with `n` registrations under `identity` for
