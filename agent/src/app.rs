@@ -1,10 +1,10 @@
 //! Wiring: what starts, in what order, and how the agent stops.
 //!
-//! Order: kernel (attach or adopt, policy in first), then the event reader. On SIGTERM or
-//! SIGINT the agent exits and the pinned programs stay attached: fail closed. SIGHUP re-reads
-//! the config's kernel policy.
+//! Order: kernel (attach or adopt, policy in first), then the event reader, then the
+//! listeners. On SIGTERM or SIGINT the agent exits and the pinned programs stay attached: fail
+//! closed. SIGHUP re-reads the config's kernel policy and every listener's certificates.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
@@ -13,7 +13,11 @@ use tracing::{error, info, warn};
 use crate::{
     config::Config,
     kernel::{Attach, Kernel, Origin},
+    proxy::grpc::GrpcProxy,
 };
+
+/// How often certificate files are checked for changes.
+const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Runs the agent until a termination signal.
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -26,72 +30,120 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn run_async(config: Config) -> anyhow::Result<()> {
-    let k = &config.kernel;
-    info!(
-        config = %config.source.display(),
-        bpffs = %k.bpffs.display(),
-        cgroup = ?k.cgroup,
-        protected_ports = ?k.policy.protected_ports,
-        access = ?k.policy.access,
-        "starting vtguard"
-    );
-    warn_ephemeral_overlap(&k.policy.protected_ports);
-    let kernel = Arc::new(Kernel::start(k, Attach::Yes)?);
-    for a in kernel.attachments() {
-        let how = match a.origin {
-            Origin::Attached => "attached",
-            Origin::Adopted => "adopted",
-        };
-        info!(program = a.program, link_id = a.link_id, program_id = a.program_id, cgroup = %kernel.cgroup().display(), "{how} {}", a.program);
-    }
-    info!(bpffs = %kernel.pin_dir().display(), "kernel enforcement active; pins outlive this process");
-
-    let events = {
-        let kernel = Arc::clone(&kernel);
-        tokio::spawn(async move {
-            let mut reader = kernel.event_reader()?;
-            reader.run().await
-        })
+    info!(config = %config.source.display(), listeners = config.listeners.len(), kernel = config.kernel.is_some(), "starting vtguard");
+    let kernel = match &config.kernel {
+        Some(k) => {
+            info!(
+                bpffs = %k.bpffs.display(),
+                cgroup = ?k.cgroup,
+                protected_ports = ?k.policy.protected_ports,
+                access = ?k.policy.access,
+                "kernel config"
+            );
+            warn_ephemeral_overlap(&k.policy.protected_ports);
+            let kernel = Arc::new(Kernel::start(k, Attach::Yes)?);
+            for a in kernel.attachments() {
+                let how = match a.origin {
+                    Origin::Attached => "attached",
+                    Origin::Adopted => "adopted",
+                };
+                info!(program = a.program, link_id = a.link_id, program_id = a.program_id, cgroup = %kernel.cgroup().display(), "{how} {}", a.program);
+            }
+            info!(bpffs = %kernel.pin_dir().display(), "kernel enforcement active; pins outlive this process");
+            Some(kernel)
+        }
+        None => {
+            warn!("no [kernel] section: upstream ports are not protected, so clients can bypass vtguard");
+            None
+        }
     };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(k) = &kernel {
+        let k = Arc::clone(k);
+        tasks.spawn(async move {
+            let mut reader = k.event_reader()?;
+            reader
+                .run()
+                .await
+                .map_err(anyhow::Error::from)
+                .context("reading kernel events")
+        });
+    }
+
+    let mut proxies = Vec::new();
+    for l in &config.listeners {
+        let protected = config
+            .kernel
+            .as_ref()
+            .is_some_and(|k| k.policy.protected_ports.contains(&l.upstream.port()));
+        let proxy = Arc::new(GrpcProxy::new(l, kernel.clone(), protected)?);
+        let socket = proxy.bind(l.listen).await?;
+        info!(listener = %l.name, listen = %l.listen, upstream = %l.upstream, upstream_protected = protected, "listening");
+        let p = Arc::clone(&proxy);
+        tasks.spawn(async move {
+            p.serve(socket).await;
+            Ok(())
+        });
+        proxies.push(proxy);
+    }
+    if !proxies.is_empty() {
+        let proxies = proxies.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(TLS_RELOAD_INTERVAL);
+            loop {
+                tick.tick().await;
+                for p in &proxies {
+                    p.reload_tls(false);
+                }
+            }
+        });
+    }
 
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    tokio::pin!(events);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&kernel, &config),
-            res = &mut events => {
-                // The reader only ends on an error; enforcement goes on in the kernel, but
-                // denials would no longer be logged, so stop loudly.
+            _ = hup.recv() => {
+                if let Some(k) = &kernel {
+                    reload_kernel(k, &config);
+                }
+                for p in &proxies {
+                    p.reload_tls(true);
+                }
+            }
+            Some(res) = tasks.join_next() => {
+                // Tasks run until the agent stops; one that ends has failed. Enforcement goes
+                // on in the kernel, but stop loudly rather than run half-blind.
                 let err = match res {
-                    Ok(Ok(())) => anyhow::anyhow!("event reader stopped"),
-                    Ok(Err(e)) => anyhow::Error::from(e).context("reading kernel events"),
-                    Err(e) => anyhow::Error::from(e).context("event reader task"),
+                    Ok(Ok(())) => anyhow::anyhow!("a task stopped"),
+                    Ok(Err(e)) => e,
+                    Err(e) => anyhow::Error::from(e).context("task"),
                 };
                 return Err(err);
             }
         }
     }
-    info!(
-        bpffs = %kernel.pin_dir().display(),
-        "stopping; kernel programs stay attached (protected ports stay closed); `vtguard kernel detach` removes them"
-    );
+    match &kernel {
+        Some(k) => info!(
+            bpffs = %k.pin_dir().display(),
+            "stopping; kernel programs stay attached (protected ports stay closed); `vtguard kernel detach` removes them"
+        ),
+        None => info!("stopping"),
+    }
     Ok(())
 }
 
-fn reload(kernel: &Kernel, config: &Config) {
+fn reload_kernel(kernel: &Kernel, config: &Config) {
     match Config::load(&config.source) {
-        Ok(new) => match kernel.apply_policy(&new.kernel.policy) {
-            Ok(s) => {
-                info!(generation = s.generation, protected_ports = ?s.protected_ports, grants = s.grants, "kernel policy reloaded")
-            }
-            Err(e) => {
-                error!(error = %e, "kernel policy reload failed; the previous policy stays in force")
-            }
+        Ok(Config { kernel: Some(new), .. }) => match kernel.apply_policy(&new.policy) {
+            Ok(s) => info!(generation = s.generation, protected_ports = ?s.protected_ports, grants = s.grants, "kernel policy reloaded"),
+            Err(e) => error!(error = %e, "kernel policy reload failed; the previous policy stays in force"),
         },
+        Ok(_) => error!("config reload: the [kernel] section is gone; the previous policy stays in force (detach with `vtguard kernel detach`)"),
         Err(e) => error!(error = %e, "config reload failed; the previous policy stays in force"),
     }
 }

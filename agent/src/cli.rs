@@ -68,7 +68,17 @@ pub struct PinArgs {
 impl PinArgs {
     fn dir(&self) -> anyhow::Result<PathBuf> {
         Ok(match (&self.config, &self.bpffs) {
-            (Some(c), _) => Config::load(c)?.kernel.bpffs,
+            (Some(c), _) => {
+                Config::load(c)?
+                    .kernel
+                    .with_context(|| {
+                        format!(
+                            "config {} has no [kernel] section: give --bpffs",
+                            c.display()
+                        )
+                    })?
+                    .bpffs
+            }
             (None, Some(b)) => b.clone(),
             (None, None) => PathBuf::from(DEFAULT_BPFFS),
         })

@@ -3,7 +3,9 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -27,8 +29,107 @@ pub enum Error {
 pub struct Config {
     /// The file it came from (for messages).
     pub source: PathBuf,
-    pub kernel: KernelConfig,
+    /// Kernel enforcement; `None` runs the listeners without it (TLS and identity only).
+    pub kernel: Option<KernelConfig>,
+    pub listeners: Vec<ListenerConfig>,
 }
+
+/// One `[[listener]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub upstream: SocketAddr,
+    pub protocol: Protocol,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc(GrpcListener),
+}
+
+/// Which Vitess gRPC service sits behind a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcService {
+    /// vttablet: queryservice.Query (and TabletManager, UpdateStream, Throttler).
+    Vttablet,
+    /// vtgate: vtgateservice.Vitess.
+    Vtgate,
+}
+
+impl GrpcService {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Vttablet => "vttablet",
+            Self::Vtgate => "vtgate",
+        }
+    }
+}
+
+/// Vitess's effective-caller-ID override, for callers without a verified certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EffectiveCallerId {
+    /// `unsecure_grpc_client`.
+    Off,
+    /// `grpc-use-effective-callerid`: username = the effective principal.
+    Principal,
+    /// ... and `grpc-use-effective-groups`: groups = the effective groups.
+    PrincipalAndGroups,
+}
+
+/// Lowest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// Server-side TLS of a listener (Vitess's `grpc-*` flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Client certificates are required and verified against this bundle.
+    pub ca: Option<PathBuf>,
+    pub crl: Option<PathBuf>,
+    /// Appended to the served chain.
+    pub server_ca: Option<PathBuf>,
+    pub min_version: TlsVersion,
+}
+
+/// TLS towards the upstream (`tablet-grpc-*` / `vtgate-grpc-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Replaces the host name when the server certificate is checked.
+    pub server_name: Option<String>,
+}
+
+/// A gRPC listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcListener {
+    pub service: GrpcService,
+    /// `None`: plaintext (only with `insecure-plaintext = true`).
+    pub tls: Option<ServerTls>,
+    pub effective_callerid: EffectiveCallerId,
+    pub upstream_tls: Option<UpstreamTls>,
+    pub handshake_timeout: Duration,
+    pub max_message_size: usize,
+    pub query_log: bool,
+    /// Non-query services (vttablet only) and the identities (user or group) allowed on each.
+    pub services: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The non-query services a vttablet port also serves; table ACLs do not cover them.
+pub const VTTABLET_OTHER_SERVICES: [&str; 3] = [
+    "tabletmanagerservice.TabletManager",
+    "binlogservice.UpdateStream",
+    "throttlerservice.Throttler",
+];
 
 /// The `[kernel]` part.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,8 +168,51 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/vtguard";
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    kernel: RawKernel,
+    kernel: Option<RawKernel>,
+    #[serde(default)]
+    listener: Vec<RawListener>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawListener {
+    name: String,
+    protocol: String,
+    service: Option<String>,
+    listen: String,
+    upstream: String,
+    #[serde(default)]
+    insecure_plaintext: bool,
+    grpc_cert: Option<PathBuf>,
+    grpc_key: Option<PathBuf>,
+    grpc_ca: Option<PathBuf>,
+    grpc_crl: Option<PathBuf>,
+    grpc_server_ca: Option<PathBuf>,
+    grpc_tls_min_version: Option<String>,
+    #[serde(default)]
+    grpc_use_effective_callerid: bool,
+    #[serde(default)]
+    grpc_use_effective_groups: bool,
+    grpc_max_message_size: Option<i64>,
+    handshake_timeout_seconds: Option<f64>,
+    #[serde(default)]
+    query_log: bool,
+    #[serde(default)]
+    services: BTreeMap<String, Vec<String>>,
+    tablet_grpc_ca: Option<PathBuf>,
+    tablet_grpc_cert: Option<PathBuf>,
+    tablet_grpc_key: Option<PathBuf>,
+    tablet_grpc_server_name: Option<String>,
+    vtgate_grpc_ca: Option<PathBuf>,
+    vtgate_grpc_cert: Option<PathBuf>,
+    vtgate_grpc_key: Option<PathBuf>,
+    vtgate_grpc_server_name: Option<String>,
+}
+
+/// Vitess's default `grpc-max-message-size`.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+/// Default TLS handshake timeout.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -108,68 +252,297 @@ impl Config {
             path: path.to_owned(),
             message,
         };
-        let k = raw.kernel;
-        if k.protected_ports.is_empty() {
+        if raw.kernel.is_none() && raw.listener.is_empty() {
             return Err(invalid(
-                "[kernel] protected-ports is empty: list the upstream ports only vtguard may reach, e.g. protected-ports = [16991]".into(),
+                "nothing to run: add a [kernel] section, a [[listener]], or both".into(),
             ));
         }
-        let mut protected_ports = BTreeSet::new();
-        for p in &k.protected_ports {
-            let port =
-                valid_port(*p).map_err(|m| invalid(format!("[kernel] protected-ports: {m}")))?;
-            if !protected_ports.insert(port) {
+        let kernel = match raw.kernel {
+            Some(k) => Some(parse_kernel(k).map_err(invalid)?),
+            None => None,
+        };
+        let mut listeners: Vec<ListenerConfig> = Vec::new();
+        for l in raw.listener {
+            let l = parse_listener(l).map_err(invalid)?;
+            if let Some(other) = listeners.iter().find(|o| o.name == l.name) {
                 return Err(invalid(format!(
-                    "[kernel] protected-ports lists {port} twice: list each port once"
+                    "two listeners are named {:?}: give each [[listener]] its own name",
+                    other.name
                 )));
             }
-        }
-        let mut access: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
-        for a in &k.access {
-            let port =
-                valid_port(a.port).map_err(|m| invalid(format!("[[kernel.access]] port: {m}")))?;
-            if !protected_ports.contains(&port) {
+            if let Some(other) = listeners.iter().find(|o| o.listen == l.listen) {
                 return Err(invalid(format!(
-                    "[[kernel.access]] port {port} is not in [kernel] protected-ports: add it there or remove this entry"
+                    "listeners {:?} and {:?} both listen on {}: give each its own address",
+                    other.name, l.name, l.listen
                 )));
             }
-            let ids = access.entry(port).or_default();
-            for id in &a.identities {
-                if id.is_empty() || id.contains('\0') {
-                    return Err(invalid(format!(
-                        "[[kernel.access]] port {port}: identity {id:?} is empty or holds a NUL byte"
-                    )));
-                }
-                ids.insert(id.clone());
-            }
-        }
-        let bpffs = k.bpffs.unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS));
-        if !bpffs.is_absolute() {
-            return Err(invalid(format!(
-                "[kernel] bpffs {} is not an absolute path: use a folder under a BPF filesystem, e.g. {DEFAULT_BPFFS}",
-                bpffs.display()
-            )));
-        }
-        if let Some(cg) = &k.cgroup {
-            if !cg.is_absolute() {
-                return Err(invalid(format!(
-                    "[kernel] cgroup {} is not an absolute path: use a cgroup2 directory, e.g. /sys/fs/cgroup",
-                    cg.display()
-                )));
-            }
+            listeners.push(l);
         }
         Ok(Config {
             source: path.to_owned(),
-            kernel: KernelConfig {
-                bpffs,
-                cgroup: k.cgroup,
-                policy: KernelPolicy {
-                    protected_ports,
-                    access,
-                },
-            },
+            kernel,
+            listeners,
         })
     }
+}
+
+fn parse_kernel(k: RawKernel) -> Result<KernelConfig, String> {
+    if k.protected_ports.is_empty() {
+        return Err("[kernel] protected-ports is empty: list the upstream ports only vtguard may reach, e.g. protected-ports = [16991]".to_owned());
+    }
+    let mut protected_ports = BTreeSet::new();
+    for p in &k.protected_ports {
+        let port = valid_port(*p).map_err(|m| format!("[kernel] protected-ports: {m}"))?;
+        if !protected_ports.insert(port) {
+            return Err(format!(
+                "[kernel] protected-ports lists {port} twice: list each port once"
+            ));
+        }
+    }
+    let mut access: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
+    for a in &k.access {
+        let port = valid_port(a.port).map_err(|m| format!("[[kernel.access]] port: {m}"))?;
+        if !protected_ports.contains(&port) {
+            return Err(format!(
+                    "[[kernel.access]] port {port} is not in [kernel] protected-ports: add it there or remove this entry"
+                ));
+        }
+        let ids = access.entry(port).or_default();
+        for id in &a.identities {
+            if id.is_empty() || id.contains('\0') {
+                return Err(format!(
+                    "[[kernel.access]] port {port}: identity {id:?} is empty or holds a NUL byte"
+                ));
+            }
+            ids.insert(id.clone());
+        }
+    }
+    let bpffs = k.bpffs.unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS));
+    if !bpffs.is_absolute() {
+        return Err(format!(
+                "[kernel] bpffs {} is not an absolute path: use a folder under a BPF filesystem, e.g. {DEFAULT_BPFFS}",
+                bpffs.display()
+            ));
+    }
+    if let Some(cg) = &k.cgroup {
+        if !cg.is_absolute() {
+            return Err(format!(
+                    "[kernel] cgroup {} is not an absolute path: use a cgroup2 directory, e.g. /sys/fs/cgroup",
+                    cg.display()
+                ));
+        }
+    }
+    Ok(KernelConfig {
+        bpffs,
+        cgroup: k.cgroup,
+        policy: KernelPolicy {
+            protected_ports,
+            access,
+        },
+    })
+}
+
+fn parse_listener(l: RawListener) -> Result<ListenerConfig, String> {
+    let name = l.name.clone();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "[[listener]] name {name:?}: use letters, digits, '-' and '_'"
+        ));
+    }
+    let at = |m: String| format!("listener {name}: {m}");
+    let listen: SocketAddr = l.listen.parse().map_err(|_| {
+        at(format!(
+            "listen {:?} is not an address:port, e.g. \"0.0.0.0:15991\"",
+            l.listen
+        ))
+    })?;
+    let upstream: SocketAddr = l.upstream.parse().map_err(|_| {
+        at(format!(
+            "upstream {:?} is not an address:port, e.g. \"127.0.0.1:16991\"",
+            l.upstream
+        ))
+    })?;
+    if l.protocol != "grpc" {
+        return Err(at(format!(
+            "protocol {:?} is not supported: use \"grpc\"",
+            l.protocol
+        )));
+    }
+    let service = match l.service.as_deref() {
+        Some("vttablet") => GrpcService::Vttablet,
+        Some("vtgate") => GrpcService::Vtgate,
+        Some(other) => {
+            return Err(at(format!(
+                "service {other:?}: use \"vttablet\" or \"vtgate\""
+            )))
+        }
+        None => {
+            return Err(at(
+                "service is missing: set service = \"vttablet\" or \"vtgate\"".into(),
+            ))
+        }
+    };
+    let min_version = match l.grpc_tls_min_version.as_deref() {
+        None | Some("TLSv1.2") => TlsVersion::Tls12,
+        Some("TLSv1.3") => TlsVersion::Tls13,
+        Some(v) => {
+            return Err(at(format!(
+                "grpc-tls-min-version {v:?}: use \"TLSv1.2\" or \"TLSv1.3\""
+            )))
+        }
+    };
+    let tls = match (l.grpc_cert, l.grpc_key) {
+        (Some(cert), Some(key)) => Some(ServerTls {
+            cert,
+            key,
+            ca: l.grpc_ca,
+            crl: l.grpc_crl,
+            server_ca: l.grpc_server_ca,
+            min_version,
+        }),
+        (Some(_), None) => return Err(at("grpc-cert is set without grpc-key: set both".into())),
+        (None, Some(_)) => return Err(at("grpc-key is set without grpc-cert: set both".into())),
+        (None, None) => {
+            for (key, set) in [
+                ("grpc-ca", l.grpc_ca.is_some()),
+                ("grpc-crl", l.grpc_crl.is_some()),
+                ("grpc-server-ca", l.grpc_server_ca.is_some()),
+                ("grpc-tls-min-version", l.grpc_tls_min_version.is_some()),
+            ] {
+                if set {
+                    return Err(at(format!("{key} needs grpc-cert and grpc-key")));
+                }
+            }
+            if !l.insecure_plaintext {
+                return Err(at(
+                    "no grpc-cert/grpc-key: set them to serve TLS, or set insecure-plaintext = true to serve plaintext on purpose".into(),
+                ));
+            }
+            None
+        }
+    };
+    if let Some(t) = &tls {
+        if l.insecure_plaintext {
+            return Err(at(
+                "insecure-plaintext = true contradicts grpc-cert: remove one".into(),
+            ));
+        }
+        if t.crl.is_some() && t.ca.is_none() {
+            return Err(at(
+                "grpc-crl needs grpc-ca (revocation applies to verified client certificates)"
+                    .into(),
+            ));
+        }
+    }
+    let effective_callerid = match (l.grpc_use_effective_callerid, l.grpc_use_effective_groups) {
+        (false, false) => EffectiveCallerId::Off,
+        (true, false) => EffectiveCallerId::Principal,
+        (true, true) => EffectiveCallerId::PrincipalAndGroups,
+        (false, true) => {
+            return Err(at(
+                "grpc-use-effective-groups needs grpc-use-effective-callerid".into(),
+            ))
+        }
+    };
+    let (mine, theirs, ca, cert, key, server_name) = match service {
+        GrpcService::Vttablet => (
+            "tablet-grpc",
+            (
+                "vtgate-grpc",
+                l.vtgate_grpc_ca.is_some()
+                    || l.vtgate_grpc_cert.is_some()
+                    || l.vtgate_grpc_key.is_some()
+                    || l.vtgate_grpc_server_name.is_some(),
+            ),
+            l.tablet_grpc_ca,
+            l.tablet_grpc_cert,
+            l.tablet_grpc_key,
+            l.tablet_grpc_server_name,
+        ),
+        GrpcService::Vtgate => (
+            "vtgate-grpc",
+            (
+                "tablet-grpc",
+                l.tablet_grpc_ca.is_some()
+                    || l.tablet_grpc_cert.is_some()
+                    || l.tablet_grpc_key.is_some()
+                    || l.tablet_grpc_server_name.is_some(),
+            ),
+            l.vtgate_grpc_ca,
+            l.vtgate_grpc_cert,
+            l.vtgate_grpc_key,
+            l.vtgate_grpc_server_name,
+        ),
+    };
+    if theirs.1 {
+        return Err(at(format!(
+            "{}-* keys are for the other service: a {} listener dials its upstream with {mine}-*",
+            theirs.0,
+            service.as_str()
+        )));
+    }
+    if cert.is_some() != key.is_some() {
+        return Err(at(format!(
+            "{mine}-cert and {mine}-key go together: set both or neither"
+        )));
+    }
+    let upstream_tls = if ca.is_some() || cert.is_some() || server_name.is_some() {
+        Some(UpstreamTls {
+            ca,
+            cert,
+            key,
+            server_name,
+        })
+    } else {
+        None
+    };
+    let max_message_size = match l.grpc_max_message_size {
+        None => DEFAULT_MAX_MESSAGE_SIZE,
+        Some(n) if (1..=1 << 28).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(at(format!(
+                "grpc-max-message-size {n}: use 1 to 268435456 bytes"
+            )))
+        }
+    };
+    let handshake_timeout = match l.handshake_timeout_seconds {
+        None => DEFAULT_HANDSHAKE_TIMEOUT,
+        Some(s) if s > 0.0 && s <= 300.0 => Duration::from_secs_f64(s),
+        Some(s) => {
+            return Err(at(format!(
+                "handshake-timeout-seconds {s}: use a value in (0, 300]"
+            )))
+        }
+    };
+    let mut services = BTreeMap::new();
+    for (svc, ids) in l.services {
+        if service == GrpcService::Vtgate || !VTTABLET_OTHER_SERVICES.contains(&svc.as_str()) {
+            return Err(at(format!(
+                "services: {svc:?} cannot be opened here; a vttablet listener can open {}",
+                VTTABLET_OTHER_SERVICES.join(", ")
+            )));
+        }
+        services.insert(svc, ids.into_iter().collect());
+    }
+    Ok(ListenerConfig {
+        name,
+        listen,
+        upstream,
+        protocol: Protocol::Grpc(GrpcListener {
+            service,
+            tls,
+            effective_callerid,
+            upstream_tls,
+            handshake_timeout,
+            max_message_size,
+            query_log: l.query_log,
+            services,
+        }),
+    })
 }
 
 fn valid_port(p: i64) -> Result<u16, String> {
@@ -205,9 +578,10 @@ mod tests {
             "#,
         )
         .expect("valid config");
-        assert_eq!(c.kernel.bpffs, PathBuf::from("/sys/fs/bpf/vtg"));
-        assert_eq!(c.kernel.cgroup, Some(PathBuf::from("/sys/fs/cgroup")));
-        let p = &c.kernel.policy;
+        let k = c.kernel.expect("kernel section");
+        assert_eq!(k.bpffs, PathBuf::from("/sys/fs/bpf/vtg"));
+        assert_eq!(k.cgroup, Some(PathBuf::from("/sys/fs/cgroup")));
+        let p = &k.policy;
         assert_eq!(p.protected_ports, BTreeSet::from([13306, 16991]));
         assert!(p.allows("vtgate client 1", 16991));
         assert!(!p.allows("vtgate client 1", 13306));
@@ -217,9 +591,11 @@ mod tests {
     #[test]
     fn defaults() {
         let c = parse("[kernel]\nprotected-ports = [1]\n").expect("valid config");
-        assert_eq!(c.kernel.bpffs, PathBuf::from(DEFAULT_BPFFS));
-        assert_eq!(c.kernel.cgroup, None);
-        assert!(c.kernel.policy.access.is_empty());
+        let k = c.kernel.expect("kernel section");
+        assert_eq!(k.bpffs, PathBuf::from(DEFAULT_BPFFS));
+        assert_eq!(k.cgroup, None);
+        assert!(k.policy.access.is_empty());
+        assert!(c.listeners.is_empty());
     }
 
     fn err(text: &str) -> String {
@@ -260,7 +636,140 @@ mod tests {
         let e = err("[kernel]\nprotected-ports = \"16991\"\n");
         assert!(e.contains("protected-ports"), "{e}");
         let e = err("");
-        assert!(e.contains("missing field `kernel`"), "{e}");
+        assert!(
+            e.contains("nothing to run: add a [kernel] section, a [[listener]], or both"),
+            "{e}"
+        );
+    }
+
+    const TLS_LISTENER: &str = r#"
+        [[listener]]
+        name = "vttablet"
+        protocol = "grpc"
+        service = "vttablet"
+        listen = "0.0.0.0:15991"
+        upstream = "127.0.0.1:16991"
+        grpc-cert = "/etc/vtguard/server.pem"
+        grpc-key = "/etc/vtguard/server.key"
+        grpc-ca = "/etc/vtguard/clients.pem"
+        grpc-crl = "/etc/vtguard/clients.crl"
+        grpc-server-ca = "/etc/vtguard/ca.pem"
+        grpc-tls-min-version = "TLSv1.3"
+        grpc-use-effective-callerid = true
+        grpc-use-effective-groups = true
+        tablet-grpc-ca = "/etc/vtguard/tablet-ca.pem"
+        tablet-grpc-server-name = "vttablet server instance"
+        query-log = true
+        [listener.services]
+        "tabletmanagerservice.TabletManager" = ["vtctld"]
+    "#;
+
+    #[test]
+    fn grpc_listener_with_every_key() {
+        let c = parse(TLS_LISTENER).expect("valid listener");
+        assert!(c.kernel.is_none());
+        let l = &c.listeners[0];
+        assert_eq!(l.name, "vttablet");
+        assert_eq!(l.upstream, "127.0.0.1:16991".parse().expect("addr"));
+        let Protocol::Grpc(g) = &l.protocol;
+        assert_eq!(g.service, GrpcService::Vttablet);
+        let tls = g.tls.as_ref().expect("tls");
+        assert_eq!(tls.min_version, TlsVersion::Tls13);
+        assert_eq!(tls.crl, Some(PathBuf::from("/etc/vtguard/clients.crl")));
+        assert_eq!(g.effective_callerid, EffectiveCallerId::PrincipalAndGroups);
+        let up = g.upstream_tls.as_ref().expect("upstream tls");
+        assert_eq!(up.server_name.as_deref(), Some("vttablet server instance"));
+        assert_eq!(g.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+        assert_eq!(g.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
+        assert!(g.query_log);
+        assert!(g.services["tabletmanagerservice.TabletManager"].contains("vtctld"));
+    }
+
+    fn listener(extra: &str) -> String {
+        format!("[[listener]]\nname = \"l\"\nprotocol = \"grpc\"\nservice = \"vttablet\"\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\n{extra}")
+    }
+
+    #[test]
+    fn bad_listeners_name_the_key_and_the_fix() {
+        let e = err(&listener(""));
+        assert!(e.contains("listener l: no grpc-cert/grpc-key: set them to serve TLS, or set insecure-plaintext = true"), "{e}");
+        assert!(parse(&listener("insecure-plaintext = true\n")).is_ok());
+        let e = err(&listener("grpc-cert = \"/c\"\n"));
+        assert!(
+            e.contains("grpc-cert is set without grpc-key: set both"),
+            "{e}"
+        );
+        let e = err(&listener("insecure-plaintext = true\ngrpc-ca = \"/ca\"\n"));
+        assert!(e.contains("grpc-ca needs grpc-cert and grpc-key"), "{e}");
+        let e = err(&listener(
+            "grpc-cert = \"/c\"\ngrpc-key = \"/k\"\ngrpc-crl = \"/crl\"\n",
+        ));
+        assert!(e.contains("grpc-crl needs grpc-ca"), "{e}");
+        let e = err(&listener(
+            "insecure-plaintext = true\ngrpc-use-effective-groups = true\n",
+        ));
+        assert!(
+            e.contains("grpc-use-effective-groups needs grpc-use-effective-callerid"),
+            "{e}"
+        );
+        let e = err(&listener(
+            "insecure-plaintext = true\nvtgate-grpc-ca = \"/ca\"\n",
+        ));
+        assert!(e.contains("vtgate-grpc-* keys are for the other service: a vttablet listener dials its upstream with tablet-grpc-*"), "{e}");
+        let e = err(&listener(
+            "insecure-plaintext = true\ntablet-grpc-cert = \"/c\"\n",
+        ));
+        assert!(
+            e.contains("tablet-grpc-cert and tablet-grpc-key go together"),
+            "{e}"
+        );
+        let e = err(&listener(
+            "insecure-plaintext = true\ngrpc-tls-min-version = \"TLSv1.3\"\n",
+        ));
+        assert!(e.contains("grpc-tls-min-version needs grpc-cert"), "{e}");
+        let e = err(&listener(
+            "grpc-cert = \"/c\"\ngrpc-key = \"/k\"\ngrpc-tls-min-version = \"TLSv1.0\"\n",
+        ));
+        assert!(
+            e.contains("grpc-tls-min-version \"TLSv1.0\": use \"TLSv1.2\" or \"TLSv1.3\""),
+            "{e}"
+        );
+        let e = err(&listener(
+            "insecure-plaintext = true\ngrpc-max-message-size = 0\n",
+        ));
+        assert!(
+            e.contains("grpc-max-message-size 0: use 1 to 268435456 bytes"),
+            "{e}"
+        );
+        let e = err(&listener(
+            "insecure-plaintext = true\n[listener.services]\n\"queryservice.Query\" = [\"x\"]\n",
+        ));
+        assert!(
+            e.contains("services: \"queryservice.Query\" cannot be opened here"),
+            "{e}"
+        );
+        let e = err(&listener("insecure-plaintext = true\n").replace("127.0.0.1:2", "localhost"));
+        assert!(
+            e.contains("upstream \"localhost\" is not an address:port"),
+            "{e}"
+        );
+        let e = err(&listener("insecure-plaintext = true\n").replace("\"grpc\"", "\"mysql\""));
+        assert!(e.contains("protocol \"mysql\" is not supported"), "{e}");
+        let e = err(&listener("insecure-plaintext = true\n")
+            .replace("service = \"vttablet\"", "service = \"vtctld\""));
+        assert!(
+            e.contains("service \"vtctld\": use \"vttablet\" or \"vtgate\""),
+            "{e}"
+        );
+        let two = format!(
+            "{}{}",
+            listener("insecure-plaintext = true\n"),
+            listener("insecure-plaintext = true\n")
+        );
+        let e = err(&two);
+        assert!(e.contains("two listeners are named \"l\""), "{e}");
+        let e = err(&listener("insecure-plaintext = true\ngrpc-sert = \"x\"\n"));
+        assert!(e.contains("unknown field `grpc-sert`"), "{e}");
     }
 
     #[test]

@@ -4,5 +4,8 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod identity;
 pub mod kernel;
+pub mod proxy;
 pub mod telemetry;
+pub mod tls;

@@ -1,0 +1,285 @@
+//! TLS: one crypto provider for the process, server configs built from Vitess's `grpc-*`
+//! files (client verification with CRLs, the served chain, minimum version, ALPN h2), client
+//! configs for upstreams, and reloading when the files change.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::SystemTime,
+};
+
+use arc_swap::ArcSwap;
+use rustls::{
+    crypto::CryptoProvider,
+    pki_types::{
+        pem::PemObject, CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName,
+    },
+    server::WebPkiClientVerifier,
+    ClientConfig, RootCertStore, ServerConfig,
+};
+
+use crate::config::{ServerTls, TlsVersion, UpstreamTls};
+
+/// What went wrong building a TLS config; each names the file and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {path} holds no {kind}: give a PEM file with at least one")]
+    Empty {
+        what: &'static str,
+        path: PathBuf,
+        kind: &'static str,
+    },
+    #[error("{what} {path}: {detail}")]
+    Invalid {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error("TLS config: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("upstream server name {0:?} is not a valid DNS name or IP address")]
+    ServerName(String),
+}
+
+/// The one crypto provider every rustls config is built from.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
+    fs::read(path).map_err(|source| Error::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Every certificate in a PEM file.
+pub fn load_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let pem = read(what, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Invalid {
+            what,
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(Error::Empty {
+            what,
+            path: path.to_owned(),
+            kind: "certificates",
+        });
+    }
+    Ok(certs)
+}
+
+/// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn load_key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
+    let pem = read(what, path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| Error::Invalid {
+        what,
+        path: path.to_owned(),
+        detail: format!("no usable private key ({e})"),
+    })
+}
+
+fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
+    let pem = read("grpc-crl", path)?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Invalid {
+            what: "grpc-crl",
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+    if crls.is_empty() {
+        return Err(Error::Empty {
+            what: "grpc-crl",
+            path: path.to_owned(),
+            kind: "CRLs",
+        });
+    }
+    Ok(crls)
+}
+
+fn roots(what: &'static str, path: &Path) -> Result<RootCertStore, Error> {
+    let mut store = RootCertStore::empty();
+    for cert in load_certs(what, path)? {
+        store.add(cert).map_err(|e| Error::Invalid {
+            what,
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+    }
+    Ok(store)
+}
+
+/// Builds a listener's server config from its files (read now).
+pub fn server_config(tls: &ServerTls) -> Result<ServerConfig, Error> {
+    let provider = crypto_provider();
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(versions)?;
+    let builder = match &tls.ca {
+        Some(ca) => {
+            let mut v = WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots("grpc-ca", ca)?),
+                Arc::clone(&provider),
+            );
+            if let Some(crl) = &tls.crl {
+                v = v.with_crls(load_crls(crl)?);
+            }
+            let verifier = v.build().map_err(|e| Error::Invalid {
+                what: "grpc-ca",
+                path: ca.clone(),
+                detail: e.to_string(),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut chain = load_certs("grpc-cert", &tls.cert)?;
+    if let Some(extra) = &tls.server_ca {
+        chain.extend(load_certs("grpc-server-ca", extra)?);
+    }
+    let key = load_key("grpc-key", &tls.key)?;
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::Invalid {
+            what: "grpc-key",
+            path: tls.key.clone(),
+            detail: format!("does not match grpc-cert {}: {e}", tls.cert.display()),
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// Builds the client config for an upstream, and the name its certificate must carry.
+pub fn client_config(
+    tls: &UpstreamTls,
+    upstream_host: &str,
+    prefix: &'static str,
+) -> Result<(ClientConfig, ServerName<'static>), Error> {
+    let provider = crypto_provider();
+    let builder =
+        ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
+    let store = match &tls.ca {
+        Some(ca) => roots(ca_label(prefix), ca)?,
+        None => RootCertStore::empty(),
+    };
+    let builder = builder.with_root_certificates(store);
+    let mut config = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(
+                load_certs(cert_label(prefix), cert)?,
+                load_key(key_label(prefix), key)?,
+            )
+            .map_err(|e| Error::Invalid {
+                what: key_label(prefix),
+                path: key.clone(),
+                detail: format!("does not match the certificate: {e}"),
+            })?,
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = tls
+        .server_name
+        .clone()
+        .unwrap_or_else(|| upstream_host.to_owned());
+    let server_name = ServerName::try_from(name.clone()).map_err(|_| Error::ServerName(name))?;
+    Ok((config, server_name))
+}
+
+fn ca_label(prefix: &str) -> &'static str {
+    if prefix == "tablet-grpc" {
+        "tablet-grpc-ca"
+    } else {
+        "vtgate-grpc-ca"
+    }
+}
+fn cert_label(prefix: &str) -> &'static str {
+    if prefix == "tablet-grpc" {
+        "tablet-grpc-cert"
+    } else {
+        "vtgate-grpc-cert"
+    }
+}
+fn key_label(prefix: &str) -> &'static str {
+    if prefix == "tablet-grpc" {
+        "tablet-grpc-key"
+    } else {
+        "vtgate-grpc-key"
+    }
+}
+
+/// A listener's current server config, replaced when its files change. Connections keep the
+/// config they were accepted with; new handshakes get the new one.
+pub struct Reloadable {
+    tls: ServerTls,
+    current: ArcSwap<ServerConfig>,
+    stamp: std::sync::Mutex<Vec<Option<(SystemTime, u64)>>>,
+}
+
+impl Reloadable {
+    /// Loads the files once; an error here stops the listener from starting.
+    pub fn new(tls: ServerTls) -> Result<Self, Error> {
+        let config = server_config(&tls)?;
+        let stamp = stamps(&tls);
+        Ok(Self {
+            tls,
+            current: ArcSwap::from_pointee(config),
+            stamp: std::sync::Mutex::new(stamp),
+        })
+    }
+
+    /// The config for the next handshake.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current.load_full()
+    }
+
+    /// Reloads when a file changed (or always, with `force`). A new config is checked before it
+    /// is published; if it fails, the old one stays and the error is returned.
+    pub fn reload(&self, force: bool) -> Result<bool, Error> {
+        let now = stamps(&self.tls);
+        {
+            let stamp = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
+            if !force && *stamp == now {
+                return Ok(false);
+            }
+        }
+        let config = server_config(&self.tls)?;
+        self.current.store(Arc::new(config));
+        *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        Ok(true)
+    }
+}
+
+/// (mtime, size) of every file a server config is built from.
+fn stamps(tls: &ServerTls) -> Vec<Option<(SystemTime, u64)>> {
+    [
+        Some(&tls.cert),
+        Some(&tls.key),
+        tls.ca.as_ref(),
+        tls.crl.as_ref(),
+        tls.server_ca.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| {
+        fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    })
+    .collect()
+}

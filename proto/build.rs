@@ -1,0 +1,15 @@
+//! Compiles the .proto files with protox (pure Rust: no system protoc needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["vitess/queryservice.proto", "vitess/vtgateservice.proto"];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    println!("cargo:rerun-if-changed=vitess");
+    let fds = protox::compile(protos, ["vitess"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
