@@ -138,7 +138,12 @@ pub fn server_config(tls: &ServerTls) -> Result<ServerConfig, Error> {
                 Arc::clone(&provider),
             );
             if let Some(crl) = &tls.crl {
-                v = v.with_crls(load_crls(crl)?);
+                // As Vitess: the client's own certificate is checked against the CRLs given;
+                // a certificate whose issuer published none here is not refused for that.
+                v = v
+                    .with_crls(load_crls(crl)?)
+                    .only_check_end_entity_revocation()
+                    .allow_unknown_revocation_status();
             }
             let verifier = v.build().map_err(|e| Error::Invalid {
                 what: "grpc-ca",

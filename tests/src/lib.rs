@@ -1,6 +1,10 @@
 //! Helpers for vtguard's end-to-end tests: prerequisites, kernel guards that always detach,
 //! test servers, and real clients (python3, curl) driven as separate processes.
 
+pub mod grpc;
+pub mod pki;
+pub mod upstream;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read, Write},

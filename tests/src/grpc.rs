@@ -1,0 +1,88 @@
+//! Running a vtguard gRPC listener in-process, and clients for it.
+
+use std::{net::SocketAddr, path::Path, sync::Arc};
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use vtguard_agent::{config::Config, kernel::Kernel, proxy::grpc::GrpcProxy};
+
+use crate::pki::Pki;
+
+/// A listener serving on 127.0.0.1 (any free port); stops when dropped.
+pub struct TestListener {
+    pub addr: SocketAddr,
+    pub proxy: Arc<GrpcProxy>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the `[[listener]]` described by `toml` (its `listen` may use port 0).
+pub async fn start_listener(toml: &str, kernel: Option<Arc<Kernel>>) -> TestListener {
+    let config = Config::parse(Path::new("test.toml"), toml)
+        .unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
+    let l = &config.listeners[0];
+    let protected = config
+        .kernel
+        .as_ref()
+        .is_some_and(|k| k.policy.protected_ports.contains(&l.upstream.port()));
+    let proxy = Arc::new(GrpcProxy::new(l, kernel, protected).expect("listener starts"));
+    let socket = proxy.bind(l.listen).await.expect("bind listener");
+    let addr = socket.local_addr().expect("addr");
+    let task = tokio::spawn(Arc::clone(&proxy).serve(socket));
+    TestListener { addr, proxy, task }
+}
+
+/// A `[[listener]]` block: mTLS with the PKI's "localhost" server certificate and the vtgate
+/// client CA (plus `extra` lines).
+pub fn mtls_listener(pki: &Pki, service: &str, upstream: SocketAddr, extra: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"test\"\nprotocol = \"grpc\"\nservice = \"{service}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\ngrpc-cert = \"{}\"\ngrpc-key = \"{}\"\ngrpc-ca = \"{}\"\ngrpc-crl = \"{}\"\nquery-log = true\n{extra}",
+        pki.path("localhost.pem").display(),
+        pki.path("localhost.key").display(),
+        pki.path("vtgate-client-ca.pem").display(),
+        pki.path("vtgate-client-ca.crl").display(),
+    )
+}
+
+/// A plaintext `[[listener]]` block (plus `extra` lines).
+pub fn plaintext_listener(service: &str, upstream: SocketAddr, extra: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"plain\"\nprotocol = \"grpc\"\nservice = \"{service}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\ninsecure-plaintext = true\nquery-log = true\n{extra}"
+    )
+}
+
+/// A TLS channel to `addr` trusting the PKI's root, presenting client `client` (a PKI file
+/// stem such as "vtgate-client-1") or no certificate.
+pub async fn tls_channel(
+    pki: &Pki,
+    addr: SocketAddr,
+    client: Option<&str>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(pki.read("root.pem")))
+        .domain_name("localhost");
+    if let Some(c) = client {
+        tls = tls.identity(Identity::from_pem(
+            pki.read(&format!("{c}.pem")),
+            pki.read(&format!("{c}.key")),
+        ));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .expect("uri")
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+/// A plaintext channel to `addr`.
+pub async fn plain_channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect")
+}
