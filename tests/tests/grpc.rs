@@ -490,3 +490,95 @@ async fn non_query_services_only_for_named_identities_and_unknown_rpcs_refused()
         "only the allowed call was forwarded"
     );
 }
+
+/// The serial number of the certificate a TLS server presents.
+async fn served_serial(pki: &Pki, addr: std::net::SocketAddr) -> Vec<u8> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.read("root.pem").as_bytes()).expect("root"))
+        .expect("root");
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("server handshake");
+    let der = tls.get_ref().1.peer_certificates().expect("certs")[0].to_vec();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
+    cert.raw_serial().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_reaches_new_handshakes_and_open_streams_continue() {
+    let pki = Pki::generate();
+    let up = Upstream::start(0).await;
+    // The listener serves copies of the certificate files, which the test then replaces.
+    let live = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (
+        live.path().join("server.pem"),
+        live.path().join("server.key"),
+    );
+    std::fs::copy(pki.path("localhost.pem"), &cert).expect("copy");
+    std::fs::copy(pki.path("localhost.key"), &key).expect("copy");
+    let toml = mtls_listener(&pki, "vttablet", up.addr, "")
+        .replace(
+            &pki.path("localhost.pem").display().to_string(),
+            &cert.display().to_string(),
+        )
+        .replace(
+            &pki.path("localhost.key").display().to_string(),
+            &key.display().to_string(),
+        );
+    let l = start_listener(&toml, None).await;
+    let before = served_serial(&pki, l.addr).await;
+
+    let mut client = QueryClient::new(
+        tls_channel(&pki, l.addr, Some("vtgate-client-1"))
+            .await
+            .expect("connect"),
+    );
+    let req = StreamExecuteRequest {
+        query: Some(BoundQuery {
+            sql: "select sleep".into(),
+            bind_variables: HashMap::new(),
+        }),
+        ..Default::default()
+    };
+    let mut stream = client
+        .stream_execute(req)
+        .await
+        .expect("stream")
+        .into_inner();
+    stream.message().await.expect("row").expect("a row");
+
+    // Rotate: write the new pair, as an operator's tooling would, then let the listener notice.
+    std::fs::copy(pki.path("localhost-rotated.key"), &key).expect("rotate key");
+    std::fs::copy(pki.path("localhost-rotated.pem"), &cert).expect("rotate cert");
+    l.proxy.reload_tls(false);
+    let after = served_serial(&pki, l.addr).await;
+    assert_ne!(before, after, "new handshakes get the new certificate");
+
+    // The stream opened before the rotation goes on.
+    for _ in 0..5 {
+        stream
+            .message()
+            .await
+            .expect("row after rotation")
+            .expect("a row");
+    }
+    // A half-written rotation (a key that does not match) keeps the working certificate.
+    std::fs::copy(pki.path("vtgate-client-2.key"), &key).expect("bad key");
+    l.proxy.reload_tls(true);
+    assert_eq!(
+        served_serial(&pki, l.addr).await,
+        after,
+        "a bad pair is not published"
+    );
+}
