@@ -39,7 +39,7 @@ use vtguard_common::{
 pub use events::{Denial, EventReader};
 pub use policy::{IdentityTable, PolicySummary};
 pub use socket::{FlowRecord, Registration, Upstream};
-pub use status::{detach, DetachReport, KernelStatus, LinkStatus};
+pub use status::{detach, detach_forced, DetachReport, KernelStatus, LinkStatus};
 
 use crate::config::{KernelConfig, KernelPolicy};
 

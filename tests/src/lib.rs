@@ -89,7 +89,7 @@ pub fn policy(ports: &[u16], grants: &[(u16, &[&str])]) -> KernelPolicy {
 /// The agent's kernel half, attached for one test; detached and unpinned on drop, also when
 /// the test fails.
 pub struct TestKernel {
-    kernel: Option<Kernel>,
+    kernel: Option<Arc<Kernel>>,
     dir: PathBuf,
 }
 
@@ -104,7 +104,7 @@ impl TestKernel {
         };
         let kernel = Kernel::start(&cfg, Attach::Yes).expect("attach vtguard's programs");
         TestKernel {
-            kernel: Some(kernel),
+            kernel: Some(Arc::new(kernel)),
             dir,
         }
     }
@@ -119,13 +119,18 @@ impl TestKernel {
         };
         let kernel = Kernel::start(&cfg, Attach::MapsOnly).expect("load vtguard's maps");
         TestKernel {
-            kernel: Some(kernel),
+            kernel: Some(Arc::new(kernel)),
             dir,
         }
     }
 
     pub fn pin_dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The kernel handle, to hand to a listener.
+    pub fn shared(&self) -> Arc<Kernel> {
+        Arc::clone(self.kernel.as_ref().expect("kernel is present until drop"))
     }
 }
 
@@ -139,7 +144,9 @@ impl std::ops::Deref for TestKernel {
 impl Drop for TestKernel {
     fn drop(&mut self) {
         drop(self.kernel.take());
-        if let Err(e) = kernel::detach(&self.dir) {
+        // Forced: a listener task being torn down may still hold the handle (and its lock);
+        // the guard owns these pins and must not leave them attached.
+        if let Err(e) = kernel::detach_forced(&self.dir) {
             eprintln!("detaching {}: {e}", self.dir.display());
         }
     }

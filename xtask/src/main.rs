@@ -282,6 +282,26 @@ fn prepare_machine() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    // Python grpcio: a gRPC implementation vtguard did not write, for the interop test.
+    let has_grpcio = Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_grpcio {
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "grpcio",
+            "grpcio-tools",
+        ]))
+        .context(
+            "installing Python grpcio (by hand: python3 -m pip install grpcio grpcio-tools)",
+        )?;
+    }
     if is_root() {
         let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
         let bpffs_mounted = mounts.lines().any(|l| {

@@ -218,12 +218,11 @@ pub struct DetachReport {
 /// Detaches every program pinned under `dir` and removes the pins and the folder. Refuses
 /// while an agent runs on that folder (it would keep running, enforcing nothing).
 pub fn detach(dir: &Path) -> Result<DetachReport, Error> {
+    if !dir.exists() {
+        return detach_forced(dir);
+    }
     if !sys::is_root() {
         return Err(Error::NotRoot);
-    }
-    let mut report = DetachReport::default();
-    if !dir.exists() {
-        return Ok(report);
     }
     let _lock = sys::DirLock::try_lock(dir)
         .map_err(|source| Error::Io {
@@ -234,6 +233,18 @@ pub fn detach(dir: &Path) -> Result<DetachReport, Error> {
         .ok_or_else(|| Error::Busy {
             path: dir.to_owned(),
         })?;
+    detach_forced(dir)
+}
+
+/// [`detach`] without asking whether an agent runs on the folder (its owner tears it down).
+pub fn detach_forced(dir: &Path) -> Result<DetachReport, Error> {
+    if !sys::is_root() {
+        return Err(Error::NotRoot);
+    }
+    let mut report = DetachReport::default();
+    if !dir.exists() {
+        return Ok(report);
+    }
     for (program, _) in PROGRAMS {
         let pin = link_pin(dir, program);
         if !pin.exists() {
