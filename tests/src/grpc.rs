@@ -86,3 +86,56 @@ pub async fn plain_channel(addr: SocketAddr) -> Channel {
         .await
         .expect("connect")
 }
+
+/// A request body for raw HTTP/2 clients.
+pub type RawBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error>;
+
+/// A bare HTTP/2 connection (hyper's client, as vtguard's own upstream side uses) that sends
+/// whatever bytes it is given: over mTLS as PKI client `client`, or plaintext when `None`.
+pub async fn raw_connection(
+    pki: &Pki,
+    addr: SocketAddr,
+    client: Option<&str>,
+) -> hyper::client::conn::http2::SendRequest<RawBody> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let Some(client) = client else {
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("h2");
+        tokio::spawn(conn);
+        return send;
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.read("root.pem").as_bytes()).expect("root"))
+        .expect("root");
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pki.read(&format!("{client}.pem")).as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("certs");
+    let key =
+        PrivateKeyDer::from_pem_slice(pki.read(&format!("{client}.key")).as_bytes()).expect("key");
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .expect("client cert");
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("handshake");
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("h2");
+    tokio::spawn(conn);
+    send
+}

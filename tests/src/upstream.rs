@@ -2,7 +2,8 @@
 //! records exactly what it receives — path, headers, the raw request body — and answers:
 //!
 //! - `queryservice.Query/Execute`: one row, the `immediate_caller_id` it received
-//!   (username, groups joined by ","), so a client sees who the tablet thinks it is;
+//!   (username, groups joined by ","), so a client sees who the tablet thinks it is; for
+//!   `select 1kb`, a 1 KB row (benchmarks);
 //! - `queryservice.Query/StreamExecute`: `select * from big` streams 10 000 rows in 100
 //!   messages; `select sleep` sends a row every 20 ms until the caller goes away (and records
 //!   that it went away);
@@ -153,6 +154,16 @@ async fn handle(
     let resp = match path.as_str() {
         "/queryservice.Query/Execute" => {
             let req: query::ExecuteRequest = decode_body(&body).unwrap_or_default();
+            if req.query.as_ref().is_some_and(|q| q.sql == "select 1kb") {
+                let row = "x".repeat(1000);
+                return Ok(response(
+                    vec![frame(&query::ExecuteResponse {
+                        result: Some(result("payload", &[&row])),
+                    })],
+                    0,
+                    "",
+                ));
+            }
             let who = req
                 .immediate_caller_id
                 .map(|c| format!("{}|{}", c.username, c.groups.join(",")))

@@ -265,7 +265,10 @@ fn bad_input_gets_one_line_naming_the_cause_and_the_fix() {
         "[kernel]\nprotected-ports = [0]\n",
         &["protected-ports: 0 is not a TCP port: use 1-65535"],
     );
-    refused("[kernel]\nprotected-ports = [1]\n[metrics]\nlisten = 1\n", &["unknown field `metrics`"]);
+    refused(
+        "[kernel]\nprotected-ports = [1]\n[metrics]\nlisten = 1\n",
+        &["unknown field `metrics`"],
+    );
     let (code, _, err) = vtguard(&["run", "--config", "/nonexistent/agent.toml"]);
     assert_eq!(code, 1);
     assert!(

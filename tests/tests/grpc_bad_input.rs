@@ -2,60 +2,21 @@
 //! error naming the problem, nothing half-inspected is forwarded, and the connection and
 //! every other caller carry on.
 
-use std::{io::Write, sync::Arc, time::Duration};
+use std::{io::Write, time::Duration};
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use vtguard_proto::query::{BoundQuery, ExecuteRequest, Target};
 use vtguard_tests::{
-    grpc::{mtls_listener, start_listener, tls_channel},
+    grpc::{mtls_listener, raw_connection, start_listener, tls_channel},
     pki::Pki,
     upstream::{rows, Upstream},
 };
 
-type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
-
-/// An HTTP/2 connection over mTLS that sends whatever bytes it is given.
-async fn raw_connection(
-    pki: &Pki,
-    addr: std::net::SocketAddr,
-) -> hyper::client::conn::http2::SendRequest<Body> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pki.read("root.pem").as_bytes()).expect("root"))
-        .expect("root");
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(pki.read("vtgate-client-1.pem").as_bytes())
-            .collect::<Result<_, _>>()
-            .expect("certs");
-    let key =
-        PrivateKeyDer::from_pem_slice(pki.read("vtgate-client-1.key").as_bytes()).expect("key");
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_client_auth_cert(certs, key)
-    .expect("client cert");
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("handshake");
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .expect("h2");
-    tokio::spawn(conn);
-    send
-}
+type Body = vtguard_tests::grpc::RawBody;
 
 /// (grpc-status, grpc-message, response data) of a call.
 async fn call(
@@ -155,7 +116,7 @@ async fn bad_streams_get_grpc_errors_and_the_connection_carries_on() {
         None,
     )
     .await;
-    let mut send = raw_connection(&pki, l.addr).await;
+    let mut send = raw_connection(&pki, l.addr, Some("vtgate-client-1")).await;
     let addr = l.addr;
 
     let cases: Vec<(&str, Body, Option<&str>, u16, &str)> = vec![

@@ -46,7 +46,8 @@ enum Task {
     Test,
     /// Run the agent on the example config (as root), until Ctrl-C.
     Demo,
-    /// Benchmarks (as root): the cost of the kernel hook per connect().
+    /// Benchmarks (as root): the kernel hook's cost per connect(), and the gRPC listener's
+    /// throughput and latency against a direct connection.
     Bench,
 }
 
