@@ -21,6 +21,11 @@ struct Agent {
 
 impl Agent {
     fn start(config: &Path) -> Self {
+        Self::start_until(config, "kernel enforcement active")
+    }
+
+    /// Starts `vtguard run` and waits until it logs `ready`.
+    fn start_until(config: &Path, ready: &str) -> Self {
         let mut child = Command::new(vtguard_bin())
             .args(["--log-format", "json", "run", "--config"])
             .arg(config)
@@ -39,7 +44,7 @@ impl Agent {
             }
         });
         let agent = Agent { child, log };
-        agent.wait_for("kernel enforcement active");
+        agent.wait_for(ready);
         agent
     }
 
@@ -349,5 +354,83 @@ fn bad_input_gets_one_line_naming_the_cause_and_the_fix() {
     assert!(
         vtguard_attachments(&cgroup).is_empty(),
         "nothing left attached"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_listener_from_the_binary_logs_one_structured_line_per_request() {
+    use vtguard_proto::{
+        query::{BoundQuery, ExecuteRequest, Target},
+        queryservice::query_client::QueryClient,
+        vtrpc::CallerId,
+    };
+    let up = vtguard_tests::upstream::Upstream::start(0).await;
+    let port = free_port();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        tmp.path(),
+        &format!(
+            "[[listener]]\nname = \"tablet\"\nprotocol = \"grpc\"\nservice = \"vttablet\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{}\"\ninsecure-plaintext = true\ngrpc-use-effective-callerid = true\nquery-log = true\n",
+            up.addr
+        ),
+    );
+    let agent = tokio::task::spawn_blocking(move || Agent::start_until(&config, "\"listening\""))
+        .await
+        .expect("agent starts");
+    agent.wait_for("grpc-use-effective-callerid is not secure");
+    agent.wait_for("no [kernel] section: upstream ports are not protected");
+
+    let ch = vtguard_tests::grpc::plain_channel(format!("127.0.0.1:{port}").parse().expect("addr"))
+        .await;
+    let req = ExecuteRequest {
+        effective_caller_id: Some(CallerId {
+            principal: "app-user".into(),
+            component: "billing".into(),
+            subcomponent: "invoices".into(),
+            groups: vec![],
+        }),
+        target: Some(Target {
+            keyspace: "test_keyspace".into(),
+            shard: "0".into(),
+            tablet_type: 1,
+            cell: String::new(),
+        }),
+        query: Some(BoundQuery {
+            sql: "select * from vt_insert_test".into(),
+            bind_variables: Default::default(),
+        }),
+        ..Default::default()
+    };
+    let rows = QueryClient::new(ch)
+        .execute(req)
+        .await
+        .expect("Execute through the binary")
+        .into_inner();
+    assert_eq!(
+        vtguard_tests::upstream::rows(&rows.result.expect("result")),
+        vec!["app-user|"]
+    );
+
+    let line = tokio::task::spawn_blocking(move || {
+        let l = agent.wait_for("\"method\":\"/queryservice.Query/Execute\"");
+        drop(agent);
+        l
+    })
+    .await
+    .expect("log");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("query log line is JSON");
+    assert_eq!(v["listener"], "tablet");
+    assert_eq!(v["identity"], "app-user");
+    assert_eq!(v["principal"], "app-user");
+    assert_eq!(v["component"], "billing");
+    assert_eq!(v["subcomponent"], "invoices");
+    assert_eq!(v["target"], "test_keyspace:0@primary");
+    assert_eq!(v["decision"], "forwarded");
+    assert_eq!(v["status"], 0);
+    assert_eq!(v["sql_digest"].as_str().map(str::len), Some(16));
+    assert!(v["latency_us"].as_u64().is_some(), "{line}");
+    assert!(
+        !line.contains("vt_insert_test"),
+        "the SQL itself stays out of the log: {line}"
     );
 }

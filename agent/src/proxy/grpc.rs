@@ -278,18 +278,26 @@ impl Conn {
         let latency = start.elapsed();
         match result {
             Ok((response, id, ins)) => {
-                if p.cfg.query_log {
-                    query_log(
-                        &p.name,
-                        &path,
-                        Some(&id),
-                        &ins,
-                        "forwarded",
-                        grpc_status(response.headers()),
-                        latency,
-                    );
+                if !p.cfg.query_log {
+                    return response.map(|b| b.boxed());
                 }
-                response
+                // Logged when the response ends (or the caller goes away), with its status.
+                let status = grpc_status(response.headers());
+                response.map(|inner| {
+                    Logged {
+                        inner,
+                        status,
+                        finished: false,
+                        entry: Some(LogEntry {
+                            listener: p.name.clone(),
+                            method: path,
+                            identity: id,
+                            inspected: ins,
+                            start,
+                        }),
+                    }
+                    .boxed()
+                })
             }
             Err((refusal, id, ins)) => {
                 p.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -315,7 +323,8 @@ impl Conn {
         &self,
         req: Request<Incoming>,
         route: &Route,
-    ) -> Result<(Response<Body>, Identity, Inspected), (Refusal, Option<Identity>, Inspected)> {
+    ) -> Result<(Response<Incoming>, Identity, Inspected), (Refusal, Option<Identity>, Inspected)>
+    {
         let p = &self.proxy;
         let max = p.cfg.max_message_size;
         let refuse = |r: Refusal| (r, self.identity.clone(), Inspected::default());
@@ -424,7 +433,7 @@ impl Conn {
             }
         };
         match sender.send_request(up).await {
-            Ok(resp) => Ok((resp.map(|b| b.boxed()), identity, inspected)),
+            Ok(resp) => Ok((resp, identity, inspected)),
             Err(e) => {
                 self.upstreams.lock().await.remove(&identity.username);
                 Err((
@@ -670,6 +679,76 @@ pub fn sql_digest(sql: &[String]) -> String {
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// What the query log says about a forwarded request, once its response ends.
+struct LogEntry {
+    listener: String,
+    method: String,
+    identity: Identity,
+    inspected: Inspected,
+    start: Instant,
+}
+
+/// The upstream's response body, passed through frame by frame; notes the grpc-status of the
+/// trailers and writes the query log line when the response ends or is dropped.
+struct Logged {
+    inner: Incoming,
+    status: Option<u16>,
+    finished: bool,
+    entry: Option<LogEntry>,
+}
+
+impl hyper::body::Body for Logged {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(t) = frame.trailers_ref() {
+                    self.status = grpc_status(t).or(self.status);
+                    self.finished = true;
+                }
+            }
+            std::task::Poll::Ready(None) => self.finished = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(e) = self.entry.take() {
+            let decision = if self.finished {
+                "forwarded"
+            } else {
+                "forwarded, caller went away"
+            };
+            query_log(
+                &e.listener,
+                &e.method,
+                Some(&e.identity),
+                &e.inspected,
+                decision,
+                self.status,
+                e.start.elapsed(),
+            );
+        }
+    }
 }
 
 fn query_log(
