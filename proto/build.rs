@@ -1,7 +1,11 @@
 //! Compiles the .proto files with protox (pure Rust: no system protoc needed).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["vitess/queryservice.proto", "vitess/vtgateservice.proto"];
+    let protos = [
+        "vitess/queryservice.proto",
+        "vitess/vtgateservice.proto",
+        "vitess/tableacl.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -1,6 +1,7 @@
 //! vtguard: a node agent that enforces the Vitess transport security model, with the kernel's
 //! help. See DESIGN.md for the architecture; this crate is the userspace half.
 
+pub mod acl;
 pub mod app;
 pub mod cli;
 pub mod config;

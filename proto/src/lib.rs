@@ -22,6 +22,9 @@ pub mod queryservice {
 pub mod vtgate {
     include!(concat!(env!("OUT_DIR"), "/vtgate.rs"));
 }
+pub mod tableacl {
+    include!(concat!(env!("OUT_DIR"), "/tableacl.rs"));
+}
 pub mod vtgateservice {
     include!(concat!(env!("OUT_DIR"), "/vtgateservice.rs"));
 }

@@ -582,3 +582,77 @@ async fn certificate_rotation_reaches_new_handshakes_and_open_streams_continue()
         "a bad pair is not published"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_timeout_and_minimum_tls_version() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::generate();
+    let up = Upstream::start(0).await;
+    let l = start_listener(
+        &mtls_listener(
+            &pki,
+            "vttablet",
+            up.addr,
+            "handshake-timeout-seconds = 0.3\ngrpc-tls-min-version = \"TLSv1.3\"\n",
+        ),
+        None,
+    )
+    .await;
+
+    // A client that connects and says nothing is dropped after the handshake timeout.
+    let mut idle = tokio::net::TcpStream::connect(l.addr)
+        .await
+        .expect("connect");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+        .await
+        .expect("the listener closes an idle handshake")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a word");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "not before the timeout"
+    );
+
+    // A TLS 1.2-only client is refused by a TLSv1.3 listener.
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.read("root.pem").as_bytes()).expect("root"))
+        .expect("root");
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pki.read("vtgate-client-1.pem").as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("certs");
+    let key =
+        PrivateKeyDer::from_pem_slice(pki.read("vtgate-client-1.key").as_bytes()).expect("key");
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .expect("tls12")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .expect("client cert");
+    let tcp = tokio::net::TcpStream::connect(l.addr)
+        .await
+        .expect("connect");
+    let r = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await;
+    let e = r.expect_err("TLS 1.2 refused");
+    assert!(
+        e.to_string().to_lowercase().contains("version") || e.to_string().contains("alert"),
+        "{e}"
+    );
+    // TLS 1.3 clients get in.
+    let mut c = QueryClient::new(
+        tls_channel(&pki, l.addr, Some("vtgate-client-1"))
+            .await
+            .expect("connect"),
+    );
+    c.execute(execute_request("x"))
+        .await
+        .expect("TLS 1.3 client");
+}

@@ -1,0 +1,346 @@
+//! Vitess table ACL files, loaded unchanged: JSON (snake_case or camelCase keys, unknown keys
+//! ignored) or the binary protobuf `tableacl.Config`, validated as vttablet's simpleacl does,
+//! with errors that name the offending entries and groups.
+
+use std::{collections::BTreeSet, fmt, path::Path};
+
+use prost::Message;
+use serde::Deserialize;
+
+/// A role a statement needs on a table. Roles are independent: a writer is not a reader, an
+/// admin is neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Reader,
+    Writer,
+    Admin,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Reader => "READER",
+            Role::Writer => "WRITER",
+            Role::Admin => "ADMIN",
+        })
+    }
+}
+
+/// Why a table ACL file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("table ACL {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// One table group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableGroup {
+    pub name: String,
+    /// Exact table names, or prefixes ending in `%`.
+    pub tables: Vec<String>,
+    pub readers: BTreeSet<String>,
+    pub writers: BTreeSet<String>,
+    pub admins: BTreeSet<String>,
+}
+
+impl TableGroup {
+    /// The members of `role`.
+    pub fn members(&self, role: Role) -> &BTreeSet<String> {
+        match role {
+            Role::Reader => &self.readers,
+            Role::Writer => &self.writers,
+            Role::Admin => &self.admins,
+        }
+    }
+}
+
+/// A validated table ACL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableAcl {
+    pub groups: Vec<TableGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawConfig {
+    #[serde(default, alias = "tableGroups")]
+    table_groups: Vec<RawGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawGroup {
+    #[serde(default)]
+    name: String,
+    #[serde(default, alias = "tableNamesOrPrefixes")]
+    table_names_or_prefixes: Vec<String>,
+    #[serde(default)]
+    readers: Vec<String>,
+    #[serde(default)]
+    writers: Vec<String>,
+    #[serde(default)]
+    admins: Vec<String>,
+}
+
+impl TableAcl {
+    /// Reads and validates a table ACL file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let bytes = std::fs::read(path).map_err(|e| Error::Invalid {
+            path: path.display().to_string(),
+            message: format!("cannot read it: {e}"),
+        })?;
+        Self::parse(&path.display().to_string(), &bytes)
+    }
+
+    /// Parses and validates the content of a table ACL file (`path` names it in errors).
+    pub fn parse(path: &str, bytes: &[u8]) -> Result<Self, Error> {
+        let invalid = |message: String| Error::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(invalid(
+                "the file is empty: give at least one table group".into(),
+            ));
+        }
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
+        let groups: Vec<RawGroup> = if first == Some(b'{') {
+            let raw: RawConfig = serde_json::from_slice(bytes)
+                .map_err(|e| invalid(format!("not valid table ACL JSON: {e}")))?;
+            raw.table_groups
+        } else {
+            let cfg = vtguard_proto::tableacl::Config::decode(bytes).map_err(|e| {
+                invalid(format!(
+                    "neither JSON (it does not start with '{{') nor a binary tableacl.Config: {e}"
+                ))
+            })?;
+            cfg.table_groups
+                .into_iter()
+                .map(|g| RawGroup {
+                    name: g.name,
+                    table_names_or_prefixes: g.table_names_or_prefixes,
+                    readers: g.readers,
+                    writers: g.writers,
+                    admins: g.admins,
+                })
+                .collect()
+        };
+        let acl = TableAcl {
+            groups: groups
+                .into_iter()
+                .map(|g| TableGroup {
+                    name: g.name,
+                    tables: g.table_names_or_prefixes,
+                    readers: g.readers.into_iter().collect(),
+                    writers: g.writers.into_iter().collect(),
+                    admins: g.admins.into_iter().collect(),
+                })
+                .collect(),
+        };
+        acl.validate().map_err(invalid)?;
+        Ok(acl)
+    }
+
+    /// Vitess's rules: an entry is a table name or a prefix ending in `%` (`%` nowhere else);
+    /// entries may not repeat or overlap across all groups; a bare `%` must be alone.
+    fn validate(&self) -> Result<(), String> {
+        let mut entries: Vec<(&str, &str)> = Vec::new();
+        for g in &self.groups {
+            for t in &g.tables {
+                if t.is_empty() {
+                    return Err(format!(
+                        "group {:?} has an empty table entry: remove it",
+                        g.name
+                    ));
+                }
+                if t.strip_suffix('%').unwrap_or(t).contains('%') {
+                    return Err(format!(
+                        "group {:?}: entry {t:?} has '%' before its end: '%' may only end a prefix (e.g. \"orders_%\")",
+                        g.name
+                    ));
+                }
+                entries.push((t.as_str(), g.name.as_str()));
+            }
+        }
+        if entries.iter().any(|(t, _)| *t == "%") && entries.len() > 1 {
+            let others: Vec<String> = entries
+                .iter()
+                .filter(|(t, _)| *t != "%")
+                .map(|(t, g)| format!("{t:?} (group {g:?})"))
+                .collect();
+            let bare = entries.iter().filter(|(t, _)| *t == "%").count();
+            return Err(if others.is_empty() {
+                format!("'%' is listed {bare} times: list it once")
+            } else {
+                format!(
+                    "'%' matches every table, so it must be the only entry; remove {}",
+                    others.join(", ")
+                )
+            });
+        }
+        entries.sort();
+        for pair in entries.windows(2) {
+            let ((a, ga), (b, gb)) = (pair[0], pair[1]);
+            if a == b {
+                return Err(format!(
+                    "entry {a:?} is listed twice (groups {ga:?} and {gb:?}): list each table once"
+                ));
+            }
+        }
+        // A prefix overlaps every other entry that starts with it (a name it would match, or a
+        // longer prefix).
+        for (p, gp) in entries
+            .iter()
+            .filter(|(t, _)| t.ends_with('%') && *t != "%")
+        {
+            let prefix = &p[..p.len() - 1];
+            if let Some((t, gt)) = entries
+                .iter()
+                .find(|(t, _)| t != p && t.starts_with(prefix))
+            {
+                return Err(format!(
+                    "entries {p:?} (group {gp:?}) and {t:?} (group {gt:?}) overlap: a table matching {t:?} also matches {p:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The group whose entry matches `table` (unqualified, exact case), if any. `dual` is
+    /// never checked and has none.
+    pub fn group_for(&self, table: &str) -> Option<&TableGroup> {
+        self.groups.iter().find(|g| {
+            g.tables.iter().any(|t| match t.strip_suffix('%') {
+                Some(prefix) => table.starts_with(prefix),
+                None => t == table,
+            })
+        })
+    }
+
+    /// Whether a caller (username and groups) holds `role` on `table`: its username or one of
+    /// its groups is listed exactly. No matching group: nobody holds any role.
+    pub fn allows(&self, username: &str, groups: &[String], role: Role, table: &str) -> bool {
+        self.group_for(table).is_some_and(|g| {
+            let m = g.members(role);
+            m.contains(username) || groups.iter().any(|x| m.contains(x))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<TableAcl, Error> {
+        TableAcl::parse("/etc/vtguard/acl.json", s.as_bytes())
+    }
+
+    fn err(s: &str) -> String {
+        parse(s).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn vitess_reference_acl_and_camel_case() {
+        let acl = parse(
+            r#"{"table_groups": [{"name": "vt_insert_test", "table_names_or_prefixes": ["vt_insert_test"],
+                "readers": ["vtgate client 1"], "writers": ["vtgate client 1"], "admins": ["vtgate client 1"]}],
+                "unknown_key": 1}"#,
+        )
+        .expect("valid");
+        assert!(acl.allows("vtgate client 1", &[], Role::Reader, "vt_insert_test"));
+        assert!(!acl.allows("vtgate client 2", &[], Role::Reader, "vt_insert_test"));
+        assert!(
+            !acl.allows("vtgate client 1", &[], Role::Reader, "other"),
+            "no group: nobody"
+        );
+        let camel = parse(r#"{"tableGroups": [{"name": "g", "tableNamesOrPrefixes": ["p_%"], "readers": ["u"], "writers": [], "admins": ["a"]}]}"#)
+            .expect("camelCase");
+        assert!(
+            camel.allows("x", &["u".to_owned()], Role::Reader, "p_orders"),
+            "group membership"
+        );
+        assert!(
+            !camel.allows("u", &[], Role::Writer, "p_orders"),
+            "a reader is not a writer"
+        );
+        assert!(
+            !camel.allows("a", &[], Role::Reader, "p_orders"),
+            "an admin is not a reader"
+        );
+        assert!(
+            !camel.allows("u", &[], Role::Reader, "P_ORDERS"),
+            "no case folding"
+        );
+    }
+
+    #[test]
+    fn binary_protobuf_files_load_too() {
+        let cfg = vtguard_proto::tableacl::Config {
+            table_groups: vec![vtguard_proto::tableacl::TableGroupSpec {
+                name: "g".into(),
+                table_names_or_prefixes: vec!["t1".into()],
+                readers: vec!["u".into()],
+                writers: vec![],
+                admins: vec![],
+            }],
+        };
+        let acl = TableAcl::parse("acl.bin", &cfg.encode_to_vec()).expect("binary");
+        assert!(acl.allows("u", &[], Role::Reader, "t1"));
+    }
+
+    #[test]
+    fn vitess_invalid_examples_are_refused_naming_the_entries() {
+        let g = |tables: &str| {
+            format!(
+                r#"{{"table_groups": [{{"name": "g1", "table_names_or_prefixes": {tables}, "readers": ["u"]}}]}}"#
+            )
+        };
+        let e = err(&g(r#"["b%c"]"#));
+        assert!(e.contains("entry \"b%c\" has '%' before its end"), "{e}");
+        let e = err(&g(r#"["aaa%%"]"#));
+        assert!(e.contains("entry \"aaa%%\" has '%' before its end"), "{e}");
+        let e = err(&g(r#"["aaa", "aaab%", "aaabb"]"#));
+        assert!(
+            e.contains("entries \"aaab%\" (group \"g1\") and \"aaabb\" (group \"g1\") overlap"),
+            "{e}"
+        );
+        let e = err(&g(r#"["a", "aa%", "aaab"]"#));
+        assert!(
+            e.contains("\"aa%\"") && e.contains("\"aaab\"") && e.contains("overlap"),
+            "{e}"
+        );
+        let e = err(&g(r#"["%", "t1"]"#));
+        assert!(
+            e.contains("'%' matches every table, so it must be the only entry; remove \"t1\""),
+            "{e}"
+        );
+        let e = err(
+            r#"{"table_groups": [{"name": "g1", "table_names_or_prefixes": ["t1"]}, {"name": "g2", "table_names_or_prefixes": ["t1"]}]}"#,
+        );
+        assert!(
+            e.contains("entry \"t1\" is listed twice (groups \"g1\" and \"g2\")"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"table_groups": [{"name": "g1", "table_names_or_prefixes": ["a%"]}, {"name": "g2", "table_names_or_prefixes": ["ab%"]}]}"#,
+        );
+        assert!(e.contains("overlap"), "{e}");
+        // A prefix whose covered name sorts before it ('%' < '_').
+        let e = err(&g(r#"["ab%", "ab_c"]"#));
+        assert!(e.contains("overlap"), "{e}");
+        assert!(err("").contains("the file is empty"));
+        assert!(err("  \n").contains("the file is empty"));
+        assert!(err("{not json").contains("not valid table ACL JSON"));
+        assert!(parse(&g(r#"["%"]"#)).expect("bare % alone").allows(
+            "u",
+            &[],
+            Role::Reader,
+            "anything"
+        ));
+        assert!(err("\u{1}garbage").contains("binary tableacl.Config"));
+        let e = err(&g(r#"["t\u00e9", "x%y\u00e9"]"#));
+        assert!(
+            e.contains("has '%' before its end"),
+            "multi-byte names do not trip the check: {e}"
+        );
+    }
+}
