@@ -228,15 +228,7 @@ impl Kernel {
         kernel_policy: &KernelPolicy,
         attach: Attach,
     ) -> Result<Self, Error> {
-        let lock = sys::DirLock::try_lock(dir)
-            .map_err(|source| Error::Io {
-                what: "locking pin folder",
-                path: dir.to_owned(),
-                source,
-            })?
-            .ok_or_else(|| Error::Busy {
-                path: dir.to_owned(),
-            })?;
+        let lock = lock_pin_dir(dir)?;
         check_layout(dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(dir)
@@ -347,6 +339,19 @@ impl std::fmt::Debug for Kernel {
             .field("attachments", &self.attachments)
             .finish_non_exhaustive()
     }
+}
+
+/// Takes the pin folder's lock, or says which agent holds it.
+fn lock_pin_dir(dir: &Path) -> Result<sys::DirLock, Error> {
+    sys::DirLock::try_lock(dir)
+        .map_err(|source| Error::Io {
+            what: "locking pin folder",
+            path: dir.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| Error::Busy {
+            path: dir.to_owned(),
+        })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -167,23 +167,20 @@ impl Kernel {
     ) -> Result<Registration<'_>, Error> {
         let cookie = sys::socket_cookie(socket).map_err(Error::Socket)?;
         let id = lock(&self.identities).id(identity);
-        lock(&self.sockets)
-            .insert(
-                cookie,
-                SocketEntry {
-                    identity: id,
-                    _pad: 0,
-                },
-                0,
-            )
-            .map_err(|source| Error::MapOp {
-                name: map_names::SOCKETS,
-                source,
-            })?;
+        self.insert_socket(cookie, id)?;
         Ok(Registration {
             kernel: self,
             cookie,
         })
+    }
+
+    fn insert_socket(&self, cookie: u64, identity: u32) -> Result<(), Error> {
+        lock(&self.sockets)
+            .insert(cookie, SocketEntry { identity, _pad: 0 }, 0)
+            .map_err(|source| Error::MapOp {
+                name: map_names::SOCKETS,
+                source,
+            })
     }
 
     /// Opens a TCP connection to `addr` on behalf of `identity` (the proxies' upstream path).
@@ -286,21 +283,8 @@ impl Kernel {
     #[doc(hidden)]
     pub fn insert_synthetic_sockets(&self, n: u32, identity: &str) -> Result<(), Error> {
         let id = lock(&self.identities).id(identity);
-        let mut sockets = lock(&self.sockets);
         for i in 0..u64::from(n) {
-            sockets
-                .insert(
-                    u64::MAX - i,
-                    SocketEntry {
-                        identity: id,
-                        _pad: 0,
-                    },
-                    0,
-                )
-                .map_err(|source| Error::MapOp {
-                    name: map_names::SOCKETS,
-                    source,
-                })?;
+            self.insert_socket(u64::MAX - i, id)?;
         }
         Ok(())
     }

@@ -224,15 +224,7 @@ pub fn detach(dir: &Path) -> Result<DetachReport, Error> {
     if !sys::is_root() {
         return Err(Error::NotRoot);
     }
-    let _lock = sys::DirLock::try_lock(dir)
-        .map_err(|source| Error::Io {
-            what: "locking pin folder",
-            path: dir.to_owned(),
-            source,
-        })?
-        .ok_or_else(|| Error::Busy {
-            path: dir.to_owned(),
-        })?;
+    let _lock = super::lock_pin_dir(dir)?;
     detach_forced(dir)
 }
 
