@@ -4,6 +4,7 @@
 //! files, and the role checks they answer. SQL classification and enforcement on the
 //! listeners build on it.
 
+pub mod sql;
 pub mod tableacl;
 
 pub use tableacl::{Role, TableAcl, TableGroup};
