@@ -11,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::{
+    acl::{Enforcer, TableAcl},
     config::Config,
     kernel::{Attach, Kernel, Origin},
     proxy::grpc::GrpcProxy,
@@ -71,13 +72,40 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
         });
     }
 
+    let enforcer = match &config.tableacl {
+        Some(t) => {
+            let acl = match TableAcl::load(&t.file) {
+                Ok(acl) => {
+                    info!(file = %t.file.display(), groups = acl.groups.len(), strict = t.settings.strict, dry_run = t.settings.dry_run, exempt = ?t.settings.exempt, mode = ?t.settings.mode, "table ACL loaded");
+                    acl
+                }
+                Err(e) if t.enforce => {
+                    return Err(anyhow::Error::from(e).context(
+                        "enforce-tableacl-config is set and the table ACL cannot be used",
+                    ))
+                }
+                Err(e) => {
+                    error!(error = %e, "table ACL not loaded: no table is granted to anyone (strict mode denies every checked statement)");
+                    TableAcl { groups: Vec::new() }
+                }
+            };
+            Some(Arc::new(Enforcer::new(acl, t.settings.clone())))
+        }
+        None => None,
+    };
+
     let mut proxies = Vec::new();
     for l in &config.listeners {
         let protected = config
             .kernel
             .as_ref()
             .is_some_and(|k| k.policy.protected_ports.contains(&l.upstream.port()));
-        let proxy = Arc::new(GrpcProxy::new(l, kernel.clone(), protected)?);
+        let proxy = Arc::new(GrpcProxy::new(
+            l,
+            kernel.clone(),
+            protected,
+            enforcer.clone(),
+        )?);
         let socket = proxy.bind(l.listen).await?;
         info!(listener = %l.name, listen = %l.listen, upstream = %l.upstream, upstream_protected = protected, "listening");
         let p = Arc::clone(&proxy);
@@ -110,6 +138,16 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 if let Some(k) = &kernel {
                     reload_kernel(k, &config);
+                }
+                if let (Some(e), Some(t)) = (&enforcer, &config.tableacl) {
+                    // A failed reload keeps the old ACL (as Vitess does).
+                    match TableAcl::load(&t.file) {
+                        Ok(acl) => {
+                            info!(file = %t.file.display(), groups = acl.groups.len(), "table ACL reloaded");
+                            e.replace(acl);
+                        }
+                        Err(err) => error!(error = %err, "table ACL reload failed; the previous ACL stays in force"),
+                    }
                 }
                 for p in &proxies {
                     p.reload_tls(true);

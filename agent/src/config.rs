@@ -31,7 +31,18 @@ pub struct Config {
     pub source: PathBuf,
     /// Kernel enforcement; `None` runs the listeners without it (TLS and identity only).
     pub kernel: Option<KernelConfig>,
+    pub tableacl: Option<TableAclConfig>,
     pub listeners: Vec<ListenerConfig>,
+}
+
+/// The `[tableacl]` part: Vitess's flags, and vtguard's mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableAclConfig {
+    /// `table-acl-config`: a Vitess tableacl file (JSON or binary), loaded unchanged.
+    pub file: PathBuf,
+    /// `enforce-tableacl-config`: refuse to start without a valid file.
+    pub enforce: bool,
+    pub settings: crate::acl::Settings,
 }
 
 /// One `[[listener]]`.
@@ -169,8 +180,24 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/vtguard";
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     kernel: Option<RawKernel>,
+    tableacl: Option<RawTableAcl>,
     #[serde(default)]
     listener: Vec<RawListener>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawTableAcl {
+    table_acl_config: PathBuf,
+    #[serde(default)]
+    queryserver_config_strict_table_acl: bool,
+    #[serde(default)]
+    queryserver_config_enable_table_acl_dry_run: bool,
+    #[serde(default)]
+    queryserver_config_acl_exempt_acl: String,
+    #[serde(default)]
+    enforce_tableacl_config: bool,
+    mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,6 +288,31 @@ impl Config {
             Some(k) => Some(parse_kernel(k).map_err(invalid)?),
             None => None,
         };
+        let tableacl = match raw.tableacl {
+            Some(t) => {
+                let mode = match t.mode.as_deref() {
+                    None | Some("secure") => crate::acl::Mode::Secure,
+                    Some("vitess") => crate::acl::Mode::Vitess,
+                    Some(m) => {
+                        return Err(invalid(format!(
+                            "[tableacl] mode {m:?}: use \"secure\" (default) or \"vitess\""
+                        )))
+                    }
+                };
+                let exempt = Some(t.queryserver_config_acl_exempt_acl).filter(|e| !e.is_empty());
+                Some(TableAclConfig {
+                    file: t.table_acl_config,
+                    enforce: t.enforce_tableacl_config,
+                    settings: crate::acl::Settings {
+                        strict: t.queryserver_config_strict_table_acl,
+                        dry_run: t.queryserver_config_enable_table_acl_dry_run,
+                        exempt,
+                        mode,
+                    },
+                })
+            }
+            None => None,
+        };
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         for l in raw.listener {
             let l = parse_listener(l).map_err(invalid)?;
@@ -281,6 +333,7 @@ impl Config {
         Ok(Config {
             source: path.to_owned(),
             kernel,
+            tableacl,
             listeners,
         })
     }

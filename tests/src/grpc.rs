@@ -29,7 +29,11 @@ pub async fn start_listener(toml: &str, kernel: Option<Arc<Kernel>>) -> TestList
         .kernel
         .as_ref()
         .is_some_and(|k| k.policy.protected_ports.contains(&l.upstream.port()));
-    let proxy = Arc::new(GrpcProxy::new(l, kernel, protected).expect("listener starts"));
+    let acl = config.tableacl.as_ref().map(|t| {
+        let acl = vtguard_agent::acl::TableAcl::load(&t.file).expect("test table ACL");
+        Arc::new(vtguard_agent::acl::Enforcer::new(acl, t.settings.clone()))
+    });
+    let proxy = Arc::new(GrpcProxy::new(l, kernel, protected, acl).expect("listener starts"));
     let socket = proxy.bind(l.listen).await.expect("bind listener");
     let addr = socket.local_addr().expect("addr");
     let task = tokio::spawn(Arc::clone(&proxy).serve(socket));

@@ -38,6 +38,7 @@ use self::{
     methods::{code, Method, Rewrite, Route, Sql},
 };
 use crate::{
+    acl::{Decision, Enforcer},
     config::{
         EffectiveCallerId, GrpcListener, GrpcService, ListenerConfig, Protocol,
         VTTABLET_OTHER_SERVICES,
@@ -86,6 +87,7 @@ pub struct GrpcProxy {
     tls: Option<Arc<Reloadable>>,
     upstream_tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     kernel: Option<Arc<Kernel>>,
+    acl: Option<Arc<Enforcer>>,
     pub stats: Stats,
 }
 
@@ -95,6 +97,7 @@ impl GrpcProxy {
         listener: &ListenerConfig,
         kernel: Option<Arc<Kernel>>,
         protected: bool,
+        acl: Option<Arc<Enforcer>>,
     ) -> Result<Self, Error> {
         let Protocol::Grpc(cfg) = &listener.protocol;
         let tls_err = |source| Error::Tls {
@@ -135,6 +138,7 @@ impl GrpcProxy {
             tls,
             upstream_tls,
             kernel,
+            acl,
             stats: Stats::default(),
         })
     }
@@ -313,7 +317,11 @@ impl Conn {
                     );
                 }
                 debug!(listener = %p.name, path = %path, code = refusal.code, message = %refusal.message, "refused");
-                grpc_error(refusal.code, &refusal.message)
+                if refusal.in_body {
+                    vtgate_error(refusal.code, &refusal.message)
+                } else {
+                    grpc_error(refusal.code, &refusal.message)
+                }
             }
         }
     }
@@ -374,6 +382,18 @@ impl Conn {
             Route::Query(m) => {
                 let ins = inspect(m, &msg, &fields).map_err(refuse)?;
                 let identity = self.caller(ins.effective.as_ref());
+                if let Some(acl) = &p.acl {
+                    for sql in &ins.sql {
+                        if let Decision::Deny { message, .. } =
+                            acl.check(&identity.username, &identity.groups, sql)
+                        {
+                            let mut r = Refusal::new(code::PERMISSION_DENIED, message);
+                            r.in_body = p.cfg.service == GrpcService::Vtgate
+                                && VTGATE_UNARY.contains(&m.name);
+                            return Err((r, Some(identity), ins));
+                        }
+                    }
+                }
                 let out = rewrite(m, &msg, &fields, &identity, ins.effective.as_ref());
                 (out, identity, ins)
             }
@@ -625,6 +645,36 @@ fn rewrite(
             wire::replace_field(msg, fields, 1, &ours.encode_to_vec())
         }
     }
+}
+
+/// vtgate's unary calls, which answer errors inside the response (field 1, vtrpc.RPCError).
+const VTGATE_UNARY: [&str; 4] = ["Execute", "ExecuteMulti", "ExecuteBatch", "Prepare"];
+
+/// An OK response whose message carries only `error` (field 1): how vtgate reports a failed
+/// unary call.
+fn vtgate_error(code: u16, message: &str) -> Response<Body> {
+    let err = vtrpc::RpcError {
+        message: message.to_owned(),
+        code: i32::from(code),
+    };
+    let mut msg = Vec::new();
+    wire::put_varint(&mut msg, (1 << 3) | u64::from(wire::LEN));
+    let e = err.encode_to_vec();
+    wire::put_varint(&mut msg, e.len() as u64);
+    msg.extend_from_slice(&e);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let frames: Vec<Result<hyper::body::Frame<Bytes>, hyper::Error>> = vec![
+        Ok(hyper::body::Frame::data(Bytes::from(frame::encode(&msg)))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let mut r =
+        Response::new(http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    r
 }
 
 /// A trailers-only gRPC error response.

@@ -10,6 +10,9 @@ use super::methods::code;
 pub struct Refusal {
     pub code: u16,
     pub message: String,
+    /// Answer as vtgate does for unary calls: an OK status with the error inside the response
+    /// message (field 1, vtrpc.RPCError).
+    pub in_body: bool,
 }
 
 impl Refusal {
@@ -17,6 +20,7 @@ impl Refusal {
         Self {
             code,
             message: message.into(),
+            in_body: false,
         }
     }
 }
