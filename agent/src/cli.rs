@@ -35,6 +35,43 @@ pub enum Command {
         #[command(subcommand)]
         command: KernelCommand,
     },
+    /// Table ACL policy.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Would this caller be allowed to run this SQL? The decision and the rule that made it.
+    Check {
+        /// The caller's username (a certificate CN, a MySQL user).
+        #[arg(long)]
+        user: String,
+        /// A group of the caller (repeat for several).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// The SQL to check (several statements are each checked).
+        #[arg(long)]
+        sql: String,
+        /// A Vitess tableacl file to check against (offline).
+        #[arg(long)]
+        policy: PathBuf,
+        /// `secure` (default) or `vitess`.
+        #[arg(long, value_enum, default_value = "secure")]
+        mode: ModeArg,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--mode`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ModeArg {
+    Secure,
+    Vitess,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +128,63 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config } => {
             let config = Config::load(&config)?;
             crate::app::run(config)
+        }
+        Command::Policy {
+            command:
+                PolicyCommand::Check {
+                    user,
+                    groups,
+                    sql,
+                    policy,
+                    mode,
+                    json,
+                },
+        } => {
+            let acl = crate::acl::TableAcl::load(&policy)?;
+            let settings = crate::acl::Settings {
+                strict: true,
+                dry_run: false,
+                exempt: None,
+                mode: match mode {
+                    ModeArg::Secure => crate::acl::Mode::Secure,
+                    ModeArg::Vitess => crate::acl::Mode::Vitess,
+                },
+            };
+            let d = crate::acl::decide::decide(&acl, &settings, &user, &groups, &sql);
+            let (decision, role, table, message) = match &d {
+                crate::acl::Decision::Allow { reason } => ("allow", None, None, reason.clone()),
+                crate::acl::Decision::Deny {
+                    message,
+                    role,
+                    table,
+                } => ("deny", *role, table.clone(), message.clone()),
+            };
+            let group = table
+                .as_deref()
+                .and_then(|t| acl.group_for(t))
+                .map(|g| g.name.clone());
+            if json {
+                let v = serde_json::json!({
+                    "decision": decision,
+                    "role": role.map(|r| r.to_string()),
+                    "table": table,
+                    "group": group,
+                    "message": message,
+                });
+                println!("{v}");
+            } else {
+                println!("{decision}: {message}");
+                if let (Some(r), Some(t)) = (role, &table) {
+                    match &group {
+                        Some(g) => println!("rule: {r} on {t:?} is granted by group {g:?}, which does not list this caller"),
+                        None => println!("rule: no table group covers {t:?}, so nobody holds {r} on it"),
+                    }
+                }
+            }
+            if decision == "deny" {
+                std::process::exit(3);
+            }
+            Ok(())
         }
         Command::Kernel {
             command: KernelCommand::Status { pins, json },

@@ -434,3 +434,86 @@ async fn a_grpc_listener_from_the_binary_logs_one_structured_line_per_request() 
         "the SQL itself stays out of the log: {line}"
     );
 }
+
+#[test]
+fn policy_check_offline_gives_the_decision_and_the_rule() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let acl = tmp.path().join("acl.json");
+    fs::write(
+        &acl,
+        r#"{"table_groups": [{"name": "vt_insert_test", "table_names_or_prefixes": ["vt_insert_test"], "readers": ["vtgate client 1"]}]}"#,
+    )
+    .expect("acl");
+    let acl_s = acl.to_str().expect("utf-8");
+    let (code, out, _) = vtguard(&[
+        "policy",
+        "check",
+        "--user",
+        "vtgate client 2",
+        "--sql",
+        "select * from vt_insert_test",
+        "--policy",
+        acl_s,
+        "--json",
+    ]);
+    assert_eq!(code, 3, "deny exits 3");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(v["decision"], "deny");
+    assert_eq!(v["role"], "READER");
+    assert_eq!(v["table"], "vt_insert_test");
+    assert_eq!(v["group"], "vt_insert_test");
+    assert_eq!(v["message"], "Select command denied to user 'vtgate client 2' for table 'vt_insert_test' (ACL check error)");
+    let (code, out, _) = vtguard(&[
+        "policy",
+        "check",
+        "--user",
+        "x",
+        "--group",
+        "vtgate client 1",
+        "--sql",
+        "select * from vt_insert_test",
+        "--policy",
+        acl_s,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("allow:"), "{out}");
+    // CALL is refused in secure mode and passed unchecked in vitess mode.
+    let (code, _, _) = vtguard(&[
+        "policy",
+        "check",
+        "--user",
+        "vtgate client 1",
+        "--sql",
+        "call p()",
+        "--policy",
+        acl_s,
+    ]);
+    assert_eq!(code, 3);
+    let (code, _, _) = vtguard(&[
+        "policy",
+        "check",
+        "--user",
+        "vtgate client 1",
+        "--sql",
+        "call p()",
+        "--policy",
+        acl_s,
+        "--mode",
+        "vitess",
+    ]);
+    assert_eq!(code, 0);
+    // An invalid policy names the entries.
+    fs::write(
+        &acl,
+        r#"{"table_groups": [{"name": "g", "table_names_or_prefixes": ["b%c"]}]}"#,
+    )
+    .expect("acl");
+    let (code, _, err) = vtguard(&[
+        "policy", "check", "--user", "u", "--sql", "select 1", "--policy", acl_s,
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("group \"g\": entry \"b%c\" has '%' before its end"),
+        "{err}"
+    );
+}
