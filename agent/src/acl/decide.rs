@@ -244,3 +244,177 @@ mod tests {
         );
     }
 }
+
+/// A table of (statement, identity) cases in both modes: each statement lists by hand the
+/// (role, table) pairs it needs; each identity holds exactly one role on the test tables; the
+/// expected decision follows from those two lists, not from the code under test.
+#[cfg(test)]
+mod table {
+    use super::*;
+    use Role::*;
+
+    const ACL: &str = r#"{"table_groups": [
+        {"name": "reads", "table_names_or_prefixes": ["t1", "t2", "seq", "p_%", "v1", "t9"], "readers": ["r", "team-r"], "writers": [], "admins": []},
+        {"name": "writes", "table_names_or_prefixes": ["w1", "w2"], "readers": [], "writers": ["w", "team-w"], "admins": []},
+        {"name": "ddl", "table_names_or_prefixes": ["a1", "a2"], "readers": [], "writers": [], "admins": ["a"]}
+    ]}"#;
+
+    /// (sql, needs) — `needs` written from VITESS.md §3, by hand.
+    const STATEMENTS: &[(&str, &[(Role, &str)])] = &[
+        ("select * from t1", &[(Reader, "t1")]),
+        ("SELECT a FROM `t1` WHERE b = 1", &[(Reader, "t1")]),
+        ("select * from ks.t1", &[(Reader, "t1")]),
+        (
+            "select * from t1 join t2 on t1.a = t2.a",
+            &[(Reader, "t1"), (Reader, "t2")],
+        ),
+        (
+            "select * from t1 left join w1 using (a)",
+            &[(Reader, "t1"), (Reader, "w1")],
+        ),
+        ("select * from (select * from t2) d", &[(Reader, "t2")]),
+        (
+            "select (select max(a) from t2) from t1",
+            &[(Reader, "t1"), (Reader, "t2")],
+        ),
+        (
+            "select * from t1 where exists (select 1 from w1)",
+            &[(Reader, "t1"), (Reader, "w1")],
+        ),
+        (
+            "select * from t1 union all select * from t2",
+            &[(Reader, "t1"), (Reader, "t2")],
+        ),
+        (
+            "with c as (select * from t1) select * from c",
+            &[(Reader, "t1")],
+        ),
+        ("select * from p_orders", &[(Reader, "p_orders")]),
+        ("select 1 from dual", &[]),
+        ("insert into w1 values (1)", &[(Writer, "w1")]),
+        (
+            "insert into w1 (a) select a from t1",
+            &[(Writer, "w1"), (Reader, "t1")],
+        ),
+        ("replace into w1 values (1)", &[(Writer, "w1")]),
+        ("update w1 set a = 1 where b = 2", &[(Writer, "w1")]),
+        (
+            "update w1 join w2 on w1.a = w2.a set w1.b = 1",
+            &[(Writer, "w1"), (Writer, "w2")],
+        ),
+        (
+            "update w1 set a = (select max(a) from t1)",
+            &[(Writer, "w1"), (Reader, "t1")],
+        ),
+        ("delete from w1 where a = 1", &[(Writer, "w1")]),
+        (
+            "delete w1 from w1 join w2 on w1.a = w2.a",
+            &[(Writer, "w1"), (Writer, "w2")],
+        ),
+        (
+            "delete from w1 where a in (select a from t1)",
+            &[(Writer, "w1"), (Reader, "t1")],
+        ),
+        ("create table a1 (id int)", &[(Admin, "a1")]),
+        ("alter table a1 add column x int", &[(Admin, "a1")]),
+        ("drop table a1", &[(Admin, "a1")]),
+        (
+            "drop table if exists a1, a2",
+            &[(Admin, "a1"), (Admin, "a2")],
+        ),
+        ("rename table a1 to a2", &[(Admin, "a1"), (Admin, "a2")]),
+        ("truncate table a1", &[(Admin, "a1")]),
+        ("/*!50000 drop table a1 */", &[(Admin, "a1")]),
+        (
+            "select * from t1; delete from w1",
+            &[(Reader, "t1"), (Writer, "w1")],
+        ),
+        (
+            "select * from t1 /*! ; drop table a1 */",
+            &[(Reader, "t1"), (Admin, "a1")],
+        ),
+    ];
+
+    /// Identities: (username, groups, the one role it holds on its tables).
+    const IDENTITIES: &[(&str, &[&str])] = &[
+        ("r", &[]),
+        ("x", &["team-r"]),
+        ("w", &[]),
+        ("y", &["team-w"]),
+        ("a", &[]),
+        ("nobody", &[]),
+    ];
+
+    fn grants(user: &str, groups: &[&str], role: Role, table: &str) -> bool {
+        let reader_tables = ["t1", "t2", "seq", "v1", "t9"];
+        let member =
+            |names: &[&str]| names.contains(&user) || groups.iter().any(|g| names.contains(g));
+        match role {
+            Reader => {
+                (reader_tables.contains(&table) || table.starts_with("p_"))
+                    && member(&["r", "team-r"])
+            }
+            Writer => ["w1", "w2"].contains(&table) && member(&["w", "team-w"]),
+            Admin => ["a1", "a2"].contains(&table) && member(&["a"]),
+        }
+    }
+
+    #[test]
+    fn at_least_150_cases_in_both_modes() {
+        let acl = TableAcl::parse("acl.json", ACL.as_bytes()).expect("acl");
+        let mut cases = 0;
+        for mode in [Mode::Vitess, Mode::Secure] {
+            let s = Settings {
+                strict: true,
+                dry_run: false,
+                exempt: Some("dba".into()),
+                mode,
+            };
+            for (sql, needs) in STATEMENTS {
+                for (user, groups) in IDENTITIES {
+                    let g: Vec<String> = groups.iter().map(|x| (*x).to_owned()).collect();
+                    let want = needs.iter().all(|(role, t)| grants(user, groups, *role, t));
+                    let got = decide(&acl, &s, user, &g, sql);
+                    assert_eq!(
+                        got.is_allow(),
+                        want,
+                        "{mode:?} {user} {groups:?}: {sql}: {got:?}"
+                    );
+                    if let Decision::Deny { message, .. } = &got {
+                        assert!(message.ends_with("(ACL check error)"), "{message}");
+                    }
+                    cases += 1;
+                }
+                // The exempt ACL skips every check.
+                assert!(
+                    decide(&acl, &s, "ops", &["dba".into()], sql).is_allow(),
+                    "{sql}"
+                );
+                cases += 1;
+            }
+            // Statements Vitess does not check, and the secure-mode differences.
+            for (sql, vitess_allows, secure_allows) in [
+                ("set autocommit = 1", true, true),
+                ("show tables", true, true),
+                ("begin", true, true),
+                ("commit", true, true),
+                ("rollback", true, true),
+                ("call p()", true, false),
+                ("selec broken sql", false, false),
+            ] {
+                let want = if mode == Mode::Vitess {
+                    vitess_allows
+                } else {
+                    secure_allows
+                };
+                assert_eq!(
+                    decide(&acl, &s, "nobody", &[], sql).is_allow(),
+                    want,
+                    "{mode:?}: {sql}"
+                );
+                cases += 1;
+            }
+        }
+        assert!(cases >= 150, "{cases} cases");
+    }
+}
