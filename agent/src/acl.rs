@@ -7,7 +7,10 @@ pub mod decide;
 pub mod sql;
 pub mod tableacl;
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use arc_swap::ArcSwap;
 
@@ -20,27 +23,103 @@ pub use tableacl::{Role, TableAcl, TableGroup};
 pub struct Enforcer {
     acl: ArcSwap<TableAcl>,
     settings: Settings,
+    cache: Mutex<HashMap<CacheKey, Decision>>,
 }
+
+/// (username, groups, SQL text): the SQL is taken exactly as sent, so that two spellings never
+/// share a decision.
+type CacheKey = (String, Vec<String>, String);
+
+/// Decisions kept before the cache starts over.
+const CACHE_CAPACITY: usize = 10_000;
 
 impl Enforcer {
     pub fn new(acl: TableAcl, settings: Settings) -> Self {
         Self {
             acl: ArcSwap::from_pointee(acl),
             settings,
+            cache: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Decides one SQL string for a caller.
+    /// Decides one SQL string for a caller (from the cache when the same caller sent the same
+    /// text under the same ACL).
     pub fn check(&self, username: &str, groups: &[String], sql: &str) -> Decision {
-        decide::decide(&self.acl.load(), &self.settings, username, groups, sql)
+        let key = (username.to_owned(), groups.to_vec(), sql.to_owned());
+        if let Some(d) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return d.clone();
+        }
+        // Decided outside the lock; a swap in between is handled by clearing after storing.
+        let acl = self.acl.load();
+        let d = decide::decide(&acl, &self.settings, username, groups, sql);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if Arc::ptr_eq(&acl, &self.acl.load()) {
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(key, d.clone());
+        }
+        d
     }
 
-    /// Swaps in a new ACL.
+    /// Swaps in a new ACL and forgets every cached decision.
     pub fn replace(&self, acl: TableAcl) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         self.acl.store(Arc::new(acl));
+        cache.clear();
+    }
+
+    /// Cached decisions right now.
+    pub fn cached(&self) -> usize {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_decisions_are_dropped_when_the_acl_changes() {
+        let acl = |reader: &str| {
+            TableAcl::parse(
+                "acl.json",
+                format!(r#"{{"table_groups": [{{"name": "g", "table_names_or_prefixes": ["t"], "readers": ["{reader}"]}}]}}"#).as_bytes(),
+            )
+            .expect("acl")
+        };
+        let settings = Settings {
+            strict: true,
+            dry_run: false,
+            exempt: None,
+            mode: Mode::Secure,
+        };
+        let e = Enforcer::new(acl("alice"), settings);
+        assert!(e.check("alice", &[], "select * from t").is_allow());
+        assert!(
+            e.check("alice", &[], "select * from t").is_allow(),
+            "from the cache"
+        );
+        assert_eq!(e.cached(), 1);
+        e.replace(acl("bob"));
+        assert_eq!(e.cached(), 0);
+        assert!(
+            !e.check("alice", &[], "select * from t").is_allow(),
+            "the new ACL decides"
+        );
+        assert!(e.check("bob", &[], "select * from t").is_allow());
+        assert!(
+            !e.check("alice", &[], "SELECT * FROM t").is_allow(),
+            "another spelling is decided on its own"
+        );
     }
 }

@@ -291,6 +291,7 @@ mod table {
         ),
         ("select * from p_orders", &[(Reader, "p_orders")]),
         ("select 1 from dual", &[]),
+        ("select next value from seq", &[(Writer, "seq")]),
         ("insert into w1 values (1)", &[(Writer, "w1")]),
         (
             "insert into w1 (a) select a from t1",

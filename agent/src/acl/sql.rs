@@ -177,6 +177,9 @@ fn classify_one(s: &Statement, mode: Mode) -> Class {
         Class::Checked { plan, needs }
     };
     match s {
+        // SELECT NEXT VALUE FROM seq advances a sequence: WRITER (the parser reads it as a
+        // column `next` aliased `value`).
+        Statement::Query(q) if is_next_value(q) => checked("Select", Role::Writer, tables.clone()),
         Statement::Query(_) => checked("Select", Role::Reader, vec![]),
         Statement::Insert(i) => {
             let target = match &i.table {
@@ -267,6 +270,22 @@ fn classify_one(s: &Statement, mode: Mode) -> Class {
             },
         },
     }
+}
+
+/// `SELECT NEXT VALUE FROM …`, as the parser reads it (`SELECT next AS value FROM …`).
+fn is_next_value(q: &Query) -> bool {
+    use sqlparser::ast::{Expr, SelectItem, SetExpr};
+    let SetExpr::Select(sel) = q.body.as_ref() else {
+        return false;
+    };
+    matches!(
+        sel.projection.as_slice(),
+        [SelectItem::ExprWithAlias { expr: Expr::Identifier(next), alias }]
+            if next.quote_style.is_none()
+                && alias.quote_style.is_none()
+                && next.value.eq_ignore_ascii_case("next")
+                && alias.value.eq_ignore_ascii_case("value")
+    )
 }
 
 /// The tables a DDL statement names.
