@@ -86,7 +86,7 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
                 }
                 Err(e) => {
                     error!(error = %e, "table ACL not loaded: no table is granted to anyone (strict mode denies every checked statement)");
-                    TableAcl { groups: Vec::new() }
+                    TableAcl::default()
                 }
             };
             Some(Arc::new(Enforcer::new(acl, t.settings.clone())))

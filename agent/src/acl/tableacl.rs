@@ -2,7 +2,11 @@
 //! ignored) or the binary protobuf `tableacl.Config`, validated as vttablet's simpleacl does,
 //! with errors that name the offending entries and groups.
 
-use std::{collections::BTreeSet, fmt, path::Path};
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt,
+    path::Path,
+};
 
 use prost::Message;
 use serde::Deserialize;
@@ -55,10 +59,14 @@ impl TableGroup {
     }
 }
 
-/// A validated table ACL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A validated table ACL, indexed for lookups that do not depend on its size.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TableAcl {
     pub groups: Vec<TableGroup>,
+    /// Exact table name → group index.
+    exact: HashMap<String, usize>,
+    /// Prefix (without the '%') → group index.
+    prefixes: HashMap<String, usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,8 +132,8 @@ impl TableAcl {
                 })
                 .collect()
         };
-        let acl = TableAcl {
-            groups: groups
+        let acl = TableAcl::new(
+            groups
                 .into_iter()
                 .map(|g| TableGroup {
                     name: g.name,
@@ -135,9 +143,28 @@ impl TableAcl {
                     admins: g.admins.into_iter().collect(),
                 })
                 .collect(),
-        };
+        );
         acl.validate().map_err(invalid)?;
         Ok(acl)
+    }
+
+    /// An ACL of these groups (not validated).
+    pub fn new(groups: Vec<TableGroup>) -> Self {
+        let mut exact = HashMap::new();
+        let mut prefixes = HashMap::new();
+        for (i, g) in groups.iter().enumerate() {
+            for t in &g.tables {
+                match t.strip_suffix('%') {
+                    Some(p) => prefixes.entry(p.to_owned()).or_insert(i),
+                    None => exact.entry(t.clone()).or_insert(i),
+                };
+            }
+        }
+        TableAcl {
+            groups,
+            exact,
+            prefixes,
+        }
     }
 
     /// Vitess's rules: an entry is a table name or a prefix ending in `%` (`%` nowhere else);
@@ -177,28 +204,26 @@ impl TableAcl {
                 )
             });
         }
-        entries.sort();
-        for pair in entries.windows(2) {
-            let ((a, ga), (b, gb)) = (pair[0], pair[1]);
+        // Sorted by stem (the text before any '%'), a prefix comes right before every entry
+        // it covers, so checking neighbours finds every repeat and every overlap.
+        let mut sorted: Vec<(&str, bool, &str, &str)> = entries
+            .iter()
+            .map(|(t, g)| match t.strip_suffix('%') {
+                Some(stem) => (stem, false, *t, *g),
+                None => (*t, true, *t, *g),
+            })
+            .collect();
+        sorted.sort();
+        for pair in sorted.windows(2) {
+            let ((sa, a_exact, a, ga), (sb, _, b, gb)) = (pair[0], pair[1]);
             if a == b {
                 return Err(format!(
                     "entry {a:?} is listed twice (groups {ga:?} and {gb:?}): list each table once"
                 ));
             }
-        }
-        // A prefix overlaps every other entry that starts with it (a name it would match, or a
-        // longer prefix).
-        for (p, gp) in entries
-            .iter()
-            .filter(|(t, _)| t.ends_with('%') && *t != "%")
-        {
-            let prefix = &p[..p.len() - 1];
-            if let Some((t, gt)) = entries
-                .iter()
-                .find(|(t, _)| t != p && t.starts_with(prefix))
-            {
+            if !a_exact && sb.starts_with(sa) {
                 return Err(format!(
-                    "entries {p:?} (group {gp:?}) and {t:?} (group {gt:?}) overlap: a table matching {t:?} also matches {p:?}"
+                    "entries {a:?} (group {ga:?}) and {b:?} (group {gb:?}) overlap: a table matching {b:?} also matches {a:?}"
                 ));
             }
         }
@@ -208,12 +233,15 @@ impl TableAcl {
     /// The group whose entry matches `table` (unqualified, exact case), if any. `dual` is
     /// never checked and has none.
     pub fn group_for(&self, table: &str) -> Option<&TableGroup> {
-        self.groups.iter().find(|g| {
-            g.tables.iter().any(|t| match t.strip_suffix('%') {
-                Some(prefix) => table.starts_with(prefix),
-                None => t == table,
-            })
-        })
+        if let Some(i) = self.exact.get(table) {
+            return self.groups.get(*i);
+        }
+        // Entries do not overlap, so at most one prefix of the name is listed.
+        (0..=table.len())
+            .rev()
+            .filter(|n| table.is_char_boundary(*n))
+            .find_map(|n| self.prefixes.get(&table[..n]))
+            .and_then(|i| self.groups.get(*i))
     }
 
     /// Whether a caller (username and groups) holds `role` on `table`: its username or one of
