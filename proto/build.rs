@@ -15,5 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
+    println!("cargo:rerun-if-changed=vtguard/admin.proto");
+    let admin = protox::compile(["admin.proto"], ["vtguard"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(admin)?;
     Ok(())
 }

@@ -24,6 +24,14 @@ pub struct Enforcer {
     acl: ArcSwap<TableAcl>,
     settings: Settings,
     cache: Mutex<HashMap<CacheKey, Decision>>,
+    /// Where the ACL in force came from, and when (unix seconds).
+    origin: Mutex<(String, i64)>,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// (username, groups, SQL text): the SQL is taken exactly as sent, so that two spellings never
@@ -39,7 +47,27 @@ impl Enforcer {
             acl: ArcSwap::from_pointee(acl),
             settings,
             cache: Mutex::new(HashMap::new()),
+            origin: Mutex::new((String::new(), now_unix())),
         }
+    }
+
+    /// The ACL in force.
+    pub fn acl(&self) -> Arc<TableAcl> {
+        self.acl.load_full()
+    }
+
+    /// Where the ACL in force came from, and when it was loaded (unix seconds).
+    pub fn origin(&self) -> (String, i64) {
+        self.origin
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// [`Enforcer::replace`], recording where the new ACL came from.
+    pub fn replace_from(&self, acl: TableAcl, source: &str) {
+        self.replace(acl);
+        *self.origin.lock().unwrap_or_else(|p| p.into_inner()) = (source.to_owned(), now_unix());
     }
 
     /// Decides one SQL string for a caller (from the cache when the same caller sent the same

@@ -89,7 +89,18 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
                     TableAcl::default()
                 }
             };
-            Some(Arc::new(Enforcer::new(acl, t.settings.clone())))
+            let enforcer = Arc::new(Enforcer::new(acl, t.settings.clone()));
+            enforcer.replace_from(
+                enforcer.acl().as_ref().clone(),
+                &t.file.display().to_string(),
+            );
+            let (e, socket) = (Arc::clone(&enforcer), config.admin_socket.clone());
+            tasks.spawn(async move {
+                crate::admin::serve(&socket, e)
+                    .await
+                    .map_err(anyhow::Error::from)
+            });
+            Some(enforcer)
         }
         None => None,
     };
@@ -144,7 +155,7 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
                     match TableAcl::load(&t.file) {
                         Ok(acl) => {
                             info!(file = %t.file.display(), groups = acl.groups.len(), "table ACL reloaded");
-                            e.replace(acl);
+                            e.replace_from(acl, &t.file.display().to_string());
                         }
                         Err(err) => error!(error = %err, "table ACL reload failed; the previous ACL stays in force"),
                     }

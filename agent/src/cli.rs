@@ -44,6 +44,23 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
+    /// Validate a Vitess tableacl file, print what changes, and swap it in atomically. An
+    /// invalid file changes nothing.
+    Load {
+        file: PathBuf,
+        /// Report what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The agent's admin socket.
+        #[arg(long, default_value = crate::admin::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The policy in force, as Vitess tableacl JSON.
+    Show {
+        /// The agent's admin socket.
+        #[arg(long, default_value = crate::admin::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Would this caller be allowed to run this SQL? The decision and the rule that made it.
     Check {
         /// The caller's username (a certificate CN, a MySQL user).
@@ -128,6 +145,66 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config } => {
             let config = Config::load(&config)?;
             crate::app::run(config)
+        }
+        Command::Policy {
+            command:
+                PolicyCommand::Load {
+                    file,
+                    dry_run,
+                    socket,
+                },
+        } => {
+            let content = std::fs::read(&file)
+                .with_context(|| format!("reading policy {}", file.display()))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let resp = rt.block_on(async {
+                let mut c = crate::admin::client(&socket).await?;
+                c.load_policy(vtguard_proto::admin::LoadPolicyRequest {
+                    content,
+                    path: file.display().to_string(),
+                    dry_run,
+                })
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| crate::admin::Error::Rpc(s.message().to_owned()))
+            })?;
+            for c in &resp.changes {
+                println!("{c}");
+            }
+            if resp.changes.is_empty() {
+                println!("no changes");
+            }
+            println!(
+                "{}",
+                if resp.applied {
+                    "policy loaded"
+                } else {
+                    "dry run: nothing changed"
+                }
+            );
+            Ok(())
+        }
+        Command::Policy {
+            command: PolicyCommand::Show { socket },
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let resp = rt.block_on(async {
+                let mut c = crate::admin::client(&socket).await?;
+                c.show_policy(vtguard_proto::admin::ShowPolicyRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| crate::admin::Error::Rpc(s.message().to_owned()))
+            })?;
+            eprintln!(
+                "# from {} (loaded at unix time {})",
+                resp.source, resp.loaded_at
+            );
+            println!("{}", resp.json);
+            Ok(())
         }
         Command::Policy {
             command:

@@ -33,6 +33,8 @@ pub struct Config {
     pub kernel: Option<KernelConfig>,
     pub tableacl: Option<TableAclConfig>,
     pub listeners: Vec<ListenerConfig>,
+    /// The admin API's Unix socket (served when a table ACL is configured).
+    pub admin_socket: PathBuf,
 }
 
 /// The `[tableacl]` part: Vitess's flags, and vtguard's mode.
@@ -183,6 +185,13 @@ struct RawConfig {
     tableacl: Option<RawTableAcl>,
     #[serde(default)]
     listener: Vec<RawListener>,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    socket: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -330,11 +339,21 @@ impl Config {
             }
             listeners.push(l);
         }
+        let admin_socket = raw
+            .admin
+            .map_or_else(|| PathBuf::from(crate::admin::DEFAULT_SOCKET), |a| a.socket);
+        if !admin_socket.is_absolute() {
+            return Err(invalid(format!(
+                "[admin] socket {} is not an absolute path",
+                admin_socket.display()
+            )));
+        }
         Ok(Config {
             source: path.to_owned(),
             kernel,
             tableacl,
             listeners,
+            admin_socket,
         })
     }
 }

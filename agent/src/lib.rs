@@ -2,6 +2,7 @@
 //! help. See DESIGN.md for the architecture; this crate is the userspace half.
 
 pub mod acl;
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -29,5 +29,10 @@ pub mod vtgateservice {
     include!(concat!(env!("OUT_DIR"), "/vtgateservice.rs"));
 }
 
+/// vtguard's admin API (policy through the CLI).
+pub mod admin {
+    include!(concat!(env!("OUT_DIR"), "/vtguard.admin.rs"));
+}
+
 /// The directory holding the .proto files (for tests that compile them for other languages).
 pub const PROTO_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vitess");

@@ -517,3 +517,100 @@ fn policy_check_offline_gives_the_decision_and_the_rule() {
         "{err}"
     );
 }
+
+#[test]
+fn policy_load_through_the_cli_swaps_valid_files_and_refuses_invalid_ones() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let acl = tmp.path().join("acl.json");
+    fs::write(&acl, r#"{"table_groups": [{"name": "g", "table_names_or_prefixes": ["t1"], "readers": ["alice"]}]}"#).expect("acl");
+    let socket = tmp.path().join("admin.sock");
+    let up_port = free_port();
+    let config = write_config(
+        tmp.path(),
+        &format!(
+            "[tableacl]\ntable-acl-config = \"{}\"\nqueryserver-config-strict-table-acl = true\n[admin]\nsocket = \"{}\"\n[[listener]]\nname = \"t\"\nprotocol = \"grpc\"\nservice = \"vttablet\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"127.0.0.1:{up_port}\"\ninsecure-plaintext = true\n",
+            acl.display(),
+            socket.display(),
+            free_port()
+        ),
+    );
+    let agent = Agent::start_until(&config, "admin API listening");
+    let sock = socket.to_str().expect("utf-8");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(
+            &fs::metadata(&socket).expect("socket").permissions()
+        ) & 0o777,
+        0o600,
+        "root only"
+    );
+
+    // An invalid file: refused with the reason, and the running policy stays.
+    let bad = tmp.path().join("bad.json");
+    fs::write(
+        &bad,
+        r#"{"table_groups": [{"name": "g", "table_names_or_prefixes": ["a", "aa%", "aaab"]}]}"#,
+    )
+    .expect("bad");
+    let (code, _, err) = vtguard(&[
+        "policy",
+        "load",
+        bad.to_str().expect("utf-8"),
+        "--socket",
+        sock,
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("overlap") && err.contains("the policy in force is unchanged"),
+        "{err}"
+    );
+    let (code, out, _) = vtguard(&["policy", "show", "--socket", sock]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"alice\"") && !out.contains("aaab"), "{out}");
+
+    // A valid one: the changes, then the swap.
+    let good = tmp.path().join("good.json");
+    fs::write(&good, r#"{"table_groups": [{"name": "g", "table_names_or_prefixes": ["t1", "t2"], "readers": ["bob"]}]}"#).expect("good");
+    let (code, out, err) = vtguard(&[
+        "policy",
+        "load",
+        good.to_str().expect("utf-8"),
+        "--socket",
+        sock,
+        "--dry-run",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("+ table \"t2\"")
+            && out.contains("- \"alice\" loses READER on \"t1\"")
+            && out.contains("dry run: nothing changed"),
+        "{out}"
+    );
+    let (_, out, _) = vtguard(&["policy", "show", "--socket", sock]);
+    assert!(out.contains("\"alice\""), "dry run changed nothing: {out}");
+    let (code, out, _) = vtguard(&[
+        "policy",
+        "load",
+        good.to_str().expect("utf-8"),
+        "--socket",
+        sock,
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("+ \"bob\" gains READER on \"t2\"") && out.ends_with("policy loaded\n"),
+        "{out}"
+    );
+    let (_, out, err) = vtguard(&["policy", "show", "--socket", sock]);
+    assert!(
+        out.contains("\"bob\"") && !out.contains("\"alice\""),
+        "{out}"
+    );
+    assert!(err.contains("good.json"), "{err}");
+    drop(agent);
+
+    let (code, _, err) = vtguard(&["policy", "show", "--socket", "/nonexistent/admin.sock"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("admin socket /nonexistent/admin.sock: cannot connect"),
+        "{err}"
+    );
+}

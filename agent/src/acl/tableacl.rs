@@ -148,6 +148,19 @@ impl TableAcl {
         Ok(acl)
     }
 
+    /// The ACL as Vitess tableacl JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "table_groups": self.groups.iter().map(|g| serde_json::json!({
+                "name": g.name,
+                "table_names_or_prefixes": g.tables,
+                "readers": g.readers,
+                "writers": g.writers,
+                "admins": g.admins,
+            })).collect::<Vec<_>>()
+        })
+    }
+
     /// An ACL of these groups (not validated).
     pub fn new(groups: Vec<TableGroup>) -> Self {
         let mut exact = HashMap::new();

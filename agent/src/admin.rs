@@ -1,0 +1,205 @@
+//! The admin API: policy through the CLI, over a Unix socket that only root can open (mode
+//! 0600). `vtguard policy load` validates a file, reports what changes, and swaps it in
+//! atomically; an invalid file changes nothing and says why.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+use vtguard_proto::admin::{
+    admin_client::AdminClient,
+    admin_server::{Admin, AdminServer},
+    LoadPolicyRequest, LoadPolicyResponse, ShowPolicyRequest, ShowPolicyResponse,
+};
+
+use crate::acl::{Enforcer, TableAcl};
+
+/// Default admin socket.
+pub const DEFAULT_SOCKET: &str = "/run/vtguard/admin.sock";
+
+/// What went wrong with the admin socket.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("admin socket {path}: {source}")]
+    Socket { path: PathBuf, source: io::Error },
+    #[error("admin socket {path}: cannot connect ({detail}): is `vtguard run` running with this socket?")]
+    Connect { path: PathBuf, detail: String },
+    #[error("{0}")]
+    Rpc(String),
+}
+
+struct Service {
+    enforcer: Arc<Enforcer>,
+}
+
+#[tonic::async_trait]
+impl Admin for Service {
+    async fn load_policy(
+        &self,
+        req: Request<LoadPolicyRequest>,
+    ) -> Result<Response<LoadPolicyResponse>, Status> {
+        let req = req.into_inner();
+        let new = TableAcl::parse(&req.path, &req.content).map_err(|e| {
+            Status::invalid_argument(format!("{e}; the policy in force is unchanged"))
+        })?;
+        let changes = diff(&self.enforcer.acl(), &new);
+        if !req.dry_run {
+            self.enforcer.replace_from(new, &req.path);
+            info!(source = %req.path, changes = changes.len(), "table ACL loaded through the admin API");
+        }
+        Ok(Response::new(LoadPolicyResponse {
+            changes,
+            applied: !req.dry_run,
+        }))
+    }
+
+    async fn show_policy(
+        &self,
+        _: Request<ShowPolicyRequest>,
+    ) -> Result<Response<ShowPolicyResponse>, Status> {
+        let (source, loaded_at) = self.enforcer.origin();
+        Ok(Response::new(ShowPolicyResponse {
+            json: serde_json::to_string_pretty(&self.enforcer.acl().to_json()).unwrap_or_default(),
+            source,
+            loaded_at,
+        }))
+    }
+}
+
+/// Serves the admin API on `path` until the task is dropped.
+pub async fn serve(path: &Path, enforcer: Arc<Enforcer>) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| Error::Socket {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    // A socket left by an agent that died; nobody listens on it.
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    info!(socket = %path.display(), "admin API listening");
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(AdminServer::new(Service { enforcer }))
+        .serve_with_incoming(incoming)
+        .await
+        .map_err(|e| Error::Socket {
+            path: path.to_owned(),
+            source: io::Error::other(e),
+        })
+}
+
+/// A client of the admin socket.
+pub async fn client(path: &Path) -> Result<AdminClient<tonic::transport::Channel>, Error> {
+    let p = path.to_owned();
+    let channel = tonic::transport::Endpoint::from_static("http://vtguard.admin")
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let p = p.clone();
+            async move {
+                Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(p).await?,
+                ))
+            }
+        }))
+        .await
+        .map_err(|e| Error::Connect {
+            path: path.to_owned(),
+            detail: std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()),
+        })?;
+    Ok(AdminClient::new(channel))
+}
+
+/// What changes between two policies: groups and table entries added or removed, and
+/// identities gaining or losing a role on an entry.
+pub fn diff(old: &TableAcl, new: &TableAcl) -> Vec<String> {
+    use std::collections::BTreeSet;
+    let groups = |a: &TableAcl| {
+        a.groups
+            .iter()
+            .map(|g| g.name.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    let entries = |a: &TableAcl| {
+        a.groups
+            .iter()
+            .flat_map(|g| g.tables.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    let grants = |a: &TableAcl| {
+        let mut out = BTreeSet::new();
+        for g in &a.groups {
+            for (role, members) in [
+                ("READER", &g.readers),
+                ("WRITER", &g.writers),
+                ("ADMIN", &g.admins),
+            ] {
+                for m in members {
+                    for t in &g.tables {
+                        out.insert((m.clone(), role, t.clone()));
+                    }
+                }
+            }
+        }
+        out
+    };
+    let mut out = Vec::new();
+    let (go, gn) = (groups(old), groups(new));
+    out.extend(gn.difference(&go).map(|g| format!("+ group {g:?}")));
+    out.extend(go.difference(&gn).map(|g| format!("- group {g:?}")));
+    let (eo, en) = (entries(old), entries(new));
+    out.extend(en.difference(&eo).map(|t| format!("+ table {t:?}")));
+    out.extend(eo.difference(&en).map(|t| format!("- table {t:?}")));
+    let (ao, an) = (grants(old), grants(new));
+    out.extend(
+        an.difference(&ao)
+            .map(|(m, r, t)| format!("+ {m:?} gains {r} on {t:?}")),
+    );
+    out.extend(
+        ao.difference(&an)
+            .map(|(m, r, t)| format!("- {m:?} loses {r} on {t:?}")),
+    );
+    if out.is_empty() {
+        warn!("policy load changes nothing");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_names_groups_tables_and_identities() {
+        let a = TableAcl::parse("a", br#"{"table_groups": [{"name": "g", "table_names_or_prefixes": ["t1"], "readers": ["alice"]}]}"#).expect("a");
+        let b = TableAcl::parse(
+            "b",
+            br#"{"table_groups": [{"name": "g", "table_names_or_prefixes": ["t1", "t2"], "readers": ["bob"]}, {"name": "h", "table_names_or_prefixes": ["x%"], "admins": ["ops"]}]}"#,
+        )
+        .expect("b");
+        let d = diff(&a, &b);
+        assert!(d.contains(&"+ group \"h\"".to_owned()), "{d:?}");
+        assert!(d.contains(&"+ table \"t2\"".to_owned()), "{d:?}");
+        assert!(
+            d.contains(&"+ \"bob\" gains READER on \"t1\"".to_owned()),
+            "{d:?}"
+        );
+        assert!(
+            d.contains(&"- \"alice\" loses READER on \"t1\"".to_owned()),
+            "{d:?}"
+        );
+        assert!(
+            d.contains(&"+ \"ops\" gains ADMIN on \"x%\"".to_owned()),
+            "{d:?}"
+        );
+        assert!(diff(&a, &a).is_empty());
+    }
+}
