@@ -100,6 +100,31 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
                     .await
                     .map_err(anyhow::Error::from)
             });
+            if let Some(every) = t.reload_interval {
+                // Reloads when the file's content changes (not when it differs from the ACL in
+                // force: a policy loaded through the admin API stays until the file changes).
+                let (e, file) = (Arc::clone(&enforcer), t.file.clone());
+                tasks.spawn(async move {
+                    let mut last = std::fs::read(&file).ok();
+                    let mut tick = tokio::time::interval(every);
+                    tick.tick().await;
+                    loop {
+                        tick.tick().await;
+                        let now = std::fs::read(&file).ok();
+                        if now == last {
+                            continue;
+                        }
+                        last = now;
+                        match TableAcl::load(&file) {
+                            Ok(acl) => {
+                                info!(file = %file.display(), "table ACL changed on disk; reloaded");
+                                e.replace_from(acl, &file.display().to_string());
+                            }
+                            Err(err) => warn!(error = %err, "table ACL reload failed; the previous ACL stays in force"),
+                        }
+                    }
+                });
+            }
             Some(enforcer)
         }
         None => None,

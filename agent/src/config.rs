@@ -44,6 +44,8 @@ pub struct TableAclConfig {
     pub file: PathBuf,
     /// `enforce-tableacl-config`: refuse to start without a valid file.
     pub enforce: bool,
+    /// `table-acl-config-reload-interval`: re-read the file this often (None: only on SIGHUP).
+    pub reload_interval: Option<Duration>,
     pub settings: crate::acl::Settings,
 }
 
@@ -206,6 +208,8 @@ struct RawTableAcl {
     queryserver_config_acl_exempt_acl: String,
     #[serde(default)]
     enforce_tableacl_config: bool,
+    /// Seconds.
+    table_acl_config_reload_interval: Option<f64>,
     mode: Option<String>,
 }
 
@@ -309,9 +313,19 @@ impl Config {
                     }
                 };
                 let exempt = Some(t.queryserver_config_acl_exempt_acl).filter(|e| !e.is_empty());
+                let reload_interval = match t.table_acl_config_reload_interval {
+                    None => None,
+                    Some(s) if (0.1..=86_400.0).contains(&s) => Some(Duration::from_secs_f64(s)),
+                    Some(s) => {
+                        return Err(invalid(format!(
+                            "[tableacl] table-acl-config-reload-interval {s}: use 0.1 to 86400 seconds, or leave it out to reload only on SIGHUP"
+                        )))
+                    }
+                };
                 Some(TableAclConfig {
                     file: t.table_acl_config,
                     enforce: t.enforce_tableacl_config,
+                    reload_interval,
                     settings: crate::acl::Settings {
                         strict: t.queryserver_config_strict_table_acl,
                         dry_run: t.queryserver_config_enable_table_acl_dry_run,

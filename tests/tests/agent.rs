@@ -528,7 +528,7 @@ fn policy_load_through_the_cli_swaps_valid_files_and_refuses_invalid_ones() {
     let config = write_config(
         tmp.path(),
         &format!(
-            "[tableacl]\ntable-acl-config = \"{}\"\nqueryserver-config-strict-table-acl = true\n[admin]\nsocket = \"{}\"\n[[listener]]\nname = \"t\"\nprotocol = \"grpc\"\nservice = \"vttablet\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"127.0.0.1:{up_port}\"\ninsecure-plaintext = true\n",
+            "[tableacl]\ntable-acl-config = \"{}\"\nqueryserver-config-strict-table-acl = true\ntable-acl-config-reload-interval = 0.2\n[admin]\nsocket = \"{}\"\n[[listener]]\nname = \"t\"\nprotocol = \"grpc\"\nservice = \"vttablet\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"127.0.0.1:{up_port}\"\ninsecure-plaintext = true\n",
             acl.display(),
             socket.display(),
             free_port()
@@ -605,6 +605,12 @@ fn policy_load_through_the_cli_swaps_valid_files_and_refuses_invalid_ones() {
         "{out}"
     );
     assert!(err.contains("good.json"), "{err}");
+
+    // table-acl-config-reload-interval: a change to the configured file is picked up.
+    fs::write(&acl, r#"{"table_groups": [{"name": "g", "table_names_or_prefixes": ["t1"], "readers": ["carol"]}]}"#).expect("acl");
+    agent.wait_for("table ACL changed on disk; reloaded");
+    let (_, out, _) = vtguard(&["policy", "show", "--socket", sock]);
+    assert!(out.contains("\"carol\""), "{out}");
     drop(agent);
 
     let (code, _, err) = vtguard(&["policy", "show", "--socket", "/nonexistent/admin.sock"]);
