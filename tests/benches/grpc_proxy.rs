@@ -13,10 +13,7 @@ use http_body_util::{BodyExt, Full};
 use prost::Message;
 
 use tonic::transport::Channel;
-use vtguard_proto::{
-    query::{BoundQuery, ExecuteRequest, Target},
-    queryservice::query_client::QueryClient,
-};
+use vtguard_proto::{query::ExecuteRequest, queryservice::query_client::QueryClient};
 use vtguard_tests::{
     grpc::{mtls_listener, plain_channel, raw_connection, start_listener, tls_channel, RawBody},
     pki::Pki,
@@ -86,16 +83,8 @@ async fn call(c: &mut Client, req: &ExecuteRequest) {
 
 async fn run(client: Client) -> Run {
     let req = ExecuteRequest {
-        target: Some(Target {
-            keyspace: "ks".into(),
-            shard: "0".into(),
-            tablet_type: 1,
-            cell: String::new(),
-        }),
-        query: Some(BoundQuery {
-            sql: "select 1kb".into(),
-            bind_variables: Default::default(),
-        }),
+        target: Some(vtguard_tests::upstream::target("ks")),
+        query: Some(vtguard_tests::upstream::bound("select 1kb")),
         ..Default::default()
     };
     let start = Instant::now();

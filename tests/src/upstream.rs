@@ -115,6 +115,24 @@ pub fn result(column: &str, rows: &[&str]) -> query::QueryResult {
     }
 }
 
+/// A primary target in `keyspace`, shard 0.
+pub fn target(keyspace: &str) -> query::Target {
+    query::Target {
+        keyspace: keyspace.into(),
+        shard: "0".into(),
+        tablet_type: 1,
+        cell: String::new(),
+    }
+}
+
+/// A query without bind variables.
+pub fn bound(sql: &str) -> query::BoundQuery {
+    query::BoundQuery {
+        sql: sql.into(),
+        bind_variables: Default::default(),
+    }
+}
+
 /// The first column of each row of a result.
 pub fn rows(r: &query::QueryResult) -> Vec<String> {
     r.rows

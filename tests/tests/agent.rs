@@ -360,9 +360,7 @@ fn bad_input_gets_one_line_naming_the_cause_and_the_fix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_listener_from_the_binary_logs_one_structured_line_per_request() {
     use vtguard_proto::{
-        query::{BoundQuery, ExecuteRequest, Target},
-        queryservice::query_client::QueryClient,
-        vtrpc::CallerId,
+        query::ExecuteRequest, queryservice::query_client::QueryClient, vtrpc::CallerId,
     };
     let up = vtguard_tests::upstream::Upstream::start(0).await;
     let port = free_port();
@@ -389,16 +387,10 @@ async fn a_grpc_listener_from_the_binary_logs_one_structured_line_per_request() 
             subcomponent: "invoices".into(),
             groups: vec![],
         }),
-        target: Some(Target {
-            keyspace: "test_keyspace".into(),
-            shard: "0".into(),
-            tablet_type: 1,
-            cell: String::new(),
-        }),
-        query: Some(BoundQuery {
-            sql: "select * from vt_insert_test".into(),
-            bind_variables: Default::default(),
-        }),
+        target: Some(vtguard_tests::upstream::target("test_keyspace")),
+        query: Some(vtguard_tests::upstream::bound(
+            "select * from vt_insert_test",
+        )),
         ..Default::default()
     };
     let rows = QueryClient::new(ch)

@@ -280,10 +280,9 @@ async fn vtgate_listener_writes_the_proven_identity_into_the_effective_caller() 
             in_transaction: false,
             autocommit: true,
         }),
-        query: Some(BoundQuery {
-            sql: "select * from vt_insert_test".into(),
-            bind_variables: HashMap::new(),
-        }),
+        query: Some(vtguard_tests::upstream::bound(
+            "select * from vt_insert_test",
+        )),
     };
     let resp = client
         .execute(sent.clone())
@@ -323,16 +322,8 @@ async fn streams_cancellation_and_an_unreachable_upstream() {
     );
 
     let stream_req = |sql: &str| StreamExecuteRequest {
-        target: Some(Target {
-            keyspace: "ks".into(),
-            shard: "0".into(),
-            tablet_type: 1,
-            cell: String::new(),
-        }),
-        query: Some(BoundQuery {
-            sql: sql.into(),
-            bind_variables: HashMap::new(),
-        }),
+        target: Some(vtguard_tests::upstream::target("ks")),
+        query: Some(vtguard_tests::upstream::bound(sql)),
         ..Default::default()
     };
     let mut stream = client
@@ -545,10 +536,7 @@ async fn certificate_rotation_reaches_new_handshakes_and_open_streams_continue()
             .expect("connect"),
     );
     let req = StreamExecuteRequest {
-        query: Some(BoundQuery {
-            sql: "select sleep".into(),
-            bind_variables: HashMap::new(),
-        }),
+        query: Some(vtguard_tests::upstream::bound("select sleep")),
         ..Default::default()
     };
     let mut stream = client

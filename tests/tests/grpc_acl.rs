@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use tonic::Code;
 use vtguard_proto::{
-    query::{BoundQuery, ExecuteRequest, Target},
+    query::{BoundQuery, ExecuteRequest},
     queryservice::query_client::QueryClient,
     vtgate,
     vtgateservice::vitess_client::VitessClient,
@@ -32,10 +32,7 @@ fn tableacl(dir: &std::path::Path) -> String {
 }
 
 fn select() -> BoundQuery {
-    BoundQuery {
-        sql: "select * from vt_insert_test".into(),
-        bind_variables: Default::default(),
-    }
+    vtguard_tests::upstream::bound("select * from vt_insert_test")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,12 +50,7 @@ async fn vttablet_listener_client_1_allowed_client_2_denied_with_vitess_message(
     )
     .await;
     let req = || ExecuteRequest {
-        target: Some(Target {
-            keyspace: "test_keyspace".into(),
-            shard: "0".into(),
-            tablet_type: 1,
-            cell: String::new(),
-        }),
+        target: Some(vtguard_tests::upstream::target("test_keyspace")),
         query: Some(select()),
         ..Default::default()
     };

@@ -9,7 +9,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use prost::Message;
-use vtguard_proto::query::{BoundQuery, ExecuteRequest, Target};
+use vtguard_proto::query::ExecuteRequest;
 use vtguard_tests::{
     grpc::{mtls_listener, raw_connection, start_listener, tls_channel},
     pki::Pki,
@@ -86,16 +86,8 @@ fn full(b: Vec<u8>) -> Body {
 
 fn valid() -> Vec<u8> {
     ExecuteRequest {
-        target: Some(Target {
-            keyspace: "ks".into(),
-            shard: "0".into(),
-            tablet_type: 1,
-            cell: String::new(),
-        }),
-        query: Some(BoundQuery {
-            sql: "select 1".into(),
-            bind_variables: Default::default(),
-        }),
+        target: Some(vtguard_tests::upstream::target("ks")),
+        query: Some(vtguard_tests::upstream::bound("select 1")),
         ..Default::default()
     }
     .encode_to_vec()

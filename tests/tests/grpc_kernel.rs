@@ -4,10 +4,7 @@
 use std::sync::Arc;
 
 use tonic::Code;
-use vtguard_proto::{
-    query::{BoundQuery, ExecuteRequest},
-    queryservice::query_client::QueryClient,
-};
+use vtguard_proto::{query::ExecuteRequest, queryservice::query_client::QueryClient};
 use vtguard_tests::{
     free_port,
     grpc::{mtls_listener, start_listener, tls_channel},
@@ -44,10 +41,9 @@ async fn only_vtguard_reaches_the_tablet_and_only_for_identities_the_kernel_allo
     let l = start_listener(&toml, Some(k.shared())).await;
 
     let req = || ExecuteRequest {
-        query: Some(BoundQuery {
-            sql: "select * from vt_insert_test".into(),
-            bind_variables: Default::default(),
-        }),
+        query: Some(vtguard_tests::upstream::bound(
+            "select * from vt_insert_test",
+        )),
         ..Default::default()
     };
     let mut c1 = QueryClient::new(
