@@ -95,6 +95,26 @@ impl Enforcer {
         d
     }
 
+    /// Decides one (role, table) need outside SQL (MessageStream's WRITER on its table).
+    pub fn check_table(
+        &self,
+        username: &str,
+        groups: &[String],
+        plan: &str,
+        role: Role,
+        table: &str,
+    ) -> Decision {
+        decide::decide_table(
+            &self.acl.load(),
+            &self.settings,
+            username,
+            groups,
+            plan,
+            role,
+            table,
+        )
+    }
+
     /// Swaps in a new ACL and forgets every cached decision.
     pub fn replace(&self, acl: TableAcl) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());

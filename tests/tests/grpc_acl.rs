@@ -190,3 +190,75 @@ async fn vtgate_listener_answers_denials_inside_the_response_and_effective_calle
         .await
         .starts_with("Select command denied to user 'my-caller', in groups [vtgate client 2]"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_stream_needs_writer_on_the_message_table() {
+    use http_body_util::BodyExt;
+    let pki = Pki::generate();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let up = Upstream::start(0).await;
+    let l = start_listener(
+        &format!(
+            "{}{}",
+            tableacl(tmp.path()),
+            mtls_listener(&pki, "vttablet", up.addr, "")
+        ),
+        None,
+    )
+    .await;
+    // MessageStreamRequest { name (field 4) = "vt_insert_test" }.
+    let mut msg = vec![0x22, 14];
+    msg.extend_from_slice(b"vt_insert_test");
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    body.extend_from_slice(&msg);
+    async fn status(
+        send: &mut hyper::client::conn::http2::SendRequest<vtguard_tests::grpc::RawBody>,
+        addr: SocketAddr,
+        body: Vec<u8>,
+    ) -> (String, String) {
+        let req = http::Request::post(format!("https://{addr}/queryservice.Query/MessageStream"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(
+                http_body_util::Full::new(bytes::Bytes::from(body))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .expect("request");
+        send.ready().await.expect("ready");
+        let resp = send.send_request(req).await.expect("response");
+        let (parts, b) = resp.into_parts();
+        let t = b
+            .collect()
+            .await
+            .expect("body")
+            .trailers()
+            .cloned()
+            .unwrap_or_default();
+        let get = |k: &str| {
+            parts
+                .headers
+                .get(k)
+                .or_else(|| t.get(k))
+                .map(|v| v.to_str().expect("ascii").to_owned())
+                .unwrap_or_default()
+        };
+        (get("grpc-status"), get("grpc-message"))
+    }
+    let mut c2 = vtguard_tests::grpc::raw_connection(&pki, l.addr, Some("vtgate-client-2")).await;
+    let (code, message) = status(&mut c2, l.addr, body.clone()).await;
+    assert_eq!(code, "7");
+    assert!(
+        message.starts_with("MessageStream command denied to user 'vtgate client 2'"),
+        "{message}"
+    );
+    assert!(up.received().is_empty());
+    let mut c1 = vtguard_tests::grpc::raw_connection(&pki, l.addr, Some("vtgate-client-1")).await;
+    let (code, _) = status(&mut c1, l.addr, body).await;
+    assert_eq!(
+        code, "12",
+        "forwarded: the stand-in does not implement MessageStream"
+    );
+    assert_eq!(up.received().len(), 1);
+}

@@ -50,6 +50,58 @@ pub fn denial_message(plan: &str, username: &str, groups: &[String], table: &str
     }
 }
 
+/// The exempt ACL and strict mode, which decide before any table is looked at.
+fn gate(s: &Settings, username: &str, groups: &[String]) -> Option<Decision> {
+    if let Some(ex) = &s.exempt {
+        if username == ex || groups.iter().any(|g| g == ex) {
+            return Some(Decision::Allow {
+                reason: format!("exempt ({ex})"),
+            });
+        }
+    }
+    (!s.strict).then(|| Decision::Allow {
+        reason: "queryserver-config-strict-table-acl is off".into(),
+    })
+}
+
+/// Dry run: a denial is reported, not enforced.
+fn dry_run(s: &Settings, verdict: Decision) -> Decision {
+    match verdict {
+        Decision::Deny { message, .. } if s.dry_run => Decision::Allow {
+            reason: format!("dry run; would deny: {message}"),
+        },
+        v => v,
+    }
+}
+
+/// Decides one (role, table) need outside SQL — e.g. MessageStream, which needs WRITER on
+/// the message table.
+pub fn decide_table(
+    acl: &TableAcl,
+    s: &Settings,
+    username: &str,
+    groups: &[String],
+    plan: &str,
+    role: Role,
+    table: &str,
+) -> Decision {
+    if let Some(d) = gate(s, username, groups) {
+        return d;
+    }
+    let verdict = if acl.allows(username, groups, role, table) {
+        Decision::Allow {
+            reason: format!("{role} on {table:?} is granted"),
+        }
+    } else {
+        Decision::Deny {
+            message: denial_message(plan, username, groups, table),
+            role: Some(role),
+            table: Some(table.to_owned()),
+        }
+    };
+    dry_run(s, verdict)
+}
+
 /// Decides whether `username` (with `groups`) may run `sql`. Every statement of the string is
 /// checked; the first denial wins.
 pub fn decide(
@@ -59,17 +111,8 @@ pub fn decide(
     groups: &[String],
     sql: &str,
 ) -> Decision {
-    if let Some(ex) = &s.exempt {
-        if username == ex || groups.iter().any(|g| g == ex) {
-            return Decision::Allow {
-                reason: format!("exempt ({ex})"),
-            };
-        }
-    }
-    if !s.strict {
-        return Decision::Allow {
-            reason: "queryserver-config-strict-table-acl is off".into(),
-        };
+    if let Some(d) = gate(s, username, groups) {
+        return d;
     }
     let verdict = match classify(sql, s.mode) {
         Err(e) => Decision::Deny {
@@ -112,12 +155,7 @@ pub fn decide(
             verdict
         }
     };
-    match verdict {
-        Decision::Deny { message, .. } if s.dry_run => Decision::Allow {
-            reason: format!("dry run; would deny: {message}"),
-        },
-        v => v,
-    }
+    dry_run(s, verdict)
 }
 
 #[cfg(test)]
@@ -211,6 +249,47 @@ mod tests {
         )
         .is_allow());
         assert!(!decide(&acl(), &exempt, "x", &[], "drop table vt_insert_test").is_allow());
+    }
+
+    #[test]
+    fn message_stream_needs_writer_on_the_message_table() {
+        let d = decide_table(
+            &acl(),
+            &strict(),
+            "vtgate client 2",
+            &[],
+            "MessageStream",
+            Role::Writer,
+            "vt_insert_test",
+        );
+        let Decision::Deny { message, .. } = d else {
+            panic!("denied")
+        };
+        assert_eq!(message, "MessageStream command denied to user 'vtgate client 2' for table 'vt_insert_test' (ACL check error)");
+        assert!(decide_table(
+            &acl(),
+            &strict(),
+            "vtgate client 1",
+            &[],
+            "MessageStream",
+            Role::Writer,
+            "vt_insert_test"
+        )
+        .is_allow());
+        let dry = Settings {
+            dry_run: true,
+            ..strict()
+        };
+        assert!(decide_table(
+            &acl(),
+            &dry,
+            "x",
+            &[],
+            "MessageStream",
+            Role::Writer,
+            "vt_insert_test"
+        )
+        .is_allow());
     }
 
     #[test]

@@ -269,6 +269,8 @@ struct Inspected {
     effective: Option<vtrpc::CallerId>,
     target: Option<query::Target>,
     sql: Vec<String>,
+    /// Message tables the request streams from (and so writes: acks).
+    message_tables: Vec<String>,
 }
 
 impl Conn {
@@ -383,6 +385,21 @@ impl Conn {
                 let ins = inspect(m, &msg, &fields).map_err(refuse)?;
                 let identity = self.caller(ins.effective.as_ref());
                 if let Some(acl) = &p.acl {
+                    for table in &ins.message_tables {
+                        if let Decision::Deny { message, .. } = acl.check_table(
+                            &identity.username,
+                            &identity.groups,
+                            m.name,
+                            crate::acl::Role::Writer,
+                            table,
+                        ) {
+                            return Err((
+                                Refusal::new(code::PERMISSION_DENIED, message),
+                                Some(identity),
+                                ins,
+                            ));
+                        }
+                    }
                     for sql in &ins.sql {
                         if let Decision::Deny { message, .. } =
                             acl.check(&identity.username, &identity.groups, sql)
@@ -608,6 +625,9 @@ fn inspect(m: &Method, msg: &[u8], fields: &[wire::Field]) -> Result<Inspected, 
                     ins.sql.push(q.sql);
                 }
             }
+            Sql::MessageTable(n) => ins.message_tables.extend(
+                wire::strings(msg, fields, n).map_err(|e| bad(n, "string", e.to_string()))?,
+            ),
             Sql::Text(n) => ins.sql.extend(
                 wire::strings(msg, fields, n).map_err(|e| bad(n, "string", e.to_string()))?,
             ),

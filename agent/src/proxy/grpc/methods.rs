@@ -23,6 +23,8 @@ pub enum Sql {
     BoundList(u32),
     /// A string or repeated string of SQL.
     Text(u32),
+    /// A string naming a message table, which the RPC writes (MessageStream: WRITER).
+    MessageTable(u32),
 }
 
 /// One known RPC.
@@ -76,7 +78,7 @@ pub const QUERYSERVICE: &[Method] = &[
     tablet("UnresolvedTransactions", &[]),
     tablet("BeginExecute", &[Sql::Bound(4), Sql::Text(7)]),
     tablet("BeginStreamExecute", &[Sql::Bound(4), Sql::Text(7)]),
-    tablet("MessageStream", &[]),
+    tablet("MessageStream", &[Sql::MessageTable(4)]),
     tablet("MessageAck", &[]),
     tablet("ReserveExecute", &[Sql::Bound(4), Sql::Text(7)]),
     tablet(
