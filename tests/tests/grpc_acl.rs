@@ -262,3 +262,40 @@ async fn message_stream_needs_writer_on_the_message_table() {
     );
     assert_eq!(up.received().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_counts_would_be_denials_and_denies_nothing() {
+    let pki = Pki::generate();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let up = Upstream::start(0).await;
+    let acl = tableacl(tmp.path()) + "queryserver-config-enable-table-acl-dry-run = true\n";
+    let l = start_listener(
+        &format!("{acl}{}", mtls_listener(&pki, "vttablet", up.addr, "")),
+        None,
+    )
+    .await;
+    let mut c2 = QueryClient::new(
+        tls_channel(&pki, l.addr, Some("vtgate-client-2"))
+            .await
+            .expect("connect"),
+    );
+    let r = c2
+        .execute(ExecuteRequest {
+            query: Some(select()),
+            ..Default::default()
+        })
+        .await
+        .expect("dry run denies nothing")
+        .into_inner();
+    assert_eq!(
+        rows(&r.result.expect("result")),
+        vec!["vtgate client 2|localhost,vtgate client 2"]
+    );
+    assert_eq!(
+        l.proxy
+            .stats
+            .acl_dry_run_denials
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}

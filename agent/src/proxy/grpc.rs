@@ -77,6 +77,8 @@ pub struct Stats {
     pub handshakes_failed: AtomicU64,
     pub requests: AtomicU64,
     pub refused: AtomicU64,
+    /// Requests a dry-run table ACL would have denied.
+    pub acl_dry_run_denials: AtomicU64,
 }
 
 /// A gRPC listener, ready to serve.
@@ -401,9 +403,14 @@ impl Conn {
                         }
                     }
                     for sql in &ins.sql {
-                        if let Decision::Deny { message, .. } =
-                            acl.check(&identity.username, &identity.groups, sql)
-                        {
+                        let decision = acl.check(&identity.username, &identity.groups, sql);
+                        if let Decision::Allow { reason } = &decision {
+                            if let Some(would) = reason.strip_prefix("dry run; would deny: ") {
+                                p.stats.acl_dry_run_denials.fetch_add(1, Ordering::Relaxed);
+                                warn!(listener = %p.name, identity = %identity.username, "table ACL dry run: {would}");
+                            }
+                        }
+                        if let Decision::Deny { message, .. } = decision {
                             let mut r = Refusal::new(code::PERMISSION_DENIED, message);
                             r.in_body = p.cfg.service == GrpcService::Vtgate
                                 && VTGATE_UNARY.contains(&m.name);
