@@ -176,22 +176,20 @@ pub fn client_config(
     upstream_host: &str,
     prefix: &'static str,
 ) -> Result<(ClientConfig, ServerName<'static>), Error> {
+    let [ca_label, cert_label, key_label] = labels(prefix);
     let provider = crypto_provider();
     let builder =
         ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
     let store = match &tls.ca {
-        Some(ca) => roots(ca_label(prefix), ca)?,
+        Some(ca) => roots(ca_label, ca)?,
         None => RootCertStore::empty(),
     };
     let builder = builder.with_root_certificates(store);
     let mut config = match (&tls.cert, &tls.key) {
         (Some(cert), Some(key)) => builder
-            .with_client_auth_cert(
-                load_certs(cert_label(prefix), cert)?,
-                load_key(key_label(prefix), key)?,
-            )
+            .with_client_auth_cert(load_certs(cert_label, cert)?, load_key(key_label, key)?)
             .map_err(|e| Error::Invalid {
-                what: key_label(prefix),
+                what: key_label,
                 path: key.clone(),
                 detail: format!("does not match the certificate: {e}"),
             })?,
@@ -206,25 +204,12 @@ pub fn client_config(
     Ok((config, server_name))
 }
 
-fn ca_label(prefix: &str) -> &'static str {
+/// The config keys of an upstream's CA, certificate and key, for messages.
+fn labels(prefix: &str) -> [&'static str; 3] {
     if prefix == "tablet-grpc" {
-        "tablet-grpc-ca"
+        ["tablet-grpc-ca", "tablet-grpc-cert", "tablet-grpc-key"]
     } else {
-        "vtgate-grpc-ca"
-    }
-}
-fn cert_label(prefix: &str) -> &'static str {
-    if prefix == "tablet-grpc" {
-        "tablet-grpc-cert"
-    } else {
-        "vtgate-grpc-cert"
-    }
-}
-fn key_label(prefix: &str) -> &'static str {
-    if prefix == "tablet-grpc" {
-        "tablet-grpc-key"
-    } else {
-        "vtgate-grpc-key"
+        ["vtgate-grpc-ca", "vtgate-grpc-cert", "vtgate-grpc-key"]
     }
 }
 

@@ -143,3 +143,59 @@ pub async fn raw_connection(
     tokio::spawn(conn);
     send
 }
+
+/// Sends one framed request body on a raw HTTP/2 connection: (grpc-status, grpc-message
+/// percent-decoded, response data).
+pub async fn raw_call(
+    send: &mut hyper::client::conn::http2::SendRequest<RawBody>,
+    addr: SocketAddr,
+    path: &str,
+    body: RawBody,
+    encoding: Option<&str>,
+) -> (u16, String, Vec<u8>) {
+    let mut req = http::Request::post(format!("https://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(e) = encoding {
+        req = req.header("grpc-encoding", e);
+    }
+    send.ready().await.expect("connection still usable");
+    let resp = send
+        .send_request(req.body(body).expect("request"))
+        .await
+        .expect("response");
+    let (parts, body) = resp.into_parts();
+    let collected = http_body_util::BodyExt::collect(body).await.expect("body");
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let data = collected.to_bytes().to_vec();
+    let get = |k: &str| {
+        parts
+            .headers
+            .get(k)
+            .or_else(|| trailers.get(k))
+            .map(|v| v.to_str().expect("ascii").to_owned())
+            .unwrap_or_default()
+    };
+    let status = get("grpc-status").parse().expect("grpc-status");
+    let message = percent_decode(&get("grpc-message"));
+    (status, message, data)
+}
+
+/// Undoes grpc-message's percent-encoding.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

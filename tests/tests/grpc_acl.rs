@@ -212,52 +212,25 @@ async fn message_stream_needs_writer_on_the_message_table() {
     let mut body = vec![0u8];
     body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
     body.extend_from_slice(&msg);
-    async fn status(
-        send: &mut hyper::client::conn::http2::SendRequest<vtguard_tests::grpc::RawBody>,
-        addr: SocketAddr,
-        body: Vec<u8>,
-    ) -> (String, String) {
-        let req = http::Request::post(format!("https://{addr}/queryservice.Query/MessageStream"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(
-                http_body_util::Full::new(bytes::Bytes::from(body))
-                    .map_err(|never| match never {})
-                    .boxed(),
-            )
-            .expect("request");
-        send.ready().await.expect("ready");
-        let resp = send.send_request(req).await.expect("response");
-        let (parts, b) = resp.into_parts();
-        let t = b
-            .collect()
-            .await
-            .expect("body")
-            .trailers()
-            .cloned()
-            .unwrap_or_default();
-        let get = |k: &str| {
-            parts
-                .headers
-                .get(k)
-                .or_else(|| t.get(k))
-                .map(|v| v.to_str().expect("ascii").to_owned())
-                .unwrap_or_default()
-        };
-        (get("grpc-status"), get("grpc-message"))
-    }
     let mut c2 = vtguard_tests::grpc::raw_connection(&pki, l.addr, Some("vtgate-client-2")).await;
-    let (code, message) = status(&mut c2, l.addr, body.clone()).await;
-    assert_eq!(code, "7");
+    let path = "/queryservice.Query/MessageStream";
+    let full = |b: Vec<u8>| {
+        http_body_util::Full::new(bytes::Bytes::from(b))
+            .map_err(|never| match never {})
+            .boxed()
+    };
+    let (code, message, _) =
+        vtguard_tests::grpc::raw_call(&mut c2, l.addr, path, full(body.clone()), None).await;
+    assert_eq!(code, 7);
     assert!(
         message.starts_with("MessageStream command denied to user 'vtgate client 2'"),
         "{message}"
     );
     assert!(up.received().is_empty());
     let mut c1 = vtguard_tests::grpc::raw_connection(&pki, l.addr, Some("vtgate-client-1")).await;
-    let (code, _) = status(&mut c1, l.addr, body).await;
+    let (code, _, _) = vtguard_tests::grpc::raw_call(&mut c1, l.addr, path, full(body), None).await;
     assert_eq!(
-        code, "12",
+        code, 12,
         "forwarded: the stand-in does not implement MessageStream"
     );
     assert_eq!(up.received().len(), 1);

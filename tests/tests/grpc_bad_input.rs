@@ -11,7 +11,7 @@ use hyper::body::Frame;
 use prost::Message;
 use vtguard_proto::query::ExecuteRequest;
 use vtguard_tests::{
-    grpc::{mtls_listener, raw_connection, start_listener, tls_channel},
+    grpc::{mtls_listener, raw_call, raw_connection, start_listener, tls_channel},
     pki::Pki,
     upstream::{rows, Upstream},
 };
@@ -25,50 +25,7 @@ async fn call(
     body: Body,
     encoding: Option<&str>,
 ) -> (u16, String, Vec<u8>) {
-    let mut req = Request::post(format!("https://{addr}/queryservice.Query/Execute"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers");
-    if let Some(e) = encoding {
-        req = req.header("grpc-encoding", e);
-    }
-    send.ready().await.expect("connection still usable");
-    let resp = send
-        .send_request(req.body(body).expect("request"))
-        .await
-        .expect("response");
-    let (parts, body) = resp.into_parts();
-    let collected = body.collect().await.expect("body");
-    let trailers = collected.trailers().cloned().unwrap_or_default();
-    let data = collected.to_bytes().to_vec();
-    let get = |k: &str| {
-        parts
-            .headers
-            .get(k)
-            .or_else(|| trailers.get(k))
-            .map(|v| v.to_str().expect("ascii").to_owned())
-            .unwrap_or_default()
-    };
-    let status = get("grpc-status").parse().expect("grpc-status");
-    let message = percent_decode(&get("grpc-message"));
-    (status, message, data)
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    raw_call(send, addr, "/queryservice.Query/Execute", body, encoding).await
 }
 
 fn framed(flag: u8, msg: &[u8]) -> Vec<u8> {

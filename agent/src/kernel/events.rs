@@ -227,7 +227,7 @@ impl EventReader<'_> {
     fn handle(&mut self, mut ev: DenyEvent) {
         ev.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let d = Denial::from_event(&ev, |id| self.kernel.identity_name(id));
-        self.kernel.count_denial(&d);
+        self.kernel.count_denial(ev.reason);
         let slot = (ev.seq % u64::from(RECENT_SLOTS)) as u32;
         let _ = lock(&self.kernel.recent).set(slot, ev, 0);
         if !self.limiter.allow() {
@@ -255,38 +255,29 @@ pub(super) struct DenialTally {
 }
 
 impl DenialTally {
-    fn add(&self, reason: &str) {
-        let i = match reason {
-            "unregistered_socket" => 1,
-            "identity_not_allowed" => 2,
-            "unknown_flow" => 3,
-            "malformed_packet" => 4,
-            _ => 0,
-        };
+    /// Counts one event by its raw reason (slot 0: a reason this build does not know).
+    fn add(&self, raw_reason: u32) {
+        let i = DenyReason::from_raw(raw_reason).map_or(0, |r| r as usize);
         self.by_reason[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// (reason, count) for every reason seen at least once.
     pub(super) fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let names = [
-            "unknown",
-            "unregistered_socket",
-            "identity_not_allowed",
-            "unknown_flow",
-            "malformed_packet",
-        ];
-        names
+        self.by_reason
             .iter()
-            .zip(&self.by_reason)
-            .map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
+            .enumerate()
+            .map(|(i, c)| {
+                let name = DenyReason::from_raw(i as u32).map_or("unknown", DenyReason::as_str);
+                (name, c.load(Ordering::Relaxed))
+            })
             .filter(|(_, c)| *c > 0)
             .collect()
     }
 }
 
 impl Kernel {
-    fn count_denial(&self, d: &Denial) {
-        self.tally.add(d.reason);
+    fn count_denial(&self, raw_reason: u32) {
+        self.tally.add(raw_reason);
     }
 
     /// Denials logged by this agent, by reason.
