@@ -15,6 +15,7 @@ use crate::{
     config::Config,
     kernel::{Attach, Kernel, Origin},
     proxy::grpc::GrpcProxy,
+    sessions::Sessions,
 };
 
 /// How often certificate files are checked for changes.
@@ -130,6 +131,7 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
+    let sessions = Arc::new(Sessions::default());
     let mut proxies = Vec::new();
     for l in &config.listeners {
         let protected = config
@@ -141,6 +143,7 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
             kernel.clone(),
             protected,
             enforcer.clone(),
+            Arc::clone(&sessions),
         )?);
         let socket = proxy.bind(l.listen).await?;
         info!(listener = %l.name, listen = %l.listen, upstream = %l.upstream, upstream_protected = protected, "listening");
@@ -173,7 +176,7 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 if let Some(k) = &kernel {
-                    reload_kernel(k, &config);
+                    reload_kernel(k, &config, &sessions);
                 }
                 if let (Some(e), Some(t)) = (&enforcer, &config.tableacl) {
                     // A failed reload keeps the old ACL (as Vitess does).
@@ -211,10 +214,17 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn reload_kernel(kernel: &Kernel, config: &Config) {
+/// Re-reads the config's kernel policy (with the listeners' identities), applies it, then
+/// closes the open connections of identities it no longer lets through.
+fn reload_kernel(kernel: &Kernel, config: &Config, sessions: &Sessions) {
     match Config::load(&config.source) {
         Ok(Config { kernel: Some(new), .. }) => match kernel.apply_policy(&new.policy) {
-            Ok(s) => info!(generation = s.generation, protected_ports = ?s.protected_ports, grants = s.grants, "kernel policy reloaded"),
+            Ok(s) => {
+                info!(generation = s.generation, protected_ports = ?s.protected_ports, grants = s.grants, "kernel policy reloaded");
+                for c in sessions.cut_disallowed(&new.policy) {
+                    warn!(listener = %c.listener, identity = %c.identity, port = c.port, connections = c.connections, "identity lost access to the upstream: its open connections are closed");
+                }
+            }
             Err(e) => error!(error = %e, "kernel policy reload failed; the previous policy stays in force"),
         },
         Ok(_) => error!("config reload: the [kernel] section is gone; the previous policy stays in force (detach with `vtguard kernel detach`)"),

@@ -56,6 +56,9 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     pub upstream: SocketAddr,
     pub protocol: Protocol,
+    /// The identities whose connections may reach the upstream at all (`identities`): merged
+    /// into the kernel's access list for the upstream port. `None`: the listener adds none.
+    pub identities: Option<BTreeSet<String>>,
 }
 
 /// What a listener speaks.
@@ -221,6 +224,7 @@ struct RawListener {
     service: Option<String>,
     listen: String,
     upstream: String,
+    identities: Option<Vec<String>>,
     #[serde(default)]
     insecure_plaintext: bool,
     grpc_cert: Option<PathBuf>,
@@ -352,6 +356,28 @@ impl Config {
                 )));
             }
             listeners.push(l);
+        }
+        let mut kernel = kernel;
+        for l in &listeners {
+            let Some(ids) = &l.identities else { continue };
+            let port = l.upstream.port();
+            match kernel.as_mut() {
+                Some(k) if k.policy.protected_ports.contains(&port) => {
+                    k.policy.access.entry(port).or_default().extend(ids.iter().cloned());
+                }
+                Some(_) => {
+                    return Err(invalid(format!(
+                        "listener {:?}: identities only take effect on a kernel-protected upstream: add port {port} to [kernel] protected-ports",
+                        l.name
+                    )))
+                }
+                None => {
+                    return Err(invalid(format!(
+                        "listener {:?}: identities are enforced by the kernel: add a [kernel] section with protected-ports = [{port}]",
+                        l.name
+                    )))
+                }
+            }
         }
         let admin_socket = raw
             .admin
@@ -614,10 +640,26 @@ fn parse_listener(l: RawListener) -> Result<ListenerConfig, String> {
         }
         services.insert(svc, ids.into_iter().collect());
     }
+    let identities = match l.identities {
+        None => None,
+        Some(ids) => {
+            let mut set = BTreeSet::new();
+            for id in ids {
+                if id.is_empty() || id.contains('\0') {
+                    return Err(format!(
+                        "listener {name:?}: identities entry {id:?} is empty or holds a NUL byte"
+                    ));
+                }
+                set.insert(id);
+            }
+            Some(set)
+        }
+    };
     Ok(ListenerConfig {
         name,
         listen,
         upstream,
+        identities,
         protocol: Protocol::Grpc(GrpcListener {
             service,
             tls,

@@ -9,5 +9,6 @@ pub mod config;
 pub mod identity;
 pub mod kernel;
 pub mod proxy;
+pub mod sessions;
 pub mod telemetry;
 pub mod tls;

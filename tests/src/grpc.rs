@@ -33,7 +33,9 @@ pub async fn start_listener(toml: &str, kernel: Option<Arc<Kernel>>) -> TestList
         let acl = vtguard_agent::acl::TableAcl::load(&t.file).expect("test table ACL");
         Arc::new(vtguard_agent::acl::Enforcer::new(acl, t.settings.clone()))
     });
-    let proxy = Arc::new(GrpcProxy::new(l, kernel, protected, acl).expect("listener starts"));
+    let proxy = Arc::new(
+        GrpcProxy::new(l, kernel, protected, acl, Default::default()).expect("listener starts"),
+    );
     let socket = proxy.bind(l.listen).await.expect("bind listener");
     let addr = socket.local_addr().expect("addr");
     let task = tokio::spawn(Arc::clone(&proxy).serve(socket));

@@ -45,6 +45,7 @@ use crate::{
     },
     identity::{self, Identity},
     kernel::{self, Kernel},
+    sessions::Sessions,
     tls::{self, Reloadable},
 };
 
@@ -84,6 +85,9 @@ pub struct Stats {
 /// A gRPC listener, ready to serve.
 pub struct GrpcProxy {
     name: String,
+    /// The name again, shared with every session of the listener.
+    label: Arc<str>,
+    sessions: Arc<Sessions>,
     cfg: GrpcListener,
     upstream: SocketAddr,
     tls: Option<Arc<Reloadable>>,
@@ -100,6 +104,7 @@ impl GrpcProxy {
         kernel: Option<Arc<Kernel>>,
         protected: bool,
         acl: Option<Arc<Enforcer>>,
+        sessions: Arc<Sessions>,
     ) -> Result<Self, Error> {
         let Protocol::Grpc(cfg) = &listener.protocol;
         let tls_err = |source| Error::Tls {
@@ -135,6 +140,8 @@ impl GrpcProxy {
         }
         Ok(Self {
             name: listener.name.clone(),
+            label: Arc::from(listener.name.as_str()),
+            sessions,
             cfg: cfg.clone(),
             upstream: listener.upstream,
             tls,
@@ -234,11 +241,21 @@ impl GrpcProxy {
                 (Box::new(tls), cert_identity)
             }
         };
-        if let Some(id) = &identity {
-            info!(listener = %self.name, %peer, identity = %id, "accepted");
-        } else {
-            debug!(listener = %self.name, %peer, "accepted without a certificate identity");
-        }
+        // A certificate identity is the connection's: policy that takes it away closes it.
+        let mut session = match &identity {
+            Some(id) => {
+                info!(listener = %self.name, %peer, identity = %id, "accepted");
+                Some(
+                    self.sessions
+                        .open(&self.label, self.upstream.port(), &id.username),
+                )
+            }
+            None => {
+                debug!(listener = %self.name, %peer, "accepted without a certificate identity");
+                None
+            }
+        };
+        let who = identity.as_ref().map(|i| i.username.clone());
         let conn = Arc::new(Conn {
             proxy: Arc::clone(&self),
             identity,
@@ -250,8 +267,20 @@ impl GrpcProxy {
         });
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder.max_concurrent_streams(1000);
-        if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
-            debug!(listener = %self.name, %peer, error = %e, "connection ended with an error");
+        let serve = builder.serve_connection(TokioIo::new(io), service);
+        let cut = async {
+            match session.as_mut() {
+                Some(s) => s.cut_off().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            res = serve => if let Err(e) = res {
+                debug!(listener = %self.name, %peer, error = %e, "connection ended with an error");
+            },
+            () = cut => {
+                info!(listener = %self.name, %peer, identity = who.as_deref().unwrap_or(""), "connection closed: policy no longer lets this identity reach the upstream");
+            }
         }
     }
 }
@@ -529,9 +558,18 @@ impl Conn {
                     )
                 })?;
         let listener = p.name.clone();
+        let mut session = p
+            .sessions
+            .open(&p.label, p.upstream.port(), &identity.username);
+        let username = identity.username.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(listener = %listener, error = %e, "upstream connection ended");
+            tokio::select! {
+                res = conn => if let Err(e) = res {
+                    debug!(listener = %listener, error = %e, "upstream connection ended");
+                },
+                () = session.cut_off() => {
+                    info!(listener = %listener, identity = %username, "upstream connection closed: policy no longer lets this identity reach the upstream");
+                }
             }
         });
         map.insert(identity.username.clone(), sender.clone());

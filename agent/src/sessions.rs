@@ -1,0 +1,182 @@
+//! Open connections by listener and identity, so that a policy change can cut off an
+//! identity's connections and `vtguard status` can count them.
+//!
+//! A proxy opens a [`Session`] for every connection that carries an identity (a downstream
+//! connection with a verified certificate, an upstream connection opened for a caller) and
+//! holds it for the connection's life; dropping it deregisters. When the kernel policy changes,
+//! [`Sessions::cut_disallowed`] signals every session whose identity may no longer reach its
+//! upstream port, and the proxy closes that connection.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use tokio::sync::watch;
+
+use crate::config::KernelPolicy;
+
+/// Every open session of the agent.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Entry>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    listener: Arc<str>,
+    port: u16,
+    identity: String,
+    cut: watch::Sender<bool>,
+}
+
+/// One open connection; deregisters when dropped.
+#[derive(Debug)]
+pub struct Session {
+    id: u64,
+    sessions: Arc<Sessions>,
+    cut: watch::Receiver<bool>,
+}
+
+impl Session {
+    /// Resolves once policy has cut this session off (never, otherwise).
+    pub async fn cut_off(&mut self) {
+        if self.cut.wait_for(|cut| *cut).await.is_err() {
+            // The sender lives in the registry until this session drops: unreachable, but
+            // never resolve spuriously.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.sessions.lock().remove(&self.id);
+    }
+}
+
+/// Sessions cut off by a policy change, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    pub listener: String,
+    pub identity: String,
+    pub port: u16,
+    pub connections: usize,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        // A panic elsewhere while holding the lock leaves a plain map behind: keep going.
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a connection of `listener` carrying `identity` to upstream `port`.
+    pub fn open(self: &Arc<Self>, listener: &Arc<str>, port: u16, identity: &str) -> Session {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(false);
+        self.lock().insert(
+            id,
+            Entry {
+                listener: Arc::clone(listener),
+                port,
+                identity: identity.to_owned(),
+                cut: tx,
+            },
+        );
+        Session {
+            id,
+            sessions: Arc::clone(self),
+            cut: rx,
+        }
+    }
+
+    /// Cuts off every session whose identity `policy` no longer lets reach its (protected)
+    /// upstream port. Sessions to unprotected ports are left alone: the kernel does not guard
+    /// them, so there is nothing for the policy to take away.
+    pub fn cut_disallowed(&self, policy: &KernelPolicy) -> Vec<Cut> {
+        let mut cut: BTreeMap<(Arc<str>, String, u16), usize> = BTreeMap::new();
+        for e in self.lock().values() {
+            if policy.protected_ports.contains(&e.port) && !policy.allows(&e.identity, e.port) {
+                // send_replace: the receiver may be gone already (connection closing).
+                e.cut.send_replace(true);
+                *cut.entry((Arc::clone(&e.listener), e.identity.clone(), e.port))
+                    .or_default() += 1;
+            }
+        }
+        cut.into_iter()
+            .map(|((listener, identity, port), connections)| Cut {
+                listener: listener.to_string(),
+                identity,
+                port,
+                connections,
+            })
+            .collect()
+    }
+
+    /// Open sessions by (listener, identity).
+    pub fn by_identity(&self) -> BTreeMap<(String, String), usize> {
+        let mut out = BTreeMap::new();
+        for e in self.lock().values() {
+            *out.entry((e.listener.to_string(), e.identity.clone()))
+                .or_default() += 1;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn policy(port: u16, ids: &[&str]) -> KernelPolicy {
+        KernelPolicy {
+            protected_ports: BTreeSet::from([port, 9]),
+            access: BTreeMap::from([(port, ids.iter().map(|s| s.to_string()).collect())]),
+        }
+    }
+
+    #[tokio::test]
+    async fn removed_identity_is_cut_and_others_are_not() {
+        let s = Arc::new(Sessions::default());
+        let l: Arc<str> = Arc::from("vttablet");
+        let mut alice = s.open(&l, 5, "alice");
+        let mut bob = s.open(&l, 5, "bob");
+        let mut bob_unprotected = s.open(&l, 7, "bob");
+        assert_eq!(
+            s.by_identity().get(&("vttablet".into(), "bob".into())),
+            Some(&2)
+        );
+
+        let cut = s.cut_disallowed(&policy(5, &["alice"]));
+        assert_eq!(
+            cut,
+            vec![Cut {
+                listener: "vttablet".into(),
+                identity: "bob".into(),
+                port: 5,
+                connections: 1
+            }]
+        );
+        bob.cut_off().await; // resolves
+        let pending = |s: &mut Session| {
+            let f = s.cut_off();
+            futures_util::FutureExt::now_or_never(f).is_none()
+        };
+        assert!(pending(&mut alice), "alice is still allowed");
+        assert!(pending(&mut bob_unprotected), "port 7 is not protected");
+
+        drop(bob);
+        assert_eq!(
+            s.by_identity().get(&("vttablet".into(), "bob".into())),
+            Some(&1)
+        );
+        drop(bob_unprotected);
+        assert_eq!(s.by_identity().len(), 1);
+    }
+}
