@@ -132,6 +132,9 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     };
 
     let sessions = Arc::new(Sessions::default());
+    if let Some(k) = &config.kernel {
+        sessions.set_policy(&k.policy, false);
+    }
     let mut proxies = Vec::new();
     for l in &config.listeners {
         let protected = config
@@ -176,7 +179,10 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 if let Some(k) = &kernel {
-                    reload_kernel(k, &config, &sessions);
+                    // Applying may wait out the previous generation's grace period: off the
+                    // async workers.
+                    let (k, source, sessions) = (Arc::clone(k), config.source.clone(), Arc::clone(&sessions));
+                    tokio::task::spawn_blocking(move || reload_kernel(&k, &source, &sessions));
                 }
                 if let (Some(e), Some(t)) = (&enforcer, &config.tableacl) {
                     // A failed reload keeps the old ACL (as Vitess does).
@@ -214,19 +220,25 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Re-reads the config's kernel policy (with the listeners' identities), applies it, then
-/// closes the open connections of identities it no longer lets through.
-fn reload_kernel(kernel: &Kernel, config: &Config, sessions: &Sessions) {
-    match Config::load(&config.source) {
-        Ok(Config { kernel: Some(new), .. }) => match kernel.apply_policy(&new.policy) {
-            Ok(s) => {
-                info!(generation = s.generation, protected_ports = ?s.protected_ports, grants = s.grants, "kernel policy reloaded");
-                for c in sessions.cut_disallowed(&new.policy) {
-                    warn!(listener = %c.listener, identity = %c.identity, port = c.port, connections = c.connections, "identity lost access to the upstream: its open connections are closed");
-                }
+/// Re-reads the config's kernel policy (with the listeners' identities) and applies it. The
+/// open connections of identities it no longer lets through are closed at once, and again
+/// after the kernel has the new policy (a reconnect in between went through the old one).
+fn reload_kernel(kernel: &Kernel, source: &std::path::Path, sessions: &Sessions) {
+    match Config::load(source) {
+        Ok(Config { kernel: Some(new), .. }) => {
+            for c in sessions.set_policy(&new.policy, true) {
+                warn!(listener = %c.listener, identity = %c.identity, port = c.port, connections = c.connections, "identity lost access to the upstream: its open connections are closed");
             }
-            Err(e) => error!(error = %e, "kernel policy reload failed; the previous policy stays in force"),
-        },
+            match kernel.apply_policy(&new.policy) {
+                Ok(s) => {
+                    info!(generation = s.generation, protected_ports = ?s.protected_ports, grants = s.grants, "kernel policy reloaded");
+                    sessions.applied();
+                }
+                // The kernel keeps the previous policy; vtguard goes on refusing, at its own
+                // door, the identities the new one removed.
+                Err(e) => error!(error = %e, "kernel policy reload failed; the kernel keeps the previous policy and vtguard refuses the identities the new one removed"),
+            }
+        }
         Ok(_) => error!("config reload: the [kernel] section is gone; the previous policy stays in force (detach with `vtguard kernel detach`)"),
         Err(e) => error!(error = %e, "config reload failed; the previous policy stays in force"),
     }

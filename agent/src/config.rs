@@ -717,6 +717,47 @@ mod tests {
     }
 
     #[test]
+    fn listener_identities_join_the_kernel_access_of_the_upstream_port() {
+        let l = |name: &str, listen: u16, ids: &str| {
+            format!("[[listener]]\nname = \"{name}\"\nprotocol = \"grpc\"\nservice = \"vttablet\"\nlisten = \"127.0.0.1:{listen}\"\nupstream = \"127.0.0.1:16991\"\ninsecure-plaintext = true\nidentities = [{ids}]\n")
+        };
+        let c = parse(&format!(
+            "[kernel]\nprotected-ports = [16991]\n[[kernel.access]]\nport = 16991\nidentities = [\"ops\"]\n{}{}",
+            l("a", 1, "\"app\""),
+            l("b", 2, "\"batch\", \"app\"")
+        ))
+        .expect("valid config");
+        let p = &c.kernel.expect("kernel").policy;
+        for who in ["ops", "app", "batch"] {
+            assert!(p.allows(who, 16991), "{who}");
+        }
+        assert!(!p.allows("other", 16991));
+        assert_eq!(
+            c.listeners[1].identities,
+            Some(BTreeSet::from(["app".to_owned(), "batch".to_owned()]))
+        );
+
+        let e = err(&l("a", 1, "\"app\""));
+        assert!(
+            e.contains("listener \"a\": identities are enforced by the kernel: add a [kernel] section with protected-ports = [16991]"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "[kernel]\nprotected-ports = [5]\n{}",
+            l("a", 1, "\"app\"")
+        ));
+        assert!(
+            e.contains("add port 16991 to [kernel] protected-ports"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "[kernel]\nprotected-ports = [16991]\n{}",
+            l("a", 1, "\"\"")
+        ));
+        assert!(e.contains("identities entry \"\" is empty"), "{e}");
+    }
+
+    #[test]
     fn defaults() {
         let c = parse("[kernel]\nprotected-ports = [1]\n").expect("valid config");
         let k = c.kernel.expect("kernel section");

@@ -4,8 +4,12 @@
 //! A proxy opens a [`Session`] for every connection that carries an identity (a downstream
 //! connection with a verified certificate, an upstream connection opened for a caller) and
 //! holds it for the connection's life; dropping it deregisters. When the kernel policy changes,
-//! [`Sessions::cut_disallowed`] signals every session whose identity may no longer reach its
+//! [`Sessions::set_policy`] signals every session whose identity may no longer reach its
 //! upstream port, and the proxy closes that connection.
+//!
+//! The kernel may take up to a second to apply a policy (the retired generation's grace
+//! period). Meanwhile [`Sessions::refuses`] answers for it, and an upstream connection that
+//! was already on its way when the policy changed is cut the moment it registers.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -24,6 +28,10 @@ use crate::config::KernelPolicy;
 pub struct Sessions {
     next: AtomicU64,
     open: Mutex<HashMap<u64, Entry>>,
+    /// The kernel policy in force or being applied; `None` without a kernel.
+    policy: Mutex<Option<Arc<KernelPolicy>>>,
+    /// A policy is being written to the kernel.
+    applying: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -74,10 +82,64 @@ impl Sessions {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a connection of `listener` carrying `identity` to upstream `port`.
+    fn current(&self) -> Option<Arc<KernelPolicy>> {
+        self.policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Registers a downstream connection of `listener` carrying `identity`, whose upstream is
+    /// `port`. It is cut only when a policy change takes the identity's access away.
     pub fn open(self: &Arc<Self>, listener: &Arc<str>, port: u16, identity: &str) -> Session {
+        self.register(listener, port, identity, false)
+    }
+
+    /// Registers an upstream connection opened for `identity`: if the policy no longer lets
+    /// it through (it changed while the connection was being made), it starts out cut.
+    pub fn open_upstream(
+        self: &Arc<Self>,
+        listener: &Arc<str>,
+        port: u16,
+        identity: &str,
+    ) -> Session {
+        let cut = self
+            .current()
+            .is_some_and(|p| p.protected_ports.contains(&port) && !p.allows(identity, port));
+        self.register(listener, port, identity, cut)
+    }
+
+    /// Whether vtguard must refuse `identity` an upstream connection to `port` itself: only
+    /// while a policy that takes it away is being applied (afterwards the kernel refuses).
+    pub fn refuses(&self, identity: &str, port: u16) -> bool {
+        self.applying.load(Ordering::Acquire)
+            && self
+                .current()
+                .is_some_and(|p| p.protected_ports.contains(&port) && !p.allows(identity, port))
+    }
+
+    /// Makes `policy` the one in force (`applying`: the kernel does not have it yet) and cuts
+    /// every session it takes access from.
+    pub fn set_policy(&self, policy: &KernelPolicy, applying: bool) -> Vec<Cut> {
+        *self.policy.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(policy.clone()));
+        self.applying.store(applying, Ordering::Release);
+        self.cut_disallowed(policy)
+    }
+
+    /// The kernel has the policy now.
+    pub fn applied(&self) {
+        self.applying.store(false, Ordering::Release);
+    }
+
+    fn register(
+        self: &Arc<Self>,
+        listener: &Arc<str>,
+        port: u16,
+        identity: &str,
+        cut: bool,
+    ) -> Session {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = watch::channel(cut);
         self.lock().insert(
             id,
             Entry {
@@ -97,7 +159,7 @@ impl Sessions {
     /// Cuts off every session whose identity `policy` no longer lets reach its (protected)
     /// upstream port. Sessions to unprotected ports are left alone: the kernel does not guard
     /// them, so there is nothing for the policy to take away.
-    pub fn cut_disallowed(&self, policy: &KernelPolicy) -> Vec<Cut> {
+    fn cut_disallowed(&self, policy: &KernelPolicy) -> Vec<Cut> {
         let mut cut: BTreeMap<(Arc<str>, String, u16), usize> = BTreeMap::new();
         for e in self.lock().values() {
             if policy.protected_ports.contains(&e.port) && !policy.allows(&e.identity, e.port) {
@@ -153,7 +215,7 @@ mod tests {
             Some(&2)
         );
 
-        let cut = s.cut_disallowed(&policy(5, &["alice"]));
+        let cut = s.set_policy(&policy(5, &["alice"]), true);
         assert_eq!(
             cut,
             vec![Cut {

@@ -201,3 +201,21 @@ fn percent_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A framed vttablet ExecuteRequest for `sql`, as a raw request body.
+pub fn execute_body(sql: &str) -> RawBody {
+    use http_body_util::BodyExt;
+    use prost::Message;
+    let msg = vtguard_proto::query::ExecuteRequest {
+        target: Some(crate::upstream::target("ks")),
+        query: Some(crate::upstream::bound(sql)),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&msg);
+    http_body_util::Full::new(bytes::Bytes::from(framed))
+        .map_err(|never| match never {})
+        .boxed()
+}

@@ -612,3 +612,109 @@ fn policy_load_through_the_cli_swaps_valid_files_and_refuses_invalid_ones() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_removed_from_policy_is_cut_off_within_a_second_and_refused_by_the_kernel() {
+    use vtguard_tests::grpc::{execute_body, mtls_listener, raw_call, raw_connection};
+    const EXECUTE: &str = "/queryservice.Query/Execute";
+    if !kernel_tests_can_run(
+        "an_identity_removed_from_policy_is_cut_off_within_a_second_and_refused_by_the_kernel",
+    ) {
+        return;
+    }
+    let _serial = serial();
+    let pki = vtguard_tests::pki::Pki::generate();
+    let up_port = free_port();
+    let _up = vtguard_tests::upstream::Upstream::start(up_port).await;
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let pins = test_pin_dir();
+    let _guard = PinGuard(pins.clone());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config_for = |ids: &str| {
+        let listener = mtls_listener(
+            &pki,
+            "vttablet",
+            format!("127.0.0.1:{up_port}").parse().expect("upstream"),
+            &format!("identities = [{ids}]\n"),
+        )
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        format!(
+            "[kernel]\nprotected-ports = [{up_port}]\nbpffs = \"{}\"\n{listener}",
+            pins.display()
+        )
+    };
+    let config = write_config(
+        tmp.path(),
+        &config_for("\"vtgate client 1\", \"vtgate client 2\""),
+    );
+    let c = config.clone();
+    let agent = tokio::task::spawn_blocking(move || Agent::start_until(&c, "\"listening\""))
+        .await
+        .expect("agent starts");
+
+    // Both identities are served, each on its own open connection.
+    let mut one = raw_connection(&pki, addr, Some("vtgate-client-1")).await;
+    let mut two = raw_connection(&pki, addr, Some("vtgate-client-2")).await;
+    for (who, send) in [("client 1", &mut one), ("client 2", &mut two)] {
+        let (status, message, _) =
+            raw_call(send, addr, EXECUTE, execute_body("select 1"), None).await;
+        assert_eq!(
+            (status, message.as_str()),
+            (0, ""),
+            "{who} before the change"
+        );
+    }
+
+    // Client 2 leaves the listener's identities; SIGHUP applies the new policy.
+    write_config(tmp.path(), &config_for("\"vtgate client 1\""));
+    let start = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+    while !two.is_closed() && start.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        two.is_closed(),
+        "client 2's open connection was not closed within 1 s"
+    );
+    eprintln!("client 2 cut off {:?} after SIGHUP", start.elapsed());
+
+    // Client 1 keeps its connection.
+    let (status, _, _) = raw_call(&mut one, addr, EXECUTE, execute_body("select 1"), None).await;
+    assert_eq!(status, 0, "client 1 is still served on its open connection");
+
+    // Once the kernel has the policy, a new connection of client 2 is refused by the kernel
+    // (vtguard's upstream connect() gets EPERM). Before that, vtguard refuses it itself.
+    let agent = tokio::task::spawn_blocking(move || {
+        agent.wait_for("kernel policy reloaded");
+        agent
+    })
+    .await
+    .expect("log");
+    let mut again = raw_connection(&pki, addr, Some("vtgate-client-2")).await;
+    let (status, message, _) =
+        raw_call(&mut again, addr, EXECUTE, execute_body("select 1"), None).await;
+    assert_eq!(status, 7, "PERMISSION_DENIED: {message}");
+    assert!(
+        message.contains("the kernel refused identity \"vtgate client 2\""),
+        "{message}"
+    );
+    let agent = tokio::task::spawn_blocking(move || {
+        agent.wait_for("identity lost access to the upstream");
+        agent.wait_for("refused (identity_not_allowed)");
+        agent
+    })
+    .await
+    .expect("log");
+    let log = agent.log();
+    let cut = log
+        .lines()
+        .find(|l| l.contains("identity lost access"))
+        .expect("cut line");
+    assert!(
+        cut.contains("vtgate client 2") && cut.contains("\"connections\":"),
+        "{cut}"
+    );
+    drop(agent);
+}

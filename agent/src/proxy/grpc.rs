@@ -560,7 +560,7 @@ impl Conn {
         let listener = p.name.clone();
         let mut session = p
             .sessions
-            .open(&p.label, p.upstream.port(), &identity.username);
+            .open_upstream(&p.label, p.upstream.port(), &identity.username);
         let username = identity.username.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -587,6 +587,15 @@ impl GrpcProxy {
                 format!("vtguard: upstream {} unavailable: {e}", self.upstream),
             )
         };
+        if self.sessions.refuses(username, self.upstream.port()) {
+            return Err(Refusal::new(
+                code::PERMISSION_DENIED,
+                format!(
+                    "vtguard: identity {username:?} may no longer reach upstream {}: the policy that removed it is being applied",
+                    self.upstream
+                ),
+            ));
+        }
         let tcp: UpstreamIo = match &self.kernel {
             Some(k) => match k.connect(username, self.upstream).await {
                 Ok(s) => {
