@@ -613,6 +613,9 @@ fn policy_load_through_the_cli_swaps_valid_files_and_refuses_invalid_ones() {
     );
 }
 
+// The serial guard is held across awaits on purpose: it keeps other kernel tests (on other
+// threads, with their own runtimes) out for the whole test.
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_removed_from_policy_is_cut_off_within_a_second_and_refused_by_the_kernel() {
     use vtguard_tests::grpc::{execute_body, mtls_listener, raw_call, raw_connection};
