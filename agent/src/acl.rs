@@ -1,7 +1,5 @@
-//! Table ACLs: Vitess's tableacl files, SQL classification, and the decisions they make.
-//!
-//! Still to come (the table-ACL issue): policy through the admin API, the decision cache,
-//! reloads (SIGHUP, interval), and the kernel sync of who may reach which upstream.
+//! Table ACLs: Vitess's tableacl files, SQL classification, and the decisions they make; the
+//! [`Enforcer`] holds the ACL in force, swaps it atomically and caches decisions.
 
 pub mod decide;
 pub mod sql;
@@ -26,6 +24,8 @@ pub struct Enforcer {
     cache: Mutex<HashMap<CacheKey, Decision>>,
     /// Where the ACL in force came from, and when (unix seconds).
     origin: Mutex<(String, i64)>,
+    /// How many times an ACL was put in force (1 = the first).
+    version: std::sync::atomic::AtomicU64,
 }
 
 fn now_unix() -> i64 {
@@ -48,6 +48,7 @@ impl Enforcer {
             settings,
             cache: Mutex::new(HashMap::new()),
             origin: Mutex::new((String::new(), now_unix())),
+            version: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -62,6 +63,11 @@ impl Enforcer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Records where the ACL in force came from (the one it started with).
+    pub fn set_source(&self, source: &str) {
+        *self.origin.lock().unwrap_or_else(|p| p.into_inner()) = (source.to_owned(), now_unix());
     }
 
     /// [`Enforcer::replace`], recording where the new ACL came from.
@@ -120,6 +126,13 @@ impl Enforcer {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         self.acl.store(Arc::new(acl));
         cache.clear();
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many times an ACL was put in force (1 = the one it started with).
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Cached decisions right now.
@@ -129,6 +142,60 @@ impl Enforcer {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+}
+
+/// A decision explained for people and scripts: `vtguard policy check`'s output.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Verdict {
+    /// "allow" or "deny".
+    pub decision: &'static str,
+    pub role: Option<String>,
+    pub table: Option<String>,
+    /// The group covering the denied table, if any.
+    pub group: Option<String>,
+    /// The reason for an allow; for a denial, what the caller sees.
+    pub message: String,
+}
+
+impl Verdict {
+    /// Explains `d`, made under `acl`.
+    pub fn new(acl: &TableAcl, d: &Decision) -> Self {
+        match d {
+            Decision::Allow { reason } => Verdict {
+                decision: "allow",
+                role: None,
+                table: None,
+                group: None,
+                message: reason.clone(),
+            },
+            Decision::Deny {
+                message,
+                role,
+                table,
+            } => Verdict {
+                decision: "deny",
+                role: role.map(|r| r.to_string()),
+                group: table
+                    .as_deref()
+                    .and_then(|t| acl.group_for(t))
+                    .map(|g| g.name.clone()),
+                table: table.clone(),
+                message: message.clone(),
+            },
+        }
+    }
+
+    /// The text form: the decision and message, then the rule behind a denial.
+    pub fn to_text(&self) -> String {
+        let mut out = format!("{}: {}\n", self.decision, self.message);
+        if let (Some(r), Some(t)) = (&self.role, &self.table) {
+            match &self.group {
+                Some(g) => out.push_str(&format!("rule: {r} on {t:?} is granted by group {g:?}, which does not list this caller\n")),
+                None => out.push_str(&format!("rule: no table group covers {t:?}, so nobody holds {r} on it\n")),
+            }
+        }
+        out
     }
 }
 

@@ -1,6 +1,7 @@
-//! The admin API: policy through the CLI, over a Unix socket that only root can open (mode
-//! 0600). `vtguard policy load` validates a file, reports what changes, and swaps it in
-//! atomically; an invalid file changes nothing and says why.
+//! The admin API, over a Unix socket that only root can open (mode 0600): policy through the
+//! CLI (`vtguard policy load` validates a file, reports what changes, and swaps it in
+//! atomically — an invalid file changes nothing and says why; `policy show`; `policy check`
+//! against the policy in force) and `vtguard status`.
 
 use std::{
     io,
@@ -13,10 +14,15 @@ use tracing::{info, warn};
 use vtguard_proto::admin::{
     admin_client::AdminClient,
     admin_server::{Admin, AdminServer},
-    LoadPolicyRequest, LoadPolicyResponse, ShowPolicyRequest, ShowPolicyResponse,
+    CheckPolicyRequest, CheckPolicyResponse, LoadPolicyRequest, LoadPolicyResponse,
+    ShowPolicyRequest, ShowPolicyResponse, StatusRequest, StatusResponse,
 };
 
-use crate::acl::{Enforcer, TableAcl};
+use crate::{
+    acl::{Enforcer, Mode, TableAcl, Verdict},
+    kernel::{Kernel, KernelStatus},
+    sessions::Sessions,
+};
 
 /// Default admin socket.
 pub const DEFAULT_SOCKET: &str = "/run/vtguard/admin.sock";
@@ -32,8 +38,35 @@ pub enum Error {
     Rpc(String),
 }
 
+/// A listener, as `vtguard status` shows it.
+pub trait ListenerStatus: Send + Sync {
+    /// Name, protocol, addresses and counters, as one JSON object.
+    fn status(&self) -> serde_json::Value;
+}
+
+/// What the admin API reports on and acts upon.
+pub struct State {
+    /// The table ACL in force; `None` without `[tableacl]`.
+    pub enforcer: Option<Arc<Enforcer>>,
+    pub sessions: Arc<Sessions>,
+    pub kernel: Option<Arc<Kernel>>,
+    pub listeners: Vec<Arc<dyn ListenerStatus>>,
+    /// When the agent started (unix seconds).
+    pub started: i64,
+}
+
 struct Service {
-    enforcer: Arc<Enforcer>,
+    state: Arc<State>,
+}
+
+impl Service {
+    fn enforcer(&self) -> Result<&Arc<Enforcer>, Status> {
+        self.state.enforcer.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this agent has no table ACL: add a [tableacl] section with table-acl-config to its config",
+            )
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -46,9 +79,10 @@ impl Admin for Service {
         let new = TableAcl::parse(&req.path, &req.content).map_err(|e| {
             Status::invalid_argument(format!("{e}; the policy in force is unchanged"))
         })?;
-        let changes = diff(&self.enforcer.acl(), &new);
+        let enforcer = self.enforcer()?;
+        let changes = diff(&enforcer.acl(), &new);
         if !req.dry_run {
-            self.enforcer.replace_from(new, &req.path);
+            enforcer.replace_from(new, &req.path);
             info!(source = %req.path, changes = changes.len(), "table ACL loaded through the admin API");
         }
         Ok(Response::new(LoadPolicyResponse {
@@ -61,17 +95,95 @@ impl Admin for Service {
         &self,
         _: Request<ShowPolicyRequest>,
     ) -> Result<Response<ShowPolicyResponse>, Status> {
-        let (source, loaded_at) = self.enforcer.origin();
+        let enforcer = self.enforcer()?;
+        let (source, loaded_at) = enforcer.origin();
         Ok(Response::new(ShowPolicyResponse {
-            json: serde_json::to_string_pretty(&self.enforcer.acl().to_json()).unwrap_or_default(),
+            json: serde_json::to_string_pretty(&enforcer.acl().to_json()).unwrap_or_default(),
             source,
             loaded_at,
         }))
     }
+
+    async fn check_policy(
+        &self,
+        req: Request<CheckPolicyRequest>,
+    ) -> Result<Response<CheckPolicyResponse>, Status> {
+        let req = req.into_inner();
+        let enforcer = self.enforcer()?;
+        let mut settings = enforcer.settings().clone();
+        settings.mode = match req.mode.as_str() {
+            "" => settings.mode,
+            "secure" => Mode::Secure,
+            "vitess" => Mode::Vitess,
+            m => {
+                return Err(Status::invalid_argument(format!(
+                    "mode {m:?}: use \"secure\" or \"vitess\", or leave it out for the agent's own"
+                )))
+            }
+        };
+        let acl = enforcer.acl();
+        let d = crate::acl::decide::decide(&acl, &settings, &req.user, &req.groups, &req.sql);
+        let v = Verdict::new(&acl, &d);
+        Ok(Response::new(CheckPolicyResponse {
+            decision: v.decision.to_owned(),
+            role: v.role.unwrap_or_default(),
+            table: v.table.unwrap_or_default(),
+            group: v.group.unwrap_or_default(),
+            message: v.message,
+        }))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(StatusResponse {
+            json: status_json(&self.state).to_string(),
+        }))
+    }
+}
+
+/// The agent's state: listeners, open connections per identity, policy, kernel.
+pub fn status_json(state: &State) -> serde_json::Value {
+    use serde_json::json;
+    let connections: Vec<_> = state
+        .sessions
+        .by_identity()
+        .into_iter()
+        .map(|((listener, identity), (clients, upstreams))| json!({"listener": listener, "identity": identity, "client_connections": clients, "upstream_connections": upstreams}))
+        .collect();
+    let policy = state.enforcer.as_ref().map(|e| {
+        let (source, loaded_at) = e.origin();
+        let acl = e.acl();
+        let s = e.settings();
+        json!({
+            "version": e.version(),
+            "source": source,
+            "loaded_at": loaded_at,
+            "table_groups": acl.groups.len(),
+            "mode": match s.mode { Mode::Secure => "secure", Mode::Vitess => "vitess" },
+            "strict": s.strict,
+            "dry_run": s.dry_run,
+            "exempt": s.exempt,
+            "cached_decisions": e.cached(),
+        })
+    });
+    let kernel = state
+        .kernel
+        .as_ref()
+        .map(|k| match KernelStatus::read(k.pin_dir()) {
+            Ok(st) => serde_json::to_value(st).unwrap_or_default(),
+            Err(e) => json!({"error": e.to_string()}),
+        });
+    json!({
+        "pid": std::process::id(),
+        "started": state.started,
+        "listeners": state.listeners.iter().map(|l| l.status()).collect::<Vec<_>>(),
+        "connections": connections,
+        "policy": policy,
+        "kernel": kernel,
+    })
 }
 
 /// Serves the admin API on `path` until the task is dropped.
-pub async fn serve(path: &Path, enforcer: Arc<Enforcer>) -> Result<(), Error> {
+pub async fn serve(path: &Path, state: Arc<State>) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
     let err = |source| Error::Socket {
         path: path.to_owned(),
@@ -89,7 +201,7 @@ pub async fn serve(path: &Path, enforcer: Arc<Enforcer>) -> Result<(), Error> {
     info!(socket = %path.display(), "admin API listening");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     tonic::transport::Server::builder()
-        .add_service(AdminServer::new(Service { enforcer }))
+        .add_service(AdminServer::new(Service { state }))
         .serve_with_incoming(incoming)
         .await
         .map_err(|e| Error::Socket {

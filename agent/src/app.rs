@@ -91,16 +91,7 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
                 }
             };
             let enforcer = Arc::new(Enforcer::new(acl, t.settings.clone()));
-            enforcer.replace_from(
-                enforcer.acl().as_ref().clone(),
-                &t.file.display().to_string(),
-            );
-            let (e, socket) = (Arc::clone(&enforcer), config.admin_socket.clone());
-            tasks.spawn(async move {
-                crate::admin::serve(&socket, e)
-                    .await
-                    .map_err(anyhow::Error::from)
-            });
+            enforcer.set_source(&t.file.display().to_string());
             if let Some(every) = t.reload_interval {
                 // Reloads when the file's content changes (not when it differs from the ACL in
                 // force: a policy loaded through the admin API stays until the file changes).
@@ -156,6 +147,27 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
             Ok(())
         });
         proxies.push(proxy);
+    }
+    {
+        let state = Arc::new(crate::admin::State {
+            enforcer: enforcer.clone(),
+            sessions: Arc::clone(&sessions),
+            kernel: kernel.clone(),
+            listeners: proxies
+                .iter()
+                .map(|p| Arc::clone(p) as Arc<dyn crate::admin::ListenerStatus>)
+                .collect(),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+        });
+        let socket = config.admin_socket.clone();
+        // Without its admin socket the agent still enforces: say so, and go on.
+        tokio::spawn(async move {
+            if let Err(e) = crate::admin::serve(&socket, state).await {
+                error!(error = %e, "admin API not available (vtguard status, vtguard policy …); enforcement goes on");
+            }
+        });
     }
     if !proxies.is_empty() {
         let proxies = proxies.clone();

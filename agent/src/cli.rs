@@ -1,4 +1,5 @@
-//! The command line: `vtguard run`, `vtguard kernel status|detach`.
+//! The command line: `vtguard run`, `vtguard status`, `vtguard kernel status|detach`,
+//! `vtguard policy load|show|check`.
 
 use std::path::PathBuf;
 
@@ -40,6 +41,16 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The running agent: listeners, open connections per identity, policy, kernel state and
+    /// counters (through its admin socket).
+    Status {
+        /// The agent's admin socket.
+        #[arg(long, default_value = crate::admin::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,12 +83,16 @@ pub enum PolicyCommand {
         /// The SQL to check (several statements are each checked).
         #[arg(long)]
         sql: String,
-        /// A Vitess tableacl file to check against (offline).
+        /// A Vitess tableacl file to check against, offline (strict, no exempt ACL). Without
+        /// it, the running agent's policy and settings decide.
         #[arg(long)]
-        policy: PathBuf,
-        /// `secure` (default) or `vitess`.
-        #[arg(long, value_enum, default_value = "secure")]
-        mode: ModeArg,
+        policy: Option<PathBuf>,
+        /// `secure` or `vitess`. Default: `secure` offline, the agent's own mode online.
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
+        /// The agent's admin socket (online check).
+        #[arg(long, default_value = crate::admin::DEFAULT_SOCKET)]
+        socket: PathBuf,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -214,52 +229,86 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     sql,
                     policy,
                     mode,
+                    socket,
                     json,
                 },
         } => {
-            let acl = crate::acl::TableAcl::load(&policy)?;
-            let settings = crate::acl::Settings {
-                strict: true,
-                dry_run: false,
-                exempt: None,
-                mode: match mode {
-                    ModeArg::Secure => crate::acl::Mode::Secure,
-                    ModeArg::Vitess => crate::acl::Mode::Vitess,
-                },
+            let mode_name = |m: ModeArg| match m {
+                ModeArg::Secure => "secure",
+                ModeArg::Vitess => "vitess",
             };
-            let d = crate::acl::decide::decide(&acl, &settings, &user, &groups, &sql);
-            let (decision, role, table, message) = match &d {
-                crate::acl::Decision::Allow { reason } => ("allow", None, None, reason.clone()),
-                crate::acl::Decision::Deny {
-                    message,
-                    role,
-                    table,
-                } => ("deny", *role, table.clone(), message.clone()),
-            };
-            let group = table
-                .as_deref()
-                .and_then(|t| acl.group_for(t))
-                .map(|g| g.name.clone());
-            if json {
-                let v = serde_json::json!({
-                    "decision": decision,
-                    "role": role.map(|r| r.to_string()),
-                    "table": table,
-                    "group": group,
-                    "message": message,
-                });
-                println!("{v}");
-            } else {
-                println!("{decision}: {message}");
-                if let (Some(r), Some(t)) = (role, &table) {
-                    match &group {
-                        Some(g) => println!("rule: {r} on {t:?} is granted by group {g:?}, which does not list this caller"),
-                        None => println!("rule: no table group covers {t:?}, so nobody holds {r} on it"),
+            let verdict = match policy {
+                Some(policy) => {
+                    let acl = crate::acl::TableAcl::load(&policy)?;
+                    let settings = crate::acl::Settings {
+                        strict: true,
+                        dry_run: false,
+                        exempt: None,
+                        mode: match mode {
+                            Some(ModeArg::Vitess) => crate::acl::Mode::Vitess,
+                            _ => crate::acl::Mode::Secure,
+                        },
+                    };
+                    let d = crate::acl::decide::decide(&acl, &settings, &user, &groups, &sql);
+                    crate::acl::Verdict::new(&acl, &d)
+                }
+                None => {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    let r = rt.block_on(async {
+                        let mut c = crate::admin::client(&socket).await?;
+                        c.check_policy(vtguard_proto::admin::CheckPolicyRequest {
+                            user,
+                            groups,
+                            sql,
+                            mode: mode.map(mode_name).unwrap_or_default().to_owned(),
+                        })
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(|s| crate::admin::Error::Rpc(s.message().to_owned()))
+                    })?;
+                    let some = |s: String| Some(s).filter(|s| !s.is_empty());
+                    crate::acl::Verdict {
+                        decision: if r.decision == "allow" {
+                            "allow"
+                        } else {
+                            "deny"
+                        },
+                        role: some(r.role),
+                        table: some(r.table),
+                        group: some(r.group),
+                        message: r.message,
                     }
                 }
+            };
+            if json {
+                println!("{}", serde_json::to_string(&verdict).context("encoding")?);
+            } else {
+                print!("{}", verdict.to_text());
             }
-            if decision == "deny" {
+            if verdict.decision == "deny" {
                 std::process::exit(3);
+            }
+            Ok(())
+        }
+        Command::Status { socket, json } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let text = rt.block_on(async {
+                let mut c = crate::admin::client(&socket).await?;
+                c.status(vtguard_proto::admin::StatusRequest {})
+                    .await
+                    .map(|r| r.into_inner().json)
+                    .map_err(|s| crate::admin::Error::Rpc(s.message().to_owned()))
+            })?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).context("the agent's status is not JSON")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).context("encoding")?);
+            } else {
+                print!("{}", status_text(&v));
             }
             Ok(())
         }
@@ -297,4 +346,149 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `vtguard status` for people: a table per part.
+pub fn status_text(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let s = |x: &serde_json::Value| match x {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let table = |out: &mut String, head: &[&str], rows: Vec<Vec<String>>| {
+        let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+        for r in &rows {
+            for (i, c) in r.iter().enumerate() {
+                w[i] = w[i].max(c.len());
+            }
+        }
+        let line = |cells: Vec<String>| {
+            cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_owned()
+        };
+        let _ = writeln!(
+            out,
+            "{}",
+            line(head.iter().map(|h| h.to_string()).collect())
+        );
+        for r in rows {
+            let _ = writeln!(out, "{}", line(r));
+        }
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "vtguard pid {}, started at unix time {}\n",
+        s(&v["pid"]),
+        s(&v["started"])
+    );
+    let listeners = v["listeners"].as_array().cloned().unwrap_or_default();
+    table(
+        &mut out,
+        &[
+            "LISTENER",
+            "PROTOCOL",
+            "LISTEN",
+            "UPSTREAM",
+            "TLS",
+            "CONNECTIONS",
+            "REQUESTS",
+            "REFUSED",
+        ],
+        listeners
+            .iter()
+            .map(|l| {
+                [
+                    "name",
+                    "protocol",
+                    "listen",
+                    "upstream",
+                    "tls",
+                    "connections",
+                    "requests",
+                    "refused",
+                ]
+                .iter()
+                .map(|k| s(&l[*k]))
+                .collect()
+            })
+            .collect(),
+    );
+    out.push('\n');
+    let conns = v["connections"].as_array().cloned().unwrap_or_default();
+    table(
+        &mut out,
+        &[
+            "LISTENER",
+            "IDENTITY",
+            "CLIENT CONNECTIONS",
+            "UPSTREAM CONNECTIONS",
+        ],
+        conns
+            .iter()
+            .map(|c| {
+                vec![
+                    s(&c["listener"]),
+                    s(&c["identity"]),
+                    s(&c["client_connections"]),
+                    s(&c["upstream_connections"]),
+                ]
+            })
+            .collect(),
+    );
+    out.push('\n');
+    match &v["policy"] {
+        serde_json::Value::Null => out.push_str("policy: no table ACL configured\n"),
+        p => {
+            let _ = writeln!(
+                out,
+                "policy: version {}, {} table group(s), from {}, loaded at unix time {}; mode {}, strict {}, dry run {}, exempt {}",
+                s(&p["version"]), s(&p["table_groups"]), s(&p["source"]), s(&p["loaded_at"]),
+                s(&p["mode"]), s(&p["strict"]), s(&p["dry_run"]), s(&p["exempt"])
+            );
+        }
+    }
+    match &v["kernel"] {
+        serde_json::Value::Null => {
+            out.push_str("kernel: not configured (upstream ports are not protected)\n")
+        }
+        k if !k["error"].is_null() => {
+            let _ = writeln!(out, "kernel: {}", s(&k["error"]));
+        }
+        k => {
+            let links = k["links"].as_array().cloned().unwrap_or_default();
+            let attached: Vec<String> = links
+                .iter()
+                .filter(|l| l["attached"] == true)
+                .map(|l| s(&l["program"]))
+                .collect();
+            let _ = writeln!(
+                out,
+                "kernel: {} of {} programs attached [{}] at {}; policy generation {}, protected ports {}, {} grant(s), {} registered socket(s), {} flow(s)",
+                attached.len(), links.len(), attached.join(", "), s(&k["bpffs"]), s(&k["generation"]),
+                s(&k["protected_ports"]), s(&k["grants"]), s(&k["registered_sockets"]), s(&k["flows"])
+            );
+            let counters: Vec<String> = k["counters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| format!("{} {}", s(&c[0]), s(&c[1])))
+                .collect();
+            let _ = writeln!(out, "kernel counters: {}", counters.join(", "));
+            let _ = writeln!(
+                out,
+                "recent kernel denials: {} (vtguard kernel status lists them)",
+                k["recent_denials"].as_array().map_or(0, Vec::len)
+            );
+        }
+    }
+    out
 }

@@ -33,7 +33,7 @@ pub struct Config {
     pub kernel: Option<KernelConfig>,
     pub tableacl: Option<TableAclConfig>,
     pub listeners: Vec<ListenerConfig>,
-    /// The admin API's Unix socket (served when a table ACL is configured).
+    /// The admin API's Unix socket.
     pub admin_socket: PathBuf,
 }
 

@@ -36,6 +36,8 @@ pub struct Sessions {
 
 #[derive(Debug)]
 struct Entry {
+    /// An upstream connection (else a client's connection to vtguard).
+    upstream: bool,
     listener: Arc<str>,
     port: u16,
     identity: String,
@@ -92,7 +94,7 @@ impl Sessions {
     /// Registers a downstream connection of `listener` carrying `identity`, whose upstream is
     /// `port`. It is cut only when a policy change takes the identity's access away.
     pub fn open(self: &Arc<Self>, listener: &Arc<str>, port: u16, identity: &str) -> Session {
-        self.register(listener, port, identity, false)
+        self.register(listener, port, identity, false, false)
     }
 
     /// Registers an upstream connection opened for `identity`: if the policy no longer lets
@@ -106,7 +108,7 @@ impl Sessions {
         let cut = self
             .current()
             .is_some_and(|p| p.protected_ports.contains(&port) && !p.allows(identity, port));
-        self.register(listener, port, identity, cut)
+        self.register(listener, port, identity, true, cut)
     }
 
     /// Whether vtguard must refuse `identity` an upstream connection to `port` itself: only
@@ -136,6 +138,7 @@ impl Sessions {
         listener: &Arc<str>,
         port: u16,
         identity: &str,
+        upstream: bool,
         cut: bool,
     ) -> Session {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -143,6 +146,7 @@ impl Sessions {
         self.lock().insert(
             id,
             Entry {
+                upstream,
                 listener: Arc::clone(listener),
                 port,
                 identity: identity.to_owned(),
@@ -179,12 +183,18 @@ impl Sessions {
             .collect()
     }
 
-    /// Open sessions by (listener, identity).
-    pub fn by_identity(&self) -> BTreeMap<(String, String), usize> {
-        let mut out = BTreeMap::new();
+    /// Open connections by (listener, identity): (client connections, upstream connections).
+    pub fn by_identity(&self) -> BTreeMap<(String, String), (usize, usize)> {
+        let mut out: BTreeMap<_, (usize, usize)> = BTreeMap::new();
         for e in self.lock().values() {
-            *out.entry((e.listener.to_string(), e.identity.clone()))
-                .or_default() += 1;
+            let n = out
+                .entry((e.listener.to_string(), e.identity.clone()))
+                .or_default();
+            if e.upstream {
+                n.1 += 1;
+            } else {
+                n.0 += 1;
+            }
         }
         out
     }
@@ -212,7 +222,7 @@ mod tests {
         let mut bob_unprotected = s.open(&l, 7, "bob");
         assert_eq!(
             s.by_identity().get(&("vttablet".into(), "bob".into())),
-            Some(&2)
+            Some(&(2, 0))
         );
 
         let cut = s.set_policy(&policy(5, &["alice"]), true);
@@ -236,7 +246,7 @@ mod tests {
         drop(bob);
         assert_eq!(
             s.by_identity().get(&("vttablet".into(), "bob".into())),
-            Some(&1)
+            Some(&(1, 0))
         );
         drop(bob_unprotected);
         assert_eq!(s.by_identity().len(), 1);

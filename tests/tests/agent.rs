@@ -721,3 +721,143 @@ async fn an_identity_removed_from_policy_is_cut_off_within_a_second_and_refused_
     );
     drop(agent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_online_policy_check_reflect_the_running_agent() {
+    use vtguard_tests::grpc::{execute_body, mtls_listener, raw_call, raw_connection};
+    let pki = vtguard_tests::pki::Pki::generate();
+    let up = vtguard_tests::upstream::Upstream::start(0).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let acl = tmp.path().join("acl.json");
+    fs::write(
+        &acl,
+        r#"{"table_groups": [{"name": "g", "table_names_or_prefixes": ["t1"], "readers": ["vtgate client 1"]}]}"#,
+    )
+    .expect("acl");
+    let socket = tmp.path().join("admin.sock");
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let config = write_config(
+        tmp.path(),
+        &format!(
+            "[tableacl]\ntable-acl-config = \"{}\"\nqueryserver-config-strict-table-acl = true\n[admin]\nsocket = \"{}\"\n{}",
+            acl.display(),
+            socket.display(),
+            mtls_listener(&pki, "vttablet", up.addr, "")
+                .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        ),
+    );
+    let agent =
+        tokio::task::spawn_blocking(move || Agent::start_until(&config, "admin API listening"))
+            .await
+            .expect("agent starts");
+    let sock = socket.to_str().expect("utf-8").to_owned();
+
+    // One open connection of client 1, which has run a query.
+    let mut one = raw_connection(&pki, addr, Some("vtgate-client-1")).await;
+    let (status, message, _) = raw_call(
+        &mut one,
+        addr,
+        "/queryservice.Query/Execute",
+        execute_body("select * from t1"),
+        None,
+    )
+    .await;
+    assert_eq!((status, message.as_str()), (0, ""));
+
+    let s = sock.clone();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || vtguard(&["status", "--json", "--socket", &s]))
+            .await
+            .expect("status");
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
+    assert_eq!(
+        v["connections"],
+        serde_json::json!([{"listener": "test", "identity": "vtgate client 1", "client_connections": 1, "upstream_connections": 1}]),
+        "{out}"
+    );
+    assert_eq!(v["listeners"][0]["name"], "test");
+    assert_eq!(v["listeners"][0]["requests"], 1, "{out}");
+    assert_eq!(v["policy"]["version"], 1, "{out}");
+    assert_eq!(v["policy"]["table_groups"], 1, "{out}");
+    assert!(
+        v["policy"]["source"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("acl.json")),
+        "{out}"
+    );
+    assert!(
+        v["policy"]["loaded_at"].as_i64().is_some_and(|t| t > 0),
+        "{out}"
+    );
+    assert!(v["kernel"].is_null(), "no [kernel] section: {out}");
+
+    // Online checks use the policy in force and the agent's settings.
+    let s = sock.clone();
+    let (checks, text) = tokio::task::spawn_blocking(move || {
+        let allow = vtguard(&[
+            "policy",
+            "check",
+            "--user",
+            "vtgate client 1",
+            "--sql",
+            "select * from t1",
+            "--socket",
+            &s,
+            "--json",
+        ]);
+        let deny = vtguard(&[
+            "policy",
+            "check",
+            "--user",
+            "vtgate client 2",
+            "--sql",
+            "select * from t1",
+            "--socket",
+            &s,
+            "--json",
+        ]);
+        (vec![allow, deny], vtguard(&["status", "--socket", &s]))
+    })
+    .await
+    .expect("checks");
+    assert_eq!(checks[0].0, 0, "{:?}", checks[0]);
+    let allow: serde_json::Value = serde_json::from_str(&checks[0].1).expect("json");
+    assert_eq!(allow["decision"], "allow");
+    assert_eq!(checks[1].0, 3, "deny exits 3: {:?}", checks[1]);
+    let deny: serde_json::Value = serde_json::from_str(&checks[1].1).expect("json");
+    assert_eq!(
+        deny,
+        serde_json::json!({
+            "decision": "deny", "role": "READER", "table": "t1", "group": "g",
+            "message": "Select command denied to user 'vtgate client 2' for table 't1' (ACL check error)"
+        })
+    );
+    let (code, text, _) = text;
+    assert_eq!(code, 0);
+    for needle in [
+        "LISTENER",
+        "vtgate client 1",
+        "policy: version 1",
+        "kernel: not configured",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in:\n{text}");
+    }
+
+    // A policy load bumps the version.
+    let good = tmp.path().join("good.json");
+    fs::write(&good, r#"{"table_groups": [{"name": "g", "table_names_or_prefixes": ["t1"], "readers": ["bob"]}]}"#).expect("good");
+    let s = sock.clone();
+    let g = good.to_str().expect("utf-8").to_owned();
+    let (_, out, _) = tokio::task::spawn_blocking(move || {
+        let (code, _, err) = vtguard(&["policy", "load", &g, "--socket", &s]);
+        assert_eq!(code, 0, "{err}");
+        vtguard(&["status", "--json", "--socket", &s])
+    })
+    .await
+    .expect("load");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["policy"]["version"], 2, "{out}");
+    drop(agent);
+}

@@ -89,6 +89,7 @@ pub struct GrpcProxy {
     label: Arc<str>,
     sessions: Arc<Sessions>,
     cfg: GrpcListener,
+    listen: SocketAddr,
     upstream: SocketAddr,
     tls: Option<Arc<Reloadable>>,
     upstream_tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
@@ -143,6 +144,7 @@ impl GrpcProxy {
             label: Arc::from(listener.name.as_str()),
             sessions,
             cfg: cfg.clone(),
+            listen: listener.listen,
             upstream: listener.upstream,
             tls,
             upstream_tls,
@@ -282,6 +284,25 @@ impl GrpcProxy {
                 info!(listener = %self.name, %peer, identity = who.as_deref().unwrap_or(""), "connection closed: policy no longer lets this identity reach the upstream");
             }
         }
+    }
+}
+
+impl crate::admin::ListenerStatus for GrpcProxy {
+    fn status(&self) -> serde_json::Value {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "name": self.name,
+            "protocol": "grpc",
+            "service": self.cfg.service.as_str(),
+            "listen": self.listen.to_string(),
+            "upstream": self.upstream.to_string(),
+            "tls": self.tls.is_some(),
+            "connections": n(&self.stats.connections),
+            "handshakes_failed": n(&self.stats.handshakes_failed),
+            "requests": n(&self.stats.requests),
+            "refused": n(&self.stats.refused),
+            "acl_dry_run_denials": n(&self.stats.acl_dry_run_denials),
+        })
     }
 }
 
