@@ -161,6 +161,14 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64),
         });
+        if let Some(addr) = config.metrics {
+            let (k, s) = (kernel.clone(), Arc::clone(&sessions));
+            tasks.spawn(async move {
+                crate::metrics::serve(addr, k, s)
+                    .await
+                    .map_err(anyhow::Error::from)
+            });
+        }
         let socket = config.admin_socket.clone();
         // Without its admin socket the agent still enforces: say so, and go on.
         tokio::spawn(async move {

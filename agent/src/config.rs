@@ -35,6 +35,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// The admin API's Unix socket.
     pub admin_socket: PathBuf,
+    /// `[metrics] listen`: where `/metrics` and `/healthz` are served; `None` = off.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The `[tableacl]` part: Vitess's flags, and vtguard's mode.
@@ -191,6 +193,13 @@ struct RawConfig {
     #[serde(default)]
     listener: Vec<RawListener>,
     admin: Option<RawAdmin>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -388,8 +397,18 @@ impl Config {
                 admin_socket.display()
             )));
         }
+        let metrics = match raw.metrics {
+            None => None,
+            Some(m) => Some(m.listen.parse::<SocketAddr>().map_err(|_| {
+                invalid(format!(
+                    "[metrics] listen {:?} is not an address: use ip:port, e.g. \"127.0.0.1:9465\"",
+                    m.listen
+                ))
+            })?),
+        };
         Ok(Config {
             source: path.to_owned(),
+            metrics,
             kernel,
             tableacl,
             listeners,

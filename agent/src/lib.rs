@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod kernel;
+pub mod metrics;
 pub mod proxy;
 pub mod sessions;
 pub mod telemetry;

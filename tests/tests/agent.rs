@@ -723,7 +723,7 @@ async fn an_identity_removed_from_policy_is_cut_off_within_a_second_and_refused_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_and_online_policy_check_reflect_the_running_agent() {
+async fn status_metrics_and_online_policy_check_reflect_the_running_agent() {
     use vtguard_tests::grpc::{execute_body, mtls_listener, raw_call, raw_connection};
     let pki = vtguard_tests::pki::Pki::generate();
     let up = vtguard_tests::upstream::Upstream::start(0).await;
@@ -736,11 +736,12 @@ async fn status_and_online_policy_check_reflect_the_running_agent() {
     .expect("acl");
     let socket = tmp.path().join("admin.sock");
     let port = free_port();
+    let metrics_port = free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let config = write_config(
         tmp.path(),
         &format!(
-            "[tableacl]\ntable-acl-config = \"{}\"\nqueryserver-config-strict-table-acl = true\n[admin]\nsocket = \"{}\"\n{}",
+            "[tableacl]\ntable-acl-config = \"{}\"\nqueryserver-config-strict-table-acl = true\n[admin]\nsocket = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n{}",
             acl.display(),
             socket.display(),
             mtls_listener(&pki, "vttablet", up.addr, "")
@@ -764,6 +765,55 @@ async fn status_and_online_policy_check_reflect_the_running_agent() {
     )
     .await;
     assert_eq!((status, message.as_str()), (0, ""));
+    // A denied one, and a handshake without a certificate.
+    let (status, _, _) = raw_call(
+        &mut one,
+        addr,
+        "/queryservice.Query/Execute",
+        execute_body("select * from t2"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 7);
+    if let Ok(ch) = vtguard_tests::grpc::tls_channel(&pki, addr, None).await {
+        // TLS 1.3: the client finishes first; the server's refusal ends the first call.
+        let mut c = vtguard_proto::queryservice::query_client::QueryClient::new(ch);
+        let r = c
+            .execute(vtguard_proto::query::ExecuteRequest::default())
+            .await;
+        assert!(r.is_err(), "no certificate, no call: {r:?}");
+    }
+
+    // The metrics endpoint counts all of it, with labels.
+    let (code, body, err) = tokio::task::spawn_blocking(move || {
+        let get = |path: &str| {
+            sh(Command::new("curl").args([
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://127.0.0.1:{metrics_port}{path}"),
+            ]))
+        };
+        let health = get("/healthz");
+        assert_eq!((health.0, health.1.as_str()), (0, "ok\n"), "{}", health.2);
+        get("/metrics")
+    })
+    .await
+    .expect("scrape");
+    assert_eq!(code, 0, "{err}");
+    const EXECUTE: &str = "method=\"/queryservice.Query/Execute\"";
+    for line in [
+        "vtguard_connections_total{listener=\"test\",protocol=\"grpc\"} 2".to_owned(),
+        "vtguard_handshakes_total{listener=\"test\",outcome=\"ok\"} 1".to_owned(),
+        "vtguard_handshakes_total{listener=\"test\",outcome=\"refused\"} 1".to_owned(),
+        format!("vtguard_requests_total{{listener=\"test\",{EXECUTE},decision=\"forwarded\"}} 1"),
+        format!("vtguard_requests_total{{listener=\"test\",{EXECUTE},decision=\"refused\"}} 1"),
+        format!("vtguard_request_duration_seconds_count{{listener=\"test\",{EXECUTE}}} 2"),
+        "vtguard_acl_denials_total{listener=\"test\",table=\"t2\",identity=\"vtgate client 1\",reason=\"acl\"} 1".to_owned(),
+        "vtguard_open_connections{listener=\"test\",identity=\"vtgate client 1\",side=\"client\"} 1".to_owned(),
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} not in:\n{body}");
+    }
 
     let s = sock.clone();
     let (code, out, err) =
@@ -778,7 +828,7 @@ async fn status_and_online_policy_check_reflect_the_running_agent() {
         "{out}"
     );
     assert_eq!(v["listeners"][0]["name"], "test");
-    assert_eq!(v["listeners"][0]["requests"], 1, "{out}");
+    assert_eq!(v["listeners"][0]["requests"], 2, "{out}");
     assert_eq!(v["policy"]["version"], 1, "{out}");
     assert_eq!(v["policy"]["table_groups"], 1, "{out}");
     assert!(

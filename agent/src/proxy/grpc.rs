@@ -203,6 +203,8 @@ impl GrpcProxy {
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         let _ = tcp.set_nodelay(true);
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let m = crate::metrics::metrics();
+        m.connection(&self.name, "grpc");
         let (io, identity): (Box<dyn AsyncReadWrite>, Option<Identity>) = match &self.tls {
             None => (Box::new(tcp), None),
             Some(t) => {
@@ -213,14 +215,19 @@ impl GrpcProxy {
                 )
                 .await
                 {
-                    Ok(Ok(s)) => s,
+                    Ok(Ok(s)) => {
+                        m.handshake(&self.name, "ok");
+                        s
+                    }
                     Ok(Err(e)) => {
                         self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                        m.handshake(&self.name, "refused");
                         info!(listener = %self.name, %peer, error = %e, "TLS handshake refused");
                         return;
                     }
                     Err(_) => {
                         self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                        m.handshake(&self.name, "timeout");
                         info!(listener = %self.name, %peer, timeout = ?self.cfg.handshake_timeout, "TLS handshake timed out");
                         return;
                     }
@@ -334,6 +341,17 @@ impl Conn {
         let route = methods::route(p.cfg.service, &path, &VTTABLET_OTHER_SERVICES);
         let result = self.forward(req, &route).await;
         let latency = start.elapsed();
+        // A bounded label: the method path only for methods the listener knows.
+        let method = match &route {
+            Route::Query(_) | Route::Other { .. } => path.as_str(),
+            Route::Refused { .. } => "unknown",
+        };
+        let decision = if result.is_ok() {
+            "forwarded"
+        } else {
+            "refused"
+        };
+        crate::metrics::metrics().request(&p.name, method, decision, latency);
         match result {
             Ok((response, id, ins)) => {
                 if !p.cfg.query_log {
@@ -445,6 +463,12 @@ impl Conn {
                             crate::acl::Role::Writer,
                             table,
                         ) {
+                            crate::metrics::metrics().acl_denial(
+                                &p.name,
+                                table,
+                                &identity.username,
+                                "acl",
+                            );
                             return Err((
                                 Refusal::new(code::PERMISSION_DENIED, message),
                                 Some(identity),
@@ -457,10 +481,22 @@ impl Conn {
                         if let Decision::Allow { reason } = &decision {
                             if let Some(would) = reason.strip_prefix("dry run; would deny: ") {
                                 p.stats.acl_dry_run_denials.fetch_add(1, Ordering::Relaxed);
+                                crate::metrics::metrics().acl_denial(
+                                    &p.name,
+                                    "",
+                                    &identity.username,
+                                    "dry_run",
+                                );
                                 warn!(listener = %p.name, identity = %identity.username, "table ACL dry run: {would}");
                             }
                         }
-                        if let Decision::Deny { message, .. } = decision {
+                        if let Decision::Deny { message, table, .. } = decision {
+                            crate::metrics::metrics().acl_denial(
+                                &p.name,
+                                table.as_deref().unwrap_or(""),
+                                &identity.username,
+                                if table.is_some() { "acl" } else { "statement" },
+                            );
                             let mut r = Refusal::new(code::PERMISSION_DENIED, message);
                             r.in_body = p.cfg.service == GrpcService::Vtgate
                                 && VTGATE_UNARY.contains(&m.name);
