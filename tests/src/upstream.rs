@@ -3,11 +3,13 @@
 //!
 //! - `queryservice.Query/Execute`: one row, the `immediate_caller_id` it received
 //!   (username, groups joined by ","), so a client sees who the tablet thinks it is; for
-//!   `select 1kb`, a 1 KB row (benchmarks);
+//!   `select 1kb`, a 1 KB row (benchmarks); for `select id, msg from vt_insert_test`, the rows
+//!   of its in-memory table [`VT_INSERT_TEST`] (the demo);
 //! - `queryservice.Query/StreamExecute`: `select * from big` streams 10 000 rows in 100
 //!   messages; `select sleep` sends a row every 20 ms until the caller goes away (and records
 //!   that it went away);
 //! - `vtgateservice.Vitess/Execute`: one row, the `caller_id` principal, groups, component;
+//!   the in-memory table for `select id, msg from vt_insert_test`;
 //! - `tabletmanagerservice.TabletManager/*`: an empty message;
 //! - anything else: UNIMPLEMENTED.
 
@@ -150,6 +152,12 @@ fn decode_body<M: Message + Default>(body: &[u8]) -> Option<M> {
         .flatten()
 }
 
+/// The stand-ins' in-memory `vt_insert_test` (id|msg).
+pub const VT_INSERT_TEST: [&str; 3] = ["1|alpha", "2|beta", "3|gamma"];
+
+/// The SQL the stand-ins answer from [`VT_INSERT_TEST`].
+pub const SELECT_TABLE: &str = "select id, msg from vt_insert_test";
+
 async fn handle(
     req: Request<Incoming>,
     recorded: Arc<Mutex<Vec<Recorded>>>,
@@ -172,6 +180,15 @@ async fn handle(
     let resp = match path.as_str() {
         "/queryservice.Query/Execute" => {
             let req: query::ExecuteRequest = decode_body(&body).unwrap_or_default();
+            if req.query.as_ref().is_some_and(|q| q.sql == SELECT_TABLE) {
+                return Ok(response(
+                    vec![frame(&query::ExecuteResponse {
+                        result: Some(result("id|msg", &VT_INSERT_TEST)),
+                    })],
+                    0,
+                    "",
+                ));
+            }
             if req.query.as_ref().is_some_and(|q| q.sql == "select 1kb") {
                 let row = "x".repeat(1000);
                 return Ok(response(
@@ -239,13 +256,18 @@ async fn handle(
         }
         "/vtgateservice.Vitess/Execute" => {
             let req: vtgate::ExecuteRequest = decode_body(&body).unwrap_or_default();
+            let table = req.query.as_ref().is_some_and(|q| q.sql == SELECT_TABLE);
             let c = req.caller_id.unwrap_or_default();
             let who = format!("{}|{}|{}", c.principal, c.groups.join(","), c.component);
             response(
                 vec![frame(&vtgate::ExecuteResponse {
                     error: None,
                     session: req.session,
-                    result: Some(result("caller", &[&who])),
+                    result: Some(if table {
+                        result("id|msg", &VT_INSERT_TEST)
+                    } else {
+                        result("caller", &[&who])
+                    }),
                 })],
                 0,
                 "",
