@@ -413,11 +413,12 @@ fn bench(root: &Path) -> Result<()> {
         bail!("benchmarks attach kernel programs: run `cargo xtask bench` as root");
     }
     prepare_machine()?;
-    run(Command::new("cargo").current_dir(root).args([
-        "bench",
-        "-p",
-        "vtguard-tests",
-        "--bench",
-        "kernel_hook",
-    ]))
+    // kernel_hook: the hooks' cost per connect(); grpc_proxy: unary Execute through a gRPC
+    // listener vs direct; acl: table-ACL decisions and loads.
+    for bench in ["kernel_hook", "grpc_proxy", "acl"] {
+        run(Command::new("cargo")
+            .current_dir(root)
+            .args(["bench", "-p", "vtguard-tests", "--bench", bench]))?;
+    }
+    Ok(())
 }
