@@ -621,6 +621,11 @@ fn parse_listener(l: RawListener) -> Result<ListenerConfig, String> {
             "{mine}-cert and {mine}-key go together: set both or neither"
         )));
     }
+    if ca.is_none() && (cert.is_some() || server_name.is_some()) {
+        return Err(at(format!(
+            "{mine}-cert/-server-name turn on TLS to the upstream, which needs {mine}-ca to verify it: set {mine}-ca"
+        )));
+    }
     let upstream_tls = if ca.is_some() || cert.is_some() || server_name.is_some() {
         Some(UpstreamTls {
             ca,
@@ -774,6 +779,15 @@ mod tests {
             l("a", 1, "\"\"")
         ));
         assert!(e.contains("identities entry \"\" is empty"), "{e}");
+    }
+
+    #[test]
+    fn upstream_tls_needs_a_ca() {
+        let e = err("[[listener]]\nname = \"t\"\nprotocol = \"grpc\"\nservice = \"vttablet\"\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\ninsecure-plaintext = true\ntablet-grpc-server-name = \"vttablet server instance\"\n");
+        assert!(
+            e.contains("needs tablet-grpc-ca to verify it: set tablet-grpc-ca"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl Metrics {
             .inc();
     }
 
-    /// A TLS handshake ended: `ok`, `failed`, `timeout`, `no_certificate`, `plaintext`…
+    /// A TLS handshake ended: `ok`, `refused`, `timeout` (and the MySQL listener's own outcomes).
     pub fn handshake(&self, listener: &str, outcome: &str) {
         self.handshakes
             .get_or_create(&HandshakeLabels {

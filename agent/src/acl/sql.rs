@@ -602,6 +602,16 @@ fn classify_one(s: &Statement, mode: Mode) -> Class {
         | Statement::ShowStatus { .. }
         | Statement::ShowCreate { .. }
         | Statement::ShowDatabases { .. }
+        | Statement::ShowFunctions { .. }
+        | Statement::ShowVariable { .. }
+        | Statement::ShowProcessList { .. }
+        | Statement::ShowSchemas { .. }
+        | Statement::ShowCharset(_)
+        | Statement::ShowObjects(_)
+        | Statement::ShowViews { .. }
+        | Statement::ShowCollation { .. }
+        | Statement::Kill { .. }
+        | Statement::UnlockTables
         | Statement::Explain { .. }
         | Statement::ExplainTable { .. }
         | Statement::StartTransaction { .. }

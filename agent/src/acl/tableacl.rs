@@ -59,6 +59,9 @@ impl TableGroup {
     }
 }
 
+/// The entry prefix secure mode checks CALL against: `CALL p()` needs WRITER on `call:p`.
+pub const PROCEDURE_PREFIX: &str = "call:";
+
 /// A validated table ACL, indexed for lookups that do not depend on its size.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TableAcl {
@@ -246,11 +249,18 @@ impl TableAcl {
     /// The group whose entry matches `table` (unqualified, exact case), if any. `dual` is
     /// never checked and has none.
     pub fn group_for(&self, table: &str) -> Option<&TableGroup> {
+        // A stored procedure (`call:p`, secure mode's CALL) is granted only by an entry made
+        // for procedures: `call:p` or a prefix such as `call:%`, never by `%` or `c%`.
+        let shortest = if table.starts_with(PROCEDURE_PREFIX) {
+            PROCEDURE_PREFIX.len()
+        } else {
+            0
+        };
         if let Some(i) = self.exact.get(table) {
             return self.groups.get(*i);
         }
         // Entries do not overlap, so at most one prefix of the name is listed.
-        (0..=table.len())
+        (shortest..=table.len())
             .rev()
             .filter(|n| table.is_char_boundary(*n))
             .find_map(|n| self.prefixes.get(&table[..n]))
@@ -277,6 +287,25 @@ mod tests {
 
     fn err(s: &str) -> String {
         parse(s).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn procedures_are_granted_only_by_entries_made_for_them() {
+        let acl = |entry: &str| {
+            parse(&format!(
+                r#"{{"table_groups": [{{"name": "g", "table_names_or_prefixes": ["{entry}"], "writers": ["w"]}}]}}"#
+            ))
+            .expect("acl")
+        };
+        let w = |a: &TableAcl, t: &str| a.allows("w", &[], Role::Writer, t);
+        let all = acl("%");
+        assert!(w(&all, "orders"), "% grants every table");
+        assert!(!w(&all, "call:p"), "but not a procedure");
+        assert!(!w(&acl("c%"), "call:p"));
+        assert!(!w(&acl("call%"), "call:p"), "a prefix shorter than call:");
+        assert!(w(&acl("call:%"), "call:p"));
+        assert!(w(&acl("call:p"), "call:p"));
+        assert!(!w(&acl("call:p"), "call:q"));
     }
 
     #[test]
