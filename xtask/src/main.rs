@@ -416,9 +416,13 @@ fn bench(root: &Path) -> Result<()> {
     // kernel_hook: the hooks' cost per connect(); grpc_proxy: unary Execute through a gRPC
     // listener vs direct; acl: table-ACL decisions and loads.
     for bench in ["kernel_hook", "grpc_proxy", "acl"] {
-        run(Command::new("cargo")
-            .current_dir(root)
-            .args(["bench", "-p", "vtguard-tests", "--bench", bench]))?;
+        run(Command::new("cargo").current_dir(root).args([
+            "bench",
+            "-p",
+            "vtguard-tests",
+            "--bench",
+            bench,
+        ]))?;
     }
     Ok(())
 }
