@@ -12,9 +12,9 @@ use tracing::{error, info, warn};
 
 use crate::{
     acl::{Enforcer, TableAcl},
-    config::Config,
+    config::{Config, Protocol},
     kernel::{Attach, Kernel, Origin},
-    proxy::grpc::GrpcProxy,
+    proxy::{grpc::GrpcProxy, mysql::MysqlProxy},
 };
 
 /// How often certificate files are checked for changes.
@@ -130,25 +130,45 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut proxies = Vec::new();
+    let mut proxies: Vec<Listener> = Vec::new();
     for l in &config.listeners {
         let protected = config
             .kernel
             .as_ref()
             .is_some_and(|k| k.policy.protected_ports.contains(&l.upstream.port()));
-        let proxy = Arc::new(GrpcProxy::new(
-            l,
-            kernel.clone(),
-            protected,
-            enforcer.clone(),
-        )?);
-        let socket = proxy.bind(l.listen).await?;
-        info!(listener = %l.name, listen = %l.listen, upstream = %l.upstream, upstream_protected = protected, "listening");
-        let p = Arc::clone(&proxy);
-        tasks.spawn(async move {
-            p.serve(socket).await;
-            Ok(())
-        });
+        let proxy = match &l.protocol {
+            Protocol::Grpc(_) => Listener::Grpc(Arc::new(GrpcProxy::new(
+                l,
+                kernel.clone(),
+                protected,
+                enforcer.clone(),
+            )?)),
+            Protocol::Mysql(_) => Listener::Mysql(Arc::new(MysqlProxy::new(
+                l,
+                kernel.clone(),
+                protected,
+                enforcer.clone(),
+            )?)),
+        };
+        match &proxy {
+            Listener::Grpc(p) => {
+                let socket = p.bind(l.listen).await?;
+                let p = Arc::clone(p);
+                tasks.spawn(async move {
+                    p.serve(socket).await;
+                    Ok(())
+                });
+            }
+            Listener::Mysql(p) => {
+                let socket = p.bind(l.listen).await?;
+                let p = Arc::clone(p);
+                tasks.spawn(async move {
+                    p.serve(socket).await;
+                    Ok(())
+                });
+            }
+        }
+        info!(listener = %l.name, protocol = proxy.protocol(), listen = %l.listen, upstream = %l.upstream, upstream_protected = protected, "listening");
         proxies.push(proxy);
     }
     if !proxies.is_empty() {
@@ -209,6 +229,29 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
         None => info!("stopping"),
     }
     Ok(())
+}
+
+/// A running listener, of either protocol.
+#[derive(Clone)]
+enum Listener {
+    Grpc(Arc<GrpcProxy>),
+    Mysql(Arc<MysqlProxy>),
+}
+
+impl Listener {
+    fn protocol(&self) -> &'static str {
+        match self {
+            Listener::Grpc(_) => "grpc",
+            Listener::Mysql(_) => "mysql",
+        }
+    }
+
+    fn reload_tls(&self, force: bool) {
+        match self {
+            Listener::Grpc(p) => p.reload_tls(force),
+            Listener::Mysql(p) => p.reload_tls(force),
+        }
+    }
 }
 
 fn reload_kernel(kernel: &Kernel, config: &Config) {

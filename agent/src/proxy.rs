@@ -2,3 +2,4 @@
 //! the kernel's registered-socket path.
 
 pub mod grpc;
+pub mod mysql;

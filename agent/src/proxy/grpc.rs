@@ -62,6 +62,8 @@ pub enum Error {
         addr: SocketAddr,
         source: io::Error,
     },
+    #[error("listener {0}: not a gRPC listener")]
+    NotGrpc(String),
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -101,7 +103,9 @@ impl GrpcProxy {
         protected: bool,
         acl: Option<Arc<Enforcer>>,
     ) -> Result<Self, Error> {
-        let Protocol::Grpc(cfg) = &listener.protocol;
+        let Protocol::Grpc(cfg) = &listener.protocol else {
+            return Err(Error::NotGrpc(listener.name.clone()));
+        };
         let tls_err = |source| Error::Tls {
             listener: listener.name.clone(),
             source,
