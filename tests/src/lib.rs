@@ -2,6 +2,7 @@
 //! test servers, and real clients (python3, curl) driven as separate processes.
 
 pub mod grpc;
+pub mod mysql;
 pub mod pki;
 pub mod upstream;
 
