@@ -310,8 +310,6 @@ try:
         kw = dict(host="127.0.0.1", port=a["port"], user=a["user"], password=a.get("password", ""), use_pure=True, connection_timeout=30)
         if tls:
             kw.update(ssl_ca=tls[0], ssl_cert=tls[1], ssl_key=tls[2], ssl_verify_cert=True, ssl_verify_identity=False)
-        else:
-            kw.update(ssl_disabled=True)
         conn = mysql.connector.connect(**kw)
         Err = mysql.connector.Error
         code = lambda e: e.errno
@@ -334,7 +332,8 @@ for q in a["queries"]:
 conn.close()
 "#;
 
-/// Runs [`PY_CLIENT`]; returns its output lines.
+/// Runs [`PY_CLIENT`]; returns its output lines. Without `tls`, the driver's default applies
+/// (both use TLS when the server offers it, without checking its certificate).
 pub fn py_client(
     driver: &str,
     addr: SocketAddr,

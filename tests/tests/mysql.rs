@@ -96,3 +96,152 @@ async fn python_clients_with_client_certificates() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_no_certificate_plaintext_user_not_cn_revoked() {
+    let test = "refusals_no_certificate_plaintext_user_not_cn_revoked";
+    if !mariadb_available(test) {
+        return;
+    }
+    let db = MariaDb::start();
+    let pki = Pki::generate();
+    let toml = mtls_listener(
+        &pki,
+        db.addr(),
+        "mysql-auth-server-impl = \"clientcert\"\nmysql-server-require-secure-transport = true\n",
+    );
+    let l = start_listener(&toml, None).await;
+    let addr = l.addr;
+    let run = |user: &'static str, args: Vec<String>| {
+        tokio::task::spawn_blocking(move || cli(addr, user, &args, "select 'in';\n"))
+    };
+
+    // TLS without a client certificate while mysql-server-ssl-ca is set: the handshake fails.
+    let (code, out, err) = run(
+        "vtgate client 1",
+        vec![
+            "--ssl".into(),
+            format!("--ssl-ca={}", pki.path("root.pem").display()),
+        ],
+    )
+    .await
+    .expect("cli");
+    assert_ne!(code, 0, "refused: {out}");
+    assert!(
+        err.contains("ERROR 2026") || err.contains("ERROR 2013"),
+        "{err}"
+    );
+    assert!(!out.contains("in"), "{out}");
+
+    // Plaintext under mysql-server-require-secure-transport: Vitess's text.
+    let (code, _, err) = run("vtgate client 1", vec!["--skip-ssl".into()])
+        .await
+        .expect("cli");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("ERROR 3159 (HY000): server does not allow insecure connections, client must use SSL/TLS"),
+        "{err}"
+    );
+
+    // clientcert: the MySQL user must be the certificate's CN.
+    let (code, _, err) = run("vtgate client 2", cli_tls(&pki, "vtgate-client-1"))
+        .await
+        .expect("cli");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("ERROR 1045 (28000): Access denied for user 'vtgate client 2'"),
+        "{err}"
+    );
+
+    // A revoked certificate (mysql-server-ssl-crl) and one from another CA: no session.
+    for client in ["vtgate-client-revoked", "other-client"] {
+        let (code, out, err) = run("vtgate client 1", cli_tls(&pki, client))
+            .await
+            .expect("cli");
+        assert_ne!(code, 0, "{client}: {out}");
+        assert!(err.contains("ERROR 20"), "{client}: {err}");
+    }
+
+    // And the right certificate still gets in.
+    let (code, out, err) = run("vtgate client 1", cli_tls(&pki, "vtgate-client-1"))
+        .await
+        .expect("cli");
+    assert_eq!((code, out.as_str()), (0, "in\n"), "{err}");
+    let s = &l.proxy.stats;
+    assert_eq!(
+        s.handshakes_failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        5
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_authenticates_against_the_upstream_password() {
+    let test = "passthrough_authenticates_against_the_upstream_password";
+    if !mariadb_available(test)
+        || !python_has(test, "pymysql")
+        || !python_has(test, "mysql.connector")
+    {
+        return;
+    }
+    let db = MariaDb::start();
+    let pki = Pki::generate();
+    // TLS without client certificates; identity = the MySQL user.
+    let toml = format!(
+        "{}[[listener]]\nname = \"mysql\"\nprotocol = \"mysql\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nmysql-server-ssl-cert = \"{}\"\nmysql-server-ssl-key = \"{}\"\nmysql-auth-server-impl = \"passthrough\"\n",
+        reference_acl(pki.dir()),
+        db.addr(),
+        pki.path("localhost.pem").display(),
+        pki.path("localhost.key").display(),
+    );
+    let l = start_listener(&toml, None).await;
+    let addr = l.addr;
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        cli(
+            addr,
+            "pw",
+            &["--ssl".into(), "--password=sekret".into()],
+            "select current_user();\nupdate vt.vt_insert_test set msg = 'uno' where id = 1;\nselect msg from vt.vt_insert_test where id = 1;\nselect * from vt.secret;\n",
+        )
+    })
+    .await
+    .expect("cli");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "pw@%\nuno\n", "{err}");
+    assert!(
+        err.contains("ERROR 1142 (42000) at line 4: Select command denied to user 'pw' for table 'secret' (ACL check error)"),
+        "{err}"
+    );
+    // A wrong password: the upstream's own refusal.
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        cli(
+            addr,
+            "pw",
+            &["--ssl".into(), "--password=wrong".into()],
+            "select 1;\n",
+        )
+    })
+    .await
+    .expect("cli");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("ERROR 1045 (28000): Access denied for user 'pw'@'"),
+        "{err}"
+    );
+    for driver in ["pymysql", "connector"] {
+        let lines = py_client(
+            driver,
+            addr,
+            "pw",
+            "sekret",
+            None,
+            &["select current_user()"],
+        );
+        assert_eq!(lines, vec![r#"ROWS [["pw@%"]]"#.to_owned()], "{driver}");
+        let lines = py_client(driver, addr, "pw", "nope", None, &["select 1"]);
+        assert!(
+            lines[0].starts_with("CONNECT_ERR 1045 Access denied for user 'pw'"),
+            "{driver}: {lines:?}"
+        );
+    }
+}
