@@ -245,3 +245,113 @@ async fn passthrough_authenticates_against_the_upstream_password() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_result_set_arrives_intact() {
+    let test = "a_100_mb_result_set_arrives_intact";
+    if !mariadb_available(test) {
+        return;
+    }
+    let db = MariaDb::start();
+    let pki = Pki::generate();
+    let toml = format!(
+        "{}{}",
+        reference_acl(pki.dir()),
+        mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n")
+    );
+    let l = start_listener(&toml, None).await;
+    let addr = l.addr;
+    // ~105 MB: 100,000 rows of about 1 KB, each different.
+    let sql =
+        "select seq, md5(seq), repeat(char(65 + seq % 26), 1000 + seq % 7) from seq_1_to_100000;\n";
+    let args = cli_tls(&pki, "vtgate-client-1");
+    let (code, through, err) = tokio::task::spawn_blocking(move || {
+        let mut args = args;
+        args.extend(["-D".into(), "vt".into()]);
+        cli(addr, "vtgate client 1", &args, sql)
+    })
+    .await
+    .expect("cli");
+    assert_eq!(code, 0, "{err}");
+    let direct = db.root_sql(&format!("use vt; {sql}"));
+    assert!(direct.len() > 100_000_000, "{} bytes", direct.len());
+    assert_eq!(through.len(), direct.len());
+    assert!(
+        through == direct,
+        "the result through vtguard differs from the direct one"
+    );
+}
+
+/// 200 connections at once, each running 100 queries whose answers it checks.
+const PY_CONCURRENT: &str = r#"
+import json, sys, threading, pymysql
+a = json.loads(sys.argv[1])
+n, q = a["connections"], a["queries"]
+barrier = threading.Barrier(n)
+results = [None] * n
+def worker(i):
+    try:
+        c = pymysql.connect(host="127.0.0.1", port=a["port"], user=a["user"], database="vt", connect_timeout=60,
+                            ssl_ca=a["tls"][0], ssl_cert=a["tls"][1], ssl_key=a["tls"][2], ssl_verify_cert=True)
+        barrier.wait(timeout=300)
+        good = 0
+        with c.cursor() as cur:
+            for j in range(q):
+                cur.execute("select %s * %s, concat(%s, '-', %s) from vt_insert_test where id = %s", (i, j, i, j, 1 + j % 3))
+                if cur.fetchall() == ((i * j, "%d-%d" % (i, j)),):
+                    good += 1
+        c.close()
+        results[i] = good
+    except Exception as e:
+        results[i] = repr(e)
+        try:
+            barrier.abort()
+        except Exception:
+            pass
+ts = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print(json.dumps(results))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_connections_each_get_their_own_answers() {
+    let test = "two_hundred_concurrent_connections_each_get_their_own_answers";
+    if !mariadb_available(test) || !python_has(test, "pymysql") {
+        return;
+    }
+    let db = MariaDb::start();
+    let pki = Pki::generate();
+    let toml = format!(
+        "{}{}",
+        reference_acl(pki.dir()),
+        mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n")
+    );
+    let l = start_listener(&toml, None).await;
+    let args = serde_json::json!({
+        "port": l.addr.port(), "user": "vtgate client 1", "connections": 200, "queries": 100,
+        "tls": [pki.path("root.pem"), pki.path("vtgate-client-1.pem"), pki.path("vtgate-client-1.key")],
+    });
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", PY_CONCURRENT, &args.to_string()])
+            .output()
+            .expect("python3")
+    })
+    .await
+    .expect("python");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let results: Vec<serde_json::Value> = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(results.len(), 200);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r, &serde_json::json!(100), "connection {i}");
+    }
+    assert_eq!(
+        l.proxy
+            .stats
+            .logins
+            .load(std::sync::atomic::Ordering::Relaxed),
+        200
+    );
+}
