@@ -365,3 +365,119 @@ pub fn py_client(
     );
     text.lines().map(str::to_owned).collect()
 }
+
+/// A plaintext passthrough `[[listener]]` block (plus `extra` lines), for raw clients.
+pub fn plaintext_listener(upstream: SocketAddr, extra: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"plain\"\nprotocol = \"mysql\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\ninsecure-plaintext = true\nmysql-auth-server-impl = \"passthrough\"\n{extra}"
+    )
+}
+
+/// A login payload for `user` without a password (no auth switch needed), with `extra`
+/// capability flags.
+pub fn login_payload(user: &str, extra: u32) -> Vec<u8> {
+    use vtguard_agent::proxy::mysql::handshake::{cap, Login};
+    Login {
+        capabilities: cap::LONG_PASSWORD
+            | cap::PROTOCOL_41
+            | cap::SECURE_CONNECTION
+            | cap::PLUGIN_AUTH
+            | cap::PLUGIN_AUTH_LENENC
+            | cap::TRANSACTIONS
+            | cap::MULTI_RESULTS
+            | extra,
+        max_packet: 1 << 24,
+        charset: 33,
+        mariadb_ext: 0,
+        user: user.as_bytes().to_vec(),
+        auth_response: Vec::new(),
+        database: None,
+        auth_plugin: Some(b"mysql_native_password".to_vec()),
+        attributes: None,
+    }
+    .encode()
+}
+
+/// One packet as bytes.
+pub fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    vtguard_agent::proxy::mysql::packet::encode(&mut out, seq, payload);
+    out
+}
+
+/// A raw plaintext client, logged in as `user` (no password).
+pub async fn raw_login(addr: SocketAddr, user: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (_, greeting) = read_packet(&mut s).await.expect("greeting");
+    assert_eq!(greeting[0], 10, "a HandshakeV10");
+    s.write_all(&packet(1, &login_payload(user, 0)))
+        .await
+        .expect("login");
+    let (seq, ok) = read_packet(&mut s).await.expect("login reply");
+    assert_eq!(
+        (seq, ok[0]),
+        (2, 0),
+        "OK: {:?}",
+        String::from_utf8_lossy(&ok)
+    );
+    s
+}
+
+/// Reads one packet (up to 64 MiB).
+pub async fn read_packet(
+    s: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Result<(u8, Vec<u8>), vtguard_agent::proxy::mysql::packet::Error> {
+    vtguard_agent::proxy::mysql::packet::read(s, 64 << 20).await
+}
+
+/// Sends COM_QUERY and returns the first row's first column (text protocol, EOF packets),
+/// or the ERR payload's message.
+pub async fn raw_query(s: &mut tokio::net::TcpStream, sql: &str) -> Result<String, (u16, String)> {
+    use tokio::io::AsyncWriteExt;
+    let mut q = vec![0x03];
+    q.extend_from_slice(sql.as_bytes());
+    s.write_all(&packet(0, &q)).await.expect("query");
+    first_value(s).await
+}
+
+/// Reads a text result set's first value, or an ERR (code, message).
+pub async fn first_value(
+    s: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Result<String, (u16, String)> {
+    let (_, head) = read_packet(s).await.expect("response");
+    if head[0] == 0xff {
+        return Err(err_of(&head));
+    }
+    let columns = usize::from(head[0]);
+    for _ in 0..columns {
+        read_packet(s).await.expect("column definition");
+    }
+    let (_, eof) = read_packet(s).await.expect("EOF");
+    assert_eq!(eof[0], 0xfe, "EOF after the columns");
+    let (_, row) = read_packet(s).await.expect("row");
+    let value = String::from_utf8_lossy(&row[1..1 + usize::from(row[0])]).into_owned();
+    loop {
+        let (_, p) = read_packet(s).await.expect("rest");
+        if p[0] == 0xfe && p.len() < 9 {
+            return Ok(value);
+        }
+    }
+}
+
+/// (code, message) of an ERR payload.
+pub fn err_of(p: &[u8]) -> (u16, String) {
+    assert_eq!(
+        p[0],
+        0xff,
+        "an ERR packet: {:?}",
+        String::from_utf8_lossy(p)
+    );
+    let code = u16::from_le_bytes([p[1], p[2]]);
+    let msg = if p.get(3) == Some(&b'#') {
+        &p[9..]
+    } else {
+        &p[3..]
+    };
+    (code, String::from_utf8_lossy(msg).into_owned())
+}

@@ -1,0 +1,237 @@
+//! Bad input on the MySQL listener, from a raw client: each bad connection ends with an ERR or
+//! a close (and a log line naming the reason); the other connections carry on.
+
+use std::sync::{atomic::Ordering, Arc};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vtguard_agent::proxy::mysql::handshake::cap;
+use vtguard_tests::{
+    mysql::{
+        err_of, first_value, login_payload, mariadb_available, mtls_listener, packet,
+        plaintext_listener, raw_login, raw_query, read_packet, start_listener, MariaDb,
+    },
+    pki::Pki,
+};
+
+/// Reads until the peer closes; what came before the close.
+async fn until_closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all).await;
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_packets_end_only_their_own_connection() {
+    let test = "bad_packets_end_only_their_own_connection";
+    if !mariadb_available(test) {
+        return;
+    }
+    let db = MariaDb::start();
+    let l = start_listener(
+        &plaintext_listener(
+            db.addr(),
+            "max-allowed-packet = 1048576\nhandshake-timeout-seconds = 0.5\n",
+        ),
+        None,
+    )
+    .await;
+    let addr = l.addr;
+    // A session open through all of it.
+    let mut good = raw_login(addr, "vtgate client 1").await;
+    assert_eq!(raw_query(&mut good, "select 40 + 2").await, Ok("42".into()));
+
+    // A client that stalls after the greeting: closed at the handshake timeout.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    read_packet(&mut stalled).await.expect("greeting");
+    assert_eq!(
+        until_closed(&mut stalled).await,
+        b"",
+        "closed without a word"
+    );
+
+    // A login cut short: closed.
+    let mut cut = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    read_packet(&mut cut).await.expect("greeting");
+    let login = packet(1, &login_payload("vtgate client 1", 0));
+    cut.write_all(&login[..20]).await.expect("write");
+    cut.shutdown().await.expect("half close");
+    assert_eq!(until_closed(&mut cut).await, b"");
+
+    // A login that is not one: ERR 1043.
+    let mut bad = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    read_packet(&mut bad).await.expect("greeting");
+    bad.write_all(&packet(1, &[0x55; 40])).await.expect("write");
+    let (seq, e) = read_packet(&mut bad).await.expect("ERR");
+    assert_eq!(seq, 2);
+    assert_eq!(err_of(&e).0, 1043);
+    assert!(err_of(&e).1.contains("Bad handshake"));
+    assert_eq!(until_closed(&mut bad).await, b"");
+
+    // The compressed protocol: refused at negotiation.
+    let mut z = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    read_packet(&mut z).await.expect("greeting");
+    z.write_all(&packet(1, &login_payload("vtgate client 1", cap::COMPRESS)))
+        .await
+        .expect("write");
+    let (_, e) = read_packet(&mut z).await.expect("ERR");
+    assert_eq!(
+        err_of(&e),
+        (
+            1235,
+            "vtguard does not support the compressed protocol: connect without compression".into()
+        )
+    );
+
+    // A command over max-allowed-packet: ERR 1153, then the connection ends.
+    let mut big = raw_login(addr, "vtgate client 1").await;
+    let mut header = packet(0, &[]);
+    header[..3].copy_from_slice(&[0x00, 0x00, 0x20]); // 2 MiB
+    header.extend_from_slice(b"\x03select '");
+    header.extend_from_slice(&[b'x'; 1000]);
+    big.write_all(&header).await.expect("write");
+    let (_, e) = read_packet(&mut big).await.expect("ERR");
+    let (code, msg) = err_of(&e);
+    assert_eq!(code, 1153);
+    assert!(
+        msg.starts_with("Got a packet bigger than 'max_allowed_packet' bytes"),
+        "{msg}"
+    );
+    assert_eq!(until_closed(&mut big).await, b"");
+
+    // An empty command packet: ERR, closed.
+    let mut empty = raw_login(addr, "vtgate client 1").await;
+    empty.write_all(&packet(0, &[])).await.expect("write");
+    let (_, e) = read_packet(&mut empty).await.expect("ERR");
+    assert_eq!(err_of(&e).0, 1047);
+    assert_eq!(until_closed(&mut empty).await, b"");
+
+    // A truncated command: closed, nothing of it forwarded.
+    let mut trunc = raw_login(addr, "vtgate client 1").await;
+    let q = packet(0, b"\x03insert into vt.vt_insert_test values (9, 'nine')");
+    trunc.write_all(&q[..q.len() - 3]).await.expect("write");
+    trunc.shutdown().await.expect("half close");
+    assert_eq!(until_closed(&mut trunc).await, b"");
+
+    // COM_CHANGE_USER would change the identity mid-session: refused, the session goes on.
+    let mut cu = raw_login(addr, "vtgate client 1").await;
+    cu.write_all(&packet(0, b"\x11root\x00\x00"))
+        .await
+        .expect("write");
+    let (_, e) = read_packet(&mut cu).await.expect("ERR");
+    assert!(err_of(&e).1.contains("COM_CHANGE_USER is refused"), "{e:?}");
+    assert_eq!(
+        raw_query(&mut cu, "select current_user()").await,
+        Ok("vtgate client 1@%".into())
+    );
+
+    // And the first session never noticed.
+    assert_eq!(raw_query(&mut good, "select 6 * 7").await, Ok("42".into()));
+    assert_eq!(
+        db.root_sql("select count(*) from vt.vt_insert_test where id = 9"),
+        "0\n"
+    );
+    assert!(l.proxy.stats.handshakes_failed.load(Ordering::Relaxed) >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_split_at_every_byte() {
+    let test = "packets_split_at_every_byte";
+    if !mariadb_available(test) {
+        return;
+    }
+    let db = MariaDb::start();
+    let l = start_listener(&plaintext_listener(db.addr(), ""), None).await;
+    let mut s = tokio::net::TcpStream::connect(l.addr)
+        .await
+        .expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    read_packet(&mut s).await.expect("greeting");
+    let mut bytes = packet(1, &login_payload("vtgate client 1", 0));
+    for b in &bytes {
+        s.write_all(&[*b]).await.expect("write");
+        s.flush().await.expect("flush");
+        tokio::task::yield_now().await;
+    }
+    let (_, ok) = read_packet(&mut s).await.expect("OK");
+    assert_eq!(ok[0], 0);
+    bytes = packet(0, b"\x03select concat('split', ' ', 'ok')");
+    for b in &bytes {
+        s.write_all(&[*b]).await.expect("write");
+        s.flush().await.expect("flush");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(first_value(&mut s).await, Ok("split ok".into()));
+}
+
+/// The SSLRequest and the TLS ClientHello in one write (as some clients send them): vtguard
+/// must not lose the ClientHello's bytes when it switches to TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_hello_in_the_same_write_as_the_ssl_request() {
+    let test = "client_hello_in_the_same_write_as_the_ssl_request";
+    if !mariadb_available(test) {
+        return;
+    }
+    let db = MariaDb::start();
+    let pki = Pki::generate();
+    let l = start_listener(
+        &mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n"),
+        None,
+    )
+    .await;
+    let addr = l.addr;
+    let value = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in vtguard_agent::tls::load_certs("ca", &pki.path("root.pem")).expect("root") {
+            roots.add(c).expect("root");
+        }
+        let config =
+            rustls::ClientConfig::builder_with_provider(vtguard_agent::tls::crypto_provider())
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_client_auth_cert(
+                    vtguard_agent::tls::load_certs("cert", &pki.path("vtgate-client-1.pem"))
+                        .expect("cert"),
+                    vtguard_agent::tls::load_key("key", &pki.path("vtgate-client-1.key"))
+                        .expect("key"),
+                )
+                .expect("client config");
+        let mut conn =
+            rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().expect("name"))
+                .expect("client");
+        let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+        let mut h = [0u8; 4];
+        tcp.read_exact(&mut h).expect("greeting header");
+        let mut g = vec![0u8; usize::from(h[0]) | usize::from(h[1]) << 8];
+        tcp.read_exact(&mut g).expect("greeting");
+        let login = login_payload("vtgate client 1", cap::SSL);
+        let mut first = packet(1, &login[..32]);
+        conn.write_tls(&mut first).expect("ClientHello");
+        assert!(
+            first.len() > 36 + 100,
+            "SSLRequest and ClientHello together"
+        );
+        tcp.write_all(&first).expect("one write");
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(&packet(2, &login)).expect("login");
+        let mut reply = [0u8; 5];
+        tls.read_exact(&mut reply).expect("OK");
+        assert_eq!((reply[3], reply[4]), (3, 0), "OK with sequence 3");
+        let mut rest = vec![0u8; usize::from(reply[0]) - 1];
+        tls.read_exact(&mut rest).expect("OK");
+        tls.write_all(&packet(0, b"\x03select current_user()"))
+            .expect("query");
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&all).contains("vtgate client 1@%") {
+            let n = tls.read(&mut buf).expect("result");
+            assert!(n > 0, "closed before the row");
+            all.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&all).contains("vtgate client 1@%")
+    })
+    .await
+    .expect("client");
+    assert!(value);
+}
