@@ -84,6 +84,11 @@ impl MariaDb {
     /// Installs a data folder, starts `mariadbd` on 127.0.0.1 and a free port, runs
     /// [`SETUP_SQL`] as root over the Unix socket.
     pub fn start() -> MariaDb {
+        Self::start_with(&[])
+    }
+
+    /// [`MariaDb::start`] with more `mariadbd` options (e.g. its own TLS files).
+    pub fn start_with(extra: &[String]) -> MariaDb {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let out = Command::new("mariadb-install-db")
@@ -120,6 +125,7 @@ impl MariaDb {
                 "--innodb-buffer-pool-size=64M",
                 "--innodb-flush-log-at-trx-commit=0",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
