@@ -83,8 +83,13 @@ fn main() {
         acl.display(),
         mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n")
     );
+    // As many worker threads as the agent's runtime (app.rs), unless told otherwise.
+    let workers = std::env::var("VTGUARD_BENCH_WORKERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("runtime");

@@ -355,3 +355,71 @@ async fn two_hundred_concurrent_connections_each_get_their_own_answers() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_data_local_and_prepared_statements_pass_when_the_policy_allows() {
+    let test = "load_data_local_and_prepared_statements_pass_when_the_policy_allows";
+    if !mariadb_available(test) || !python_has(test, "mysql.connector") {
+        return;
+    }
+    let db = MariaDb::start();
+    let pki = Pki::generate();
+    // No table ACL on this listener: LOAD DATA LOCAL is the policy's to allow, and it does.
+    let l = start_listener(
+        &mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n"),
+        None,
+    )
+    .await;
+    let addr = l.addr;
+    // Over 255 packets of file data, so that the client's sequence numbers wrap through 0.
+    let csv = pki.dir().join("rows.csv");
+    let mut text = String::new();
+    for i in 0..300_000 {
+        text.push_str(&format!("{},row {i} {}\n", 1000 + i, "y".repeat(40)));
+    }
+    std::fs::write(&csv, &text).expect("csv");
+    let sql = format!(
+        "load data local infile '{}' into table vt.vt_insert_test fields terminated by ',';\nselect count(*), sum(id) from vt.vt_insert_test;\n",
+        csv.display()
+    );
+    let mut args = cli_tls(&pki, "vtgate-client-1");
+    args.push("--local-infile=1".into());
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || cli(addr, "vtgate client 1", &args, &sql))
+            .await
+            .expect("cli");
+    assert_eq!(code, 0, "{err}");
+    let expected_sum: u64 = 6 + (0..300_000u64).map(|i| 1000 + i).sum::<u64>();
+    assert_eq!(out, format!("300003\t{expected_sum}\n"), "{err}");
+
+    // The binary protocol: mysql-connector's prepared cursor (COM_STMT_PREPARE/EXECUTE).
+    let script = format!(
+        r#"
+import mysql.connector
+c = mysql.connector.connect(host="127.0.0.1", port={port}, user="vtgate client 1", use_pure=True,
+    ssl_ca="{ca}", ssl_cert="{cert}", ssl_key="{key}", ssl_verify_cert=True)
+cur = c.cursor(prepared=True)
+for i in (1, 2, 3):
+    cur.execute("select id, msg from vt.vt_insert_test where id = %s", (i,))
+    print(cur.fetchall())
+"#,
+        port = addr.port(),
+        ca = pki.path("root.pem").display(),
+        cert = pki.path("vtgate-client-1.pem").display(),
+        key = pki.path("vtgate-client-1.key").display(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .expect("python3")
+    })
+    .await
+    .expect("python");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[(1, 'one')]\n[(2, 'two')]\n[(3, 'three')]\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
