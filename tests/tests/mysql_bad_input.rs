@@ -235,3 +235,66 @@ async fn client_hello_in_the_same_write_as_the_ssl_request() {
     .expect("client");
     assert!(value);
 }
+
+/// Every command that names tables goes through the table ACL; a denial is ERR 1142 and the
+/// session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_list_init_db_prepare_and_multi_statements_are_checked() {
+    let test = "field_list_init_db_prepare_and_multi_statements_are_checked";
+    if !mariadb_available(test) {
+        return;
+    }
+    let db = MariaDb::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = format!(
+        "{}{}",
+        vtguard_tests::mysql::reference_acl(dir.path()),
+        plaintext_listener(db.addr(), "")
+    );
+    let l = start_listener(&toml, None).await;
+    let mut s = raw_login(l.addr, "vtgate client 1").await;
+    let denied = |table: &str| {
+        format!(
+            "Select command denied to user 'vtgate client 1' for table '{table}' (ACL check error)"
+        )
+    };
+    async fn command(s: &mut tokio::net::TcpStream, payload: &[u8]) -> Vec<u8> {
+        s.write_all(&packet(0, payload)).await.expect("write");
+        read_packet(s).await.expect("reply").1
+    }
+    // COM_FIELD_LIST: READER on the table.
+    let e = command(&mut s, b"\x04secret\x00").await;
+    assert_eq!(err_of(&e), (1142, denied("secret")));
+    // COM_STMT_PREPARE: the statement's tables.
+    let e = command(&mut s, b"\x16select * from secret where id = ?").await;
+    assert_eq!(err_of(&e), (1142, denied("secret")));
+    // A multi-statement string: every statement is checked.
+    let e = command(
+        &mut s,
+        b"\x03select 1 from vt_insert_test; select * from secret",
+    )
+    .await;
+    assert_eq!(err_of(&e), (1142, denied("secret")));
+    // COM_INIT_DB is `USE db`: not a table, allowed (Vitess checks tables, not databases).
+    let ok = command(&mut s, b"\x02vt").await;
+    assert_eq!(ok[0], 0, "OK");
+    // COM_FIELD_LIST on an allowed table: column definitions, then EOF.
+    s.write_all(&packet(0, b"\x04vt_insert_test\x00"))
+        .await
+        .expect("write");
+    let mut n = 0;
+    loop {
+        let (_, p) = read_packet(&mut s).await.expect("field");
+        if p[0] == 0xfe {
+            break;
+        }
+        n += 1;
+    }
+    assert_eq!(n, 2, "id and msg");
+    // The session goes on.
+    assert_eq!(
+        raw_query(&mut s, "select msg from vt_insert_test where id = 3").await,
+        Ok("three".into())
+    );
+    assert_eq!(l.proxy.stats.denied.load(Ordering::Relaxed), 3);
+}

@@ -166,10 +166,10 @@ impl MysqlProxy {
             return Err(Error::NotMysql(listener.name.clone()));
         };
         let tls = match &cfg.tls {
-            Some(t) => Some(Arc::new(Reloadable::new(t.clone()).map_err(|source| {
+            Some(t) => Some(Arc::new(Reloadable::new(t.clone()).map_err(|e| {
                 Error::Tls {
                     listener: listener.name.clone(),
-                    source,
+                    source: mysql_labels(e),
                 }
             })?)),
             None => None,
@@ -797,6 +797,35 @@ impl MysqlProxy {
     }
 }
 
+/// The TLS files' errors name Vitess's gRPC keys; on this listener they are the MySQL ones.
+fn mysql_labels(e: tls::Error) -> tls::Error {
+    let label = |what: &'static str| match what {
+        "grpc-cert" => "mysql-server-ssl-cert",
+        "grpc-key" => "mysql-server-ssl-key",
+        "grpc-ca" => "mysql-server-ssl-ca",
+        "grpc-crl" => "mysql-server-ssl-crl",
+        other => other,
+    };
+    match e {
+        tls::Error::Read { what, path, source } => tls::Error::Read {
+            what: label(what),
+            path,
+            source,
+        },
+        tls::Error::Empty { what, path, kind } => tls::Error::Empty {
+            what: label(what),
+            path,
+            kind,
+        },
+        tls::Error::Invalid { what, path, detail } => tls::Error::Invalid {
+            what: label(what),
+            path,
+            detail,
+        },
+        e => e,
+    }
+}
+
 /// An authenticated connection, both ends.
 struct Session {
     client: Io,
@@ -973,6 +1002,19 @@ mod tests {
         let parsed = Greeting::parse(&g.encode()).expect("parse");
         assert_eq!(parsed, g);
         assert_eq!(g.capabilities & (cap::COMPRESS | cap::ZSTD | cap::SSL), 0);
+    }
+
+    #[test]
+    fn tls_errors_name_the_mysql_keys() {
+        let e = mysql_labels(tls::Error::Empty {
+            what: "grpc-ca",
+            path: "/etc/ca.pem".into(),
+            kind: "certificates",
+        });
+        assert_eq!(
+            e.to_string(),
+            "mysql-server-ssl-ca /etc/ca.pem holds no certificates: give a PEM file with at least one"
+        );
     }
 
     #[test]
