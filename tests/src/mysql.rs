@@ -487,3 +487,69 @@ pub fn err_of(p: &[u8]) -> (u16, String) {
     };
     (code, String::from_utf8_lossy(msg).into_owned())
 }
+
+/// A blocking TLS client for the MySQL listener (rustls): greeting, then the SSLRequest and
+/// the ClientHello in one write, the login as `user` (no password) inside TLS, and its OK.
+/// Returns the session and the leaf certificate the listener served. `tls12_only` offers only
+/// TLS 1.2.
+pub fn tls_login(
+    pki: &Pki,
+    addr: SocketAddr,
+    client: &str,
+    user: &str,
+    tls12_only: bool,
+) -> std::io::Result<(
+    rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    Vec<u8>,
+)> {
+    use std::io::{Read, Write};
+    use vtguard_agent::{proxy::mysql::handshake::cap, tls};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in tls::load_certs("ca", &pki.path("root.pem")).expect("root") {
+        roots.add(c).expect("root");
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+        &[&rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
+    let config = rustls::ClientConfig::builder_with_provider(tls::crypto_provider())
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            tls::load_certs("cert", &pki.path(&format!("{client}.pem"))).expect("cert"),
+            tls::load_key("key", &pki.path(&format!("{client}.key"))).expect("key"),
+        )
+        .expect("client config");
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().expect("name"))
+            .expect("client");
+    let mut tcp = std::net::TcpStream::connect(addr)?;
+    let mut h = [0u8; 4];
+    tcp.read_exact(&mut h)?;
+    let mut g = vec![0u8; usize::from(h[0]) | usize::from(h[1]) << 8];
+    tcp.read_exact(&mut g)?;
+    let login = login_payload(user, cap::SSL);
+    let mut first = packet(1, &login[..32]);
+    conn.write_tls(&mut first)?;
+    assert!(
+        first.len() > 36 + 100,
+        "SSLRequest and ClientHello together"
+    );
+    tcp.write_all(&first)?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(&packet(2, &login))?;
+    let mut reply = [0u8; 5];
+    tls.read_exact(&mut reply)?;
+    assert_eq!((reply[3], reply[4]), (3, 0), "OK with sequence 3");
+    let mut rest = vec![0u8; usize::from(reply[0]) - 1];
+    tls.read_exact(&mut rest)?;
+    let served = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .expect("server certificate")
+        .to_vec();
+    Ok((tls, served))
+}

@@ -1,14 +1,14 @@
 //! Bad input on the MySQL listener, from a raw client: each bad connection ends with an ERR or
 //! a close (and a log line naming the reason); the other connections carry on.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vtguard_agent::proxy::mysql::handshake::cap;
 use vtguard_tests::{
     mysql::{
         err_of, first_value, login_payload, mariadb_available, mtls_listener, packet,
-        plaintext_listener, raw_login, raw_query, read_packet, start_listener, MariaDb,
+        plaintext_listener, raw_login, raw_query, read_packet, start_listener, tls_login, MariaDb,
     },
     pki::Pki,
 };
@@ -181,45 +181,8 @@ async fn client_hello_in_the_same_write_as_the_ssl_request() {
     let addr = l.addr;
     let value = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
-        let mut roots = rustls::RootCertStore::empty();
-        for c in vtguard_agent::tls::load_certs("ca", &pki.path("root.pem")).expect("root") {
-            roots.add(c).expect("root");
-        }
-        let config =
-            rustls::ClientConfig::builder_with_provider(vtguard_agent::tls::crypto_provider())
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(roots)
-                .with_client_auth_cert(
-                    vtguard_agent::tls::load_certs("cert", &pki.path("vtgate-client-1.pem"))
-                        .expect("cert"),
-                    vtguard_agent::tls::load_key("key", &pki.path("vtgate-client-1.key"))
-                        .expect("key"),
-                )
-                .expect("client config");
-        let mut conn =
-            rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().expect("name"))
-                .expect("client");
-        let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
-        let mut h = [0u8; 4];
-        tcp.read_exact(&mut h).expect("greeting header");
-        let mut g = vec![0u8; usize::from(h[0]) | usize::from(h[1]) << 8];
-        tcp.read_exact(&mut g).expect("greeting");
-        let login = login_payload("vtgate client 1", cap::SSL);
-        let mut first = packet(1, &login[..32]);
-        conn.write_tls(&mut first).expect("ClientHello");
-        assert!(
-            first.len() > 36 + 100,
-            "SSLRequest and ClientHello together"
-        );
-        tcp.write_all(&first).expect("one write");
-        let mut tls = rustls::StreamOwned::new(conn, tcp);
-        tls.write_all(&packet(2, &login)).expect("login");
-        let mut reply = [0u8; 5];
-        tls.read_exact(&mut reply).expect("OK");
-        assert_eq!((reply[3], reply[4]), (3, 0), "OK with sequence 3");
-        let mut rest = vec![0u8; usize::from(reply[0]) - 1];
-        tls.read_exact(&mut rest).expect("OK");
+        let (mut tls, _) =
+            tls_login(&pki, addr, "vtgate-client-1", "vtgate client 1", false).expect("login");
         tls.write_all(&packet(0, b"\x03select current_user()"))
             .expect("query");
         let mut all = Vec::new();
@@ -297,4 +260,62 @@ async fn field_list_init_db_prepare_and_multi_statements_are_checked() {
         Ok("three".into())
     );
     assert_eq!(l.proxy.stats.denied.load(Ordering::Relaxed), 3);
+}
+
+/// Certificates are replaced without a restart (new handshakes get the new pair; a bad pair is
+/// not published), and mysql-server-tls-min-version refuses older clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_reload_and_minimum_tls_version() {
+    let test = "certificate_reload_and_minimum_tls_version";
+    if !mariadb_available(test) {
+        return;
+    }
+    let db = MariaDb::start();
+    let pki = std::sync::Arc::new(Pki::generate());
+    let (cert, key) = (pki.dir().join("served.pem"), pki.dir().join("served.key"));
+    std::fs::copy(pki.path("localhost.pem"), &cert).expect("cert");
+    std::fs::copy(pki.path("localhost.key"), &key).expect("key");
+    let toml = mtls_listener(
+        &pki,
+        db.addr(),
+        "mysql-auth-server-impl = \"clientcert\"\nmysql-server-tls-min-version = \"TLSv1.3\"\n",
+    )
+    .replace(
+        &pki.path("localhost.pem").display().to_string(),
+        &cert.display().to_string(),
+    )
+    .replace(
+        &pki.path("localhost.key").display().to_string(),
+        &key.display().to_string(),
+    );
+    let l = start_listener(&toml, None).await;
+    let addr = l.addr;
+    let login = |tls12: bool| {
+        let pki = std::sync::Arc::clone(&pki);
+        tokio::task::spawn_blocking(move || {
+            tls_login(&pki, addr, "vtgate-client-1", "vtgate client 1", tls12).map(|(_, c)| c)
+        })
+    };
+    let before = login(false).await.expect("task").expect("TLS 1.3 login");
+    login(true)
+        .await
+        .expect("task")
+        .expect_err("TLS 1.2 is under the minimum");
+
+    std::fs::copy(pki.path("localhost-rotated.key"), &key).expect("rotate key");
+    std::fs::copy(pki.path("localhost-rotated.pem"), &cert).expect("rotate cert");
+    l.proxy.reload_tls(false);
+    let after = login(false)
+        .await
+        .expect("task")
+        .expect("login after rotation");
+    assert_ne!(before, after, "new handshakes get the new certificate");
+
+    std::fs::copy(pki.path("vtgate-client-2.key"), &key).expect("bad key");
+    l.proxy.reload_tls(true);
+    let still = login(false)
+        .await
+        .expect("task")
+        .expect("login after a bad rotation");
+    assert_eq!(still, after, "a bad pair is not published");
 }
