@@ -228,6 +228,43 @@ async fn passthrough_authenticates_against_the_upstream_password() {
         err.contains("ERROR 1045 (28000): Access denied for user 'pw'@'"),
         "{err}"
     );
+    // Plaintext is refused here: passthrough takes the user's word, so only over TLS...
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        cli(
+            addr,
+            "pw",
+            &["--skip-ssl".into(), "--password=sekret".into()],
+            "select 1;\n",
+        )
+    })
+    .await
+    .expect("cli");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("ERROR 3159 (HY000): server does not allow insecure connections"),
+        "{err}"
+    );
+    // ... unless the listener says so (TLS optional).
+    let plain = start_listener(
+        &toml.replace(
+            "mysql-auth-server-impl = \"passthrough\"\n",
+            "mysql-auth-server-impl = \"passthrough\"\ninsecure-plaintext = true\n",
+        ),
+        None,
+    )
+    .await;
+    let paddr = plain.addr;
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        cli(
+            paddr,
+            "pw",
+            &["--skip-ssl".into(), "--password=sekret".into()],
+            "select 'plain';\n",
+        )
+    })
+    .await
+    .expect("cli");
+    assert_eq!((code, out.as_str()), (0, "plain\n"), "{err}");
     for driver in ["pymysql", "connector"] {
         let lines = py_client(
             driver,

@@ -344,7 +344,8 @@ impl MysqlProxy {
                 (Box::new(tcp) as Io, None, seq, first, false)
             };
         let reply = login_seq.wrapping_add(1);
-        if !over_tls && (self.tls.is_some() || !self.cfg.allow_plaintext) {
+        // The config allows plaintext only for passthrough, without require-secure-transport.
+        if !over_tls && !self.cfg.allow_plaintext {
             let why = if self.cfg.require_secure_transport {
                 "plaintext login refused (mysql-server-require-secure-transport)"
             } else {
