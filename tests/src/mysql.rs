@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use vtguard_agent::{config::Config, kernel::Kernel, proxy::mysql::MysqlProxy};
+use vtguard_agent::{kernel::Kernel, proxy::mysql::MysqlProxy};
 
 use crate::{free_port, is_ci, pki::Pki};
 
@@ -205,17 +205,8 @@ impl Drop for TestListener {
 
 /// Starts the `[[listener]]` described by `toml` (its `listen` may use port 0).
 pub async fn start_listener(toml: &str, kernel: Option<Arc<Kernel>>) -> TestListener {
-    let config = Config::parse(Path::new("test.toml"), toml)
-        .unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
+    let (config, protected, acl) = crate::listener_parts(toml);
     let l = &config.listeners[0];
-    let protected = config
-        .kernel
-        .as_ref()
-        .is_some_and(|k| k.policy.protected_ports.contains(&l.upstream.port()));
-    let acl = config.tableacl.as_ref().map(|t| {
-        let acl = vtguard_agent::acl::TableAcl::load(&t.file).expect("test table ACL");
-        Arc::new(vtguard_agent::acl::Enforcer::new(acl, t.settings.clone()))
-    });
     let proxy = Arc::new(MysqlProxy::new(l, kernel, protected, acl).expect("listener starts"));
     let socket = proxy.bind(l.listen).await.expect("bind listener");
     let addr = socket.local_addr().expect("addr");
@@ -249,6 +240,27 @@ pub fn reference_acl(dir: &Path) -> String {
         "[tableacl]\ntable-acl-config = \"{}\"\nqueryserver-config-strict-table-acl = true\n",
         file.display()
     )
+}
+
+/// A test's MariaDB, PKI, and listener.
+pub struct Setup {
+    pub db: MariaDb,
+    pub pki: Pki,
+    pub l: TestListener,
+}
+
+/// MariaDB and, in front of it, a clientcert listener ([`mtls_listener`]) with the reference
+/// table ACL ([`reference_acl`]).
+pub async fn clientcert_setup() -> Setup {
+    let db = MariaDb::start();
+    let pki = Pki::generate();
+    let toml = format!(
+        "{}{}",
+        reference_acl(pki.dir()),
+        mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n")
+    );
+    let l = start_listener(&toml, None).await;
+    Setup { db, pki, l }
 }
 
 /// Client TLS files for the `mariadb` CLI: (`--ssl-ca`, `--ssl-cert`, `--ssl-key`).

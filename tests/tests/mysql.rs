@@ -3,8 +3,8 @@
 
 use vtguard_tests::{
     mysql::{
-        cli, cli_tls, mariadb_available, mtls_listener, py_client, python_has, reference_acl,
-        start_listener, MariaDb,
+        cli, cli_tls, clientcert_setup, mariadb_available, mtls_listener, py_client, python_has,
+        reference_acl, start_listener, MariaDb, Setup,
     },
     pki::Pki,
 };
@@ -15,14 +15,7 @@ async fn mariadb_cli_with_client_certificate_allowed_select_denied_update_sessio
     if !mariadb_available(test) {
         return;
     }
-    let db = MariaDb::start();
-    let pki = Pki::generate();
-    let toml = format!(
-        "{}{}",
-        reference_acl(pki.dir()),
-        mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n")
-    );
-    let l = start_listener(&toml, None).await;
+    let Setup { db, pki, l } = clientcert_setup().await;
     let addr = l.addr;
     let mut args = cli_tls(&pki, "vtgate-client-1");
     args.extend(["-D".into(), "vt".into()]);
@@ -62,14 +55,7 @@ async fn python_clients_with_client_certificates() {
     {
         return;
     }
-    let db = MariaDb::start();
-    let pki = Pki::generate();
-    let toml = format!(
-        "{}{}",
-        reference_acl(pki.dir()),
-        mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n")
-    );
-    let l = start_listener(&toml, None).await;
+    let Setup { db: _db, pki, l } = clientcert_setup().await;
     let addr = l.addr;
     for driver in ["pymysql", "connector"] {
         let pki_dir = &pki;
@@ -289,14 +275,7 @@ async fn a_100_mb_result_set_arrives_intact() {
     if !mariadb_available(test) {
         return;
     }
-    let db = MariaDb::start();
-    let pki = Pki::generate();
-    let toml = format!(
-        "{}{}",
-        reference_acl(pki.dir()),
-        mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n")
-    );
-    let l = start_listener(&toml, None).await;
+    let Setup { db, pki, l } = clientcert_setup().await;
     let addr = l.addr;
     // ~105 MB: 100,000 rows of about 1 KB, each different.
     let sql =
@@ -357,14 +336,7 @@ async fn two_hundred_concurrent_connections_each_get_their_own_answers() {
     if !mariadb_available(test) || !python_has(test, "pymysql") {
         return;
     }
-    let db = MariaDb::start();
-    let pki = Pki::generate();
-    let toml = format!(
-        "{}{}",
-        reference_acl(pki.dir()),
-        mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n")
-    );
-    let l = start_listener(&toml, None).await;
+    let Setup { db: _db, pki, l } = clientcert_setup().await;
     let args = serde_json::json!({
         "port": l.addr.port(), "user": "vtgate client 1", "connections": 200, "queries": 100,
         "tls": [pki.path("root.pem"), pki.path("vtgate-client-1.pem"), pki.path("vtgate-client-1.key")],

@@ -156,17 +156,7 @@ impl GrpcProxy {
 
     /// Re-reads the certificate files (when changed, or always with `force`).
     pub fn reload_tls(&self, force: bool) {
-        if let Some(t) = &self.tls {
-            match t.reload(force) {
-                Ok(true) => {
-                    info!(listener = %self.name, "TLS certificates reloaded; new handshakes use them")
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    warn!(listener = %self.name, error = %e, "TLS reload failed; the previous certificates stay in use")
-                }
-            }
-        }
+        super::reload_tls(&self.name, self.tls.as_deref(), force);
     }
 
     /// Binds the listening socket.
@@ -180,19 +170,11 @@ impl GrpcProxy {
 
     /// Accepts connections until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of descriptors and the like: back off rather than spin.
-                    warn!(listener = %self.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let this = Arc::clone(&self);
-            tokio::spawn(async move { this.connection(tcp, peer).await });
-        }
+        let name = self.name.clone();
+        super::accept_loop(&name, listener, move |tcp, peer| {
+            Arc::clone(&self).connection(tcp, peer)
+        })
+        .await;
     }
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {

@@ -37,7 +37,6 @@ use std::{
         atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering},
         Arc, Mutex,
     },
-    time::Duration,
 };
 
 use tokio::{
@@ -200,17 +199,7 @@ impl MysqlProxy {
 
     /// Re-reads the certificate files (when changed, or always with `force`).
     pub fn reload_tls(&self, force: bool) {
-        if let Some(t) = &self.tls {
-            match t.reload(force) {
-                Ok(true) => {
-                    info!(listener = %self.name, "TLS certificates reloaded; new handshakes use them")
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    warn!(listener = %self.name, error = %e, "TLS reload failed; the previous certificates stay in use")
-                }
-            }
-        }
+        super::reload_tls(&self.name, self.tls.as_deref(), force);
     }
 
     /// Binds the listening socket.
@@ -224,18 +213,11 @@ impl MysqlProxy {
 
     /// Accepts connections until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(listener = %self.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let this = Arc::clone(&self);
-            tokio::spawn(async move { this.connection(tcp, peer).await });
-        }
+        let name = self.name.clone();
+        super::accept_loop(&name, listener, move |tcp, peer| {
+            Arc::clone(&self).connection(tcp, peer)
+        })
+        .await;
     }
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
