@@ -82,6 +82,15 @@ async fn bad_packets_end_only_their_own_connection() {
         )
     );
 
+    // A user name that is not UTF-8: two spellings must never be one identity.
+    let mut u = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    read_packet(&mut u).await.expect("greeting");
+    let mut login = login_payload("vtgate client 1", 0);
+    login[32] = 0xff;
+    u.write_all(&packet(1, &login)).await.expect("write");
+    let (_, e) = read_packet(&mut u).await.expect("ERR");
+    assert_eq!(err_of(&e).0, 1045);
+
     // A command over max-allowed-packet: ERR 1153, then the connection ends.
     let mut big = raw_login(addr, "vtgate client 1").await;
     let mut header = packet(0, &[]);

@@ -377,7 +377,17 @@ impl MysqlProxy {
             )
             .await;
         }
-        let user = String::from_utf8_lossy(&login.user).into_owned();
+        let Ok(user) = String::from_utf8(login.user.clone()) else {
+            // The identity is this name: two byte strings must never map to one identity.
+            return refuse(
+                &mut client,
+                reply,
+                er::ACCESS_DENIED,
+                "Access denied: vtguard accepts only UTF-8 user names",
+                "user name is not valid UTF-8",
+            )
+            .await;
+        };
         let denied = format!("Access denied for user '{user}'");
         let identity = match self.cfg.auth {
             MysqlAuth::ClientCert => match cert_identity {
