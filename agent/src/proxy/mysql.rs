@@ -173,6 +173,19 @@ impl MysqlProxy {
             })?)),
             None => None,
         };
+        info!(
+            listener = %listener.name,
+            tls = cfg.tls.is_some(),
+            client_ca = ?cfg.tls.as_ref().and_then(|t| t.ca.as_ref()),
+            crl = ?cfg.tls.as_ref().and_then(|t| t.crl.as_ref()),
+            min_tls = ?cfg.tls.as_ref().map(|t| t.min_version),
+            require_secure_transport = cfg.require_secure_transport,
+            auth = ?cfg.auth,
+            max_allowed_packet = cfg.max_allowed_packet,
+            handshake_timeout = ?cfg.handshake_timeout,
+            table_acl = acl.is_some(),
+            "mysql listener config"
+        );
         if cfg.allow_plaintext {
             warn!(listener = %listener.name, listen = %listener.listen, "insecure-plaintext = true: plaintext logins are accepted, and their identity is the MySQL user name they claim");
         }
