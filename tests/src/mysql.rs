@@ -91,11 +91,15 @@ impl MariaDb {
     pub fn start_with(extra: &[String]) -> MariaDb {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
+        // A temporary folder of its own: bootstraps running side by side in /tmp collide.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).expect("tmpdir");
         let out = Command::new("mariadb-install-db")
             .args([
                 "--no-defaults",
                 "--user=root",
                 &format!("--datadir={}", data.display()),
+                &format!("--tmpdir={}", tmp.display()),
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
             ])
@@ -116,6 +120,7 @@ impl MariaDb {
                 &format!("--port={port}"),
                 "--bind-address=127.0.0.1",
                 &format!("--socket={}", sock.display()),
+                &format!("--tmpdir={}", tmp.display()),
                 &format!("--pid-file={}", dir.path().join("pid").display()),
                 &format!("--log-error={}", dir.path().join("error.log").display()),
                 "--skip-name-resolve",

@@ -94,8 +94,9 @@ pub struct Stats {
     pub acl_dry_run_denials: AtomicU64,
 }
 
-/// Largest packet accepted before the login succeeded (logins carry attributes, not data).
-const HANDSHAKE_MAX_PACKET: usize = 1 << 20;
+/// Largest packet accepted before the login succeeded: logins carry at most 64 KiB of
+/// connection attributes, auth exchanges a few hundred bytes.
+const HANDSHAKE_MAX_PACKET: usize = 80 * 1024;
 /// Relay buffer size, each way.
 const RELAY_BUFFER: usize = 64 * 1024;
 
@@ -691,7 +692,7 @@ impl MysqlProxy {
             if h.len > max {
                 return too_large(cw, 1, h.len, max).await;
             }
-            let mut payload = Vec::with_capacity(h.len);
+            let mut payload = Vec::with_capacity(h.len.min(RELAY_BUFFER));
             match packet::read_payload(&mut cr, h, max, &mut payload).await {
                 Ok(_) => {}
                 Err(packet::Error::TooLarge { size, max }) => {

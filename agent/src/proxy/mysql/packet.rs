@@ -115,9 +115,12 @@ pub async fn read_payload<R: AsyncRead + Unpin>(
         if size > max {
             return Err(Error::TooLarge { size, max });
         }
-        let start = out.len();
-        out.resize(size, 0);
-        read_exact(r, &mut out[start..], 0, h.len).await?;
+        // The buffer grows as bytes arrive: a peer that claims 16 MB and sends nothing holds
+        // no 16 MB buffer.
+        let got = (&mut *r).take(h.len as u64).read_to_end(out).await?;
+        if got < h.len {
+            return Err(Error::Truncated { got, want: h.len });
+        }
         if h.len < MAX_CHUNK {
             return Ok(h.seq);
         }
@@ -139,7 +142,7 @@ pub async fn read_payload<R: AsyncRead + Unpin>(
 /// Reads one logical packet (joining continuations): (first sequence number, payload).
 pub async fn read<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<(u8, Vec<u8>), Error> {
     let h = read_header(r).await?;
-    let mut out = Vec::with_capacity(h.len.min(64 * 1024));
+    let mut out = Vec::with_capacity(h.len.min(4096));
     read_payload(r, h, max, &mut out).await?;
     Ok((h.seq, out))
 }
