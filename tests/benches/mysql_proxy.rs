@@ -6,6 +6,7 @@
 
 use std::{path::Path, process::Command};
 
+use libc::{RUSAGE_CHILDREN, RUSAGE_SELF};
 use vtguard_tests::{
     mysql::{mariadb_available, mtls_listener, start_listener, MariaDb},
     pki::Pki,
@@ -95,7 +96,7 @@ fn main() {
         .expect("runtime");
     let l = rt.block_on(start_listener(&toml, None));
 
-    let run = |port: u16| {
+    let run = |port: u16, seconds: u32| {
         let report = sysbench(
             dir,
             &[
@@ -111,23 +112,26 @@ fn main() {
         qps(&report)
     };
     // Warm MariaDB up first (buffer pool, thread cache), so that neither measured run pays it.
-    sysbench(
-        dir,
-        &[
-            "--mysql-host=127.0.0.1".into(),
-            format!("--mysql-port={}", db.port),
-            "--mysql-user=vtgate client 1".into(),
-            "--mysql-ssl=on".into(),
-            "--threads=16".into(),
-            "--time=5".into(),
-            "run".into(),
-        ],
-    );
+    run(db.port, 5);
     // The listener runs on the runtime's worker threads while sysbench runs here.
-    let cpu_before = cpu_seconds();
-    let through = run(l.addr.port());
-    let vtguard_cpu = cpu_seconds() - cpu_before;
-    let direct = run(db.port);
+    let measure = |port: u16| {
+        let before = (
+            cpu_seconds(RUSAGE_SELF),
+            cpu_seconds(RUSAGE_CHILDREN),
+            process_cpu(db.pid()),
+        );
+        let q = run(port, seconds);
+        let n = q * f64::from(seconds);
+        let per_query = |a: f64, b: f64| (b - a) * 1e6 / n;
+        let cpu = [
+            per_query(before.0, cpu_seconds(RUSAGE_SELF)),
+            per_query(before.1, cpu_seconds(RUSAGE_CHILDREN)),
+            per_query(before.2, process_cpu(db.pid())),
+        ];
+        (q, cpu)
+    };
+    let (through, [vtguard, sb_t, maria_t]) = measure(l.addr.port());
+    let (direct, [_, sb_d, maria_d]) = measure(db.port);
     println!(
         "mysql oltp_point_select, 16 threads, {seconds} s each, TLS with client certificates:"
     );
@@ -137,23 +141,33 @@ fn main() {
         "  ratio:              {:.2} (target >= 0.8)",
         through / direct
     );
-    println!(
-        "  vtguard CPU:        {:.1} us per query ({:.0}% of one core)",
-        vtguard_cpu * 1e6 / (through * f64::from(seconds)),
-        vtguard_cpu * 100.0 / f64::from(seconds)
-    );
+    println!("  CPU per query (us): direct: sysbench {sb_d:.1}, MariaDB {maria_d:.1}; through: sysbench {sb_t:.1}, vtguard {vtguard:.1}, MariaDB {maria_t:.1}");
     drop(l);
 }
 
-/// CPU time (user + system) this process used so far: the listener's, since sysbench and
-/// MariaDB are other processes.
-fn cpu_seconds() -> f64 {
+/// CPU time (user + system) of this process (the listener; sysbench and MariaDB are other
+/// processes), or of its finished children (the sysbench runs).
+fn cpu_seconds(who: libc::c_int) -> f64 {
     let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage fills the struct it is given.
     let u = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr());
+        libc::getrusage(who, u.as_mut_ptr());
         u.assume_init()
     };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// CPU time of a running process, from /proc.
+fn process_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit(") ").next().unwrap_or_default();
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / hz
 }
