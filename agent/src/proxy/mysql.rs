@@ -148,6 +148,8 @@ pub struct MysqlProxy {
     /// The last greeting the upstream sent: what the next client's greeting advertises.
     template: Mutex<Option<Greeting>>,
     next_connection_id: AtomicU32,
+    /// Where challenges come from.
+    crypto: Arc<rustls::crypto::CryptoProvider>,
     pub stats: Stats,
 }
 
@@ -202,6 +204,7 @@ impl MysqlProxy {
             acl,
             template: Mutex::new(None),
             next_connection_id: AtomicU32::new(1),
+            crypto: tls::crypto_provider(),
             stats: Stats::default(),
         })
     }
@@ -273,11 +276,7 @@ impl MysqlProxy {
             .clone()
             .unwrap_or_else(default_template);
         let mut salt = [0u8; 20];
-        if tls::crypto_provider()
-            .secure_random
-            .fill(&mut salt)
-            .is_err()
-        {
+        if self.crypto.secure_random.fill(&mut salt).is_err() {
             // Never expected; the challenge is the upstream's anyway after the switch.
             salt = *b"vtguard-challenge-00";
         }
