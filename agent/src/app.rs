@@ -12,9 +12,9 @@ use tracing::{error, info, warn};
 
 use crate::{
     acl::{Enforcer, TableAcl},
-    config::Config,
+    config::{Config, Protocol},
     kernel::{Attach, Kernel, Origin},
-    proxy::grpc::GrpcProxy,
+    proxy::{grpc::GrpcProxy, mysql::MysqlProxy},
     sessions::Sessions,
 };
 
@@ -126,26 +126,47 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     if let Some(k) = &config.kernel {
         sessions.set_policy(&k.policy, false);
     }
-    let mut proxies = Vec::new();
+    let mut proxies: Vec<Listener> = Vec::new();
     for l in &config.listeners {
         let protected = config
             .kernel
             .as_ref()
             .is_some_and(|k| k.policy.protected_ports.contains(&l.upstream.port()));
-        let proxy = Arc::new(GrpcProxy::new(
-            l,
-            kernel.clone(),
-            protected,
-            enforcer.clone(),
-            Arc::clone(&sessions),
-        )?);
-        let socket = proxy.bind(l.listen).await?;
-        info!(listener = %l.name, listen = %l.listen, upstream = %l.upstream, upstream_protected = protected, "listening");
-        let p = Arc::clone(&proxy);
-        tasks.spawn(async move {
-            p.serve(socket).await;
-            Ok(())
-        });
+        let proxy = match &l.protocol {
+            Protocol::Grpc(_) => Listener::Grpc(Arc::new(GrpcProxy::new(
+                l,
+                kernel.clone(),
+                protected,
+                enforcer.clone(),
+                Arc::clone(&sessions),
+            )?)),
+            Protocol::Mysql(_) => Listener::Mysql(Arc::new(MysqlProxy::new(
+                l,
+                kernel.clone(),
+                protected,
+                enforcer.clone(),
+                Arc::clone(&sessions),
+            )?)),
+        };
+        match &proxy {
+            Listener::Grpc(p) => {
+                let socket = p.bind(l.listen).await?;
+                let p = Arc::clone(p);
+                tasks.spawn(async move {
+                    p.serve(socket).await;
+                    Ok(())
+                });
+            }
+            Listener::Mysql(p) => {
+                let socket = p.bind(l.listen).await?;
+                let p = Arc::clone(p);
+                tasks.spawn(async move {
+                    p.serve(socket).await;
+                    Ok(())
+                });
+            }
+        }
+        info!(listener = %l.name, protocol = proxy.protocol(), listen = %l.listen, upstream = %l.upstream, upstream_protected = protected, "listening");
         proxies.push(proxy);
     }
     {
@@ -155,7 +176,10 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
             kernel: kernel.clone(),
             listeners: proxies
                 .iter()
-                .map(|p| Arc::clone(p) as Arc<dyn crate::admin::ListenerStatus>)
+                .map(|p| match p {
+                    Listener::Grpc(p) => Arc::clone(p) as Arc<dyn crate::admin::ListenerStatus>,
+                    Listener::Mysql(p) => Arc::clone(p) as Arc<dyn crate::admin::ListenerStatus>,
+                })
                 .collect(),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -238,6 +262,29 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
         None => info!("stopping"),
     }
     Ok(())
+}
+
+/// A running listener, of either protocol.
+#[derive(Clone)]
+enum Listener {
+    Grpc(Arc<GrpcProxy>),
+    Mysql(Arc<MysqlProxy>),
+}
+
+impl Listener {
+    fn protocol(&self) -> &'static str {
+        match self {
+            Listener::Grpc(_) => "grpc",
+            Listener::Mysql(_) => "mysql",
+        }
+    }
+
+    fn reload_tls(&self, force: bool) {
+        match self {
+            Listener::Grpc(p) => p.reload_tls(force),
+            Listener::Mysql(p) => p.reload_tls(force),
+        }
+    }
 }
 
 /// Re-reads the config's kernel policy (with the listeners' identities) and applies it. The

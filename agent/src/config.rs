@@ -67,7 +67,37 @@ pub struct ListenerConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Protocol {
     Grpc(GrpcListener),
+    Mysql(MysqlListener),
 }
+
+/// How a MySQL listener decides who the caller is (Vitess's `mysql-auth-server-impl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MysqlAuth {
+    /// `clientcert`: the MySQL user must equal the certificate CN; identity = CN, groups =
+    /// the certificate's DNS SANs.
+    ClientCert,
+    /// `passthrough`: identity = the MySQL user name (the upstream checks the password).
+    Passthrough,
+}
+
+/// A MySQL-protocol listener (in front of vtgate's MySQL port or mysqld).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MysqlListener {
+    /// `mysql-server-ssl-*`; `None`: plaintext only (needs `insecure-plaintext = true`).
+    pub tls: Option<ServerTls>,
+    /// `mysql-server-require-secure-transport`: a plaintext login is refused.
+    pub require_secure_transport: bool,
+    pub auth: MysqlAuth,
+    /// `insecure-plaintext = true`: a passthrough login without TLS is accepted.
+    pub allow_plaintext: bool,
+    /// Greeting to authenticated session, including the upstream's part.
+    pub handshake_timeout: Duration,
+    /// `max-allowed-packet`: the largest command a client may send (bytes).
+    pub max_allowed_packet: usize,
+}
+
+/// Default `max-allowed-packet` (MariaDB's default, 16 MiB, is smaller; this leaves room).
+pub const DEFAULT_MAX_ALLOWED_PACKET: usize = 64 * 1024 * 1024;
 
 /// Which Vitess gRPC service sits behind a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +290,15 @@ struct RawListener {
     vtgate_grpc_cert: Option<PathBuf>,
     vtgate_grpc_key: Option<PathBuf>,
     vtgate_grpc_server_name: Option<String>,
+    mysql_server_ssl_cert: Option<PathBuf>,
+    mysql_server_ssl_key: Option<PathBuf>,
+    mysql_server_ssl_ca: Option<PathBuf>,
+    mysql_server_ssl_crl: Option<PathBuf>,
+    mysql_server_tls_min_version: Option<String>,
+    #[serde(default)]
+    mysql_server_require_secure_transport: bool,
+    mysql_auth_server_impl: Option<String>,
+    max_allowed_packet: Option<i64>,
 }
 
 /// Vitess's default `grpc-max-message-size`.
@@ -497,11 +536,36 @@ fn parse_listener(l: RawListener) -> Result<ListenerConfig, String> {
             l.upstream
         ))
     })?;
-    if l.protocol != "grpc" {
-        return Err(at(format!(
-            "protocol {:?} is not supported: use \"grpc\"",
-            l.protocol
-        )));
+    match l.protocol.as_str() {
+        "grpc" => {}
+        "mysql" => return parse_mysql_listener(l, name, listen, upstream),
+        other => {
+            return Err(at(format!(
+                "protocol {other:?} is not supported: use \"grpc\" or \"mysql\""
+            )))
+        }
+    }
+    for (key, set) in [
+        ("mysql-server-ssl-cert", l.mysql_server_ssl_cert.is_some()),
+        ("mysql-server-ssl-key", l.mysql_server_ssl_key.is_some()),
+        ("mysql-server-ssl-ca", l.mysql_server_ssl_ca.is_some()),
+        ("mysql-server-ssl-crl", l.mysql_server_ssl_crl.is_some()),
+        (
+            "mysql-server-tls-min-version",
+            l.mysql_server_tls_min_version.is_some(),
+        ),
+        (
+            "mysql-server-require-secure-transport",
+            l.mysql_server_require_secure_transport,
+        ),
+        ("mysql-auth-server-impl", l.mysql_auth_server_impl.is_some()),
+        ("max-allowed-packet", l.max_allowed_packet.is_some()),
+    ] {
+        if set {
+            return Err(at(format!(
+                "{key} is for protocol = \"mysql\" listeners: remove it, or use grpc-* keys here"
+            )));
+        }
     }
     let service = match l.service.as_deref() {
         Some("vttablet") => GrpcService::Vttablet,
@@ -664,21 +728,7 @@ fn parse_listener(l: RawListener) -> Result<ListenerConfig, String> {
         }
         services.insert(svc, ids.into_iter().collect());
     }
-    let identities = match l.identities {
-        None => None,
-        Some(ids) => {
-            let mut set = BTreeSet::new();
-            for id in ids {
-                if id.is_empty() || id.contains('\0') {
-                    return Err(format!(
-                        "listener {name:?}: identities entry {id:?} is empty or holds a NUL byte"
-                    ));
-                }
-                set.insert(id);
-            }
-            Some(set)
-        }
-    };
+    let identities = parse_identities(&name, l.identities)?;
     Ok(ListenerConfig {
         name,
         listen,
@@ -693,6 +743,198 @@ fn parse_listener(l: RawListener) -> Result<ListenerConfig, String> {
             max_message_size,
             query_log: l.query_log,
             services,
+        }),
+    })
+}
+
+fn parse_min_version(key: &str, v: Option<&str>) -> Result<TlsVersion, String> {
+    match v {
+        None | Some("TLSv1.2") => Ok(TlsVersion::Tls12),
+        Some("TLSv1.3") => Ok(TlsVersion::Tls13),
+        Some(v) => Err(format!("{key} {v:?}: use \"TLSv1.2\" or \"TLSv1.3\"")),
+    }
+}
+
+fn parse_handshake_timeout(s: Option<f64>) -> Result<Duration, String> {
+    match s {
+        None => Ok(DEFAULT_HANDSHAKE_TIMEOUT),
+        Some(s) if s > 0.0 && s <= 300.0 => Ok(Duration::from_secs_f64(s)),
+        Some(s) => Err(format!(
+            "handshake-timeout-seconds {s}: use a value in (0, 300]"
+        )),
+    }
+}
+
+/// A listener's `identities`: each one non-empty, without NUL.
+fn parse_identities(
+    name: &str,
+    ids: Option<Vec<String>>,
+) -> Result<Option<BTreeSet<String>>, String> {
+    let Some(ids) = ids else { return Ok(None) };
+    let mut set = BTreeSet::new();
+    for id in ids {
+        if id.is_empty() || id.contains('\0') {
+            return Err(format!(
+                "listener {name:?}: identities entry {id:?} is empty or holds a NUL byte"
+            ));
+        }
+        set.insert(id);
+    }
+    Ok(Some(set))
+}
+
+fn parse_mysql_listener(
+    l: RawListener,
+    name: String,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+) -> Result<ListenerConfig, String> {
+    let at = |m: String| format!("listener {name}: {m}");
+    for (key, set) in [
+        ("service", l.service.is_some()),
+        ("grpc-cert", l.grpc_cert.is_some()),
+        ("grpc-key", l.grpc_key.is_some()),
+        ("grpc-ca", l.grpc_ca.is_some()),
+        ("grpc-crl", l.grpc_crl.is_some()),
+        ("grpc-server-ca", l.grpc_server_ca.is_some()),
+        ("grpc-tls-min-version", l.grpc_tls_min_version.is_some()),
+        ("grpc-use-effective-callerid", l.grpc_use_effective_callerid),
+        ("grpc-use-effective-groups", l.grpc_use_effective_groups),
+        ("grpc-max-message-size", l.grpc_max_message_size.is_some()),
+        ("query-log", l.query_log),
+        ("services", !l.services.is_empty()),
+        (
+            "tablet-grpc-*",
+            l.tablet_grpc_ca.is_some()
+                || l.tablet_grpc_cert.is_some()
+                || l.tablet_grpc_key.is_some()
+                || l.tablet_grpc_server_name.is_some(),
+        ),
+        (
+            "vtgate-grpc-*",
+            l.vtgate_grpc_ca.is_some()
+                || l.vtgate_grpc_cert.is_some()
+                || l.vtgate_grpc_key.is_some()
+                || l.vtgate_grpc_server_name.is_some(),
+        ),
+    ] {
+        if set {
+            return Err(at(format!(
+                "{key} is for protocol = \"grpc\" listeners: a mysql listener uses mysql-server-ssl-* and mysql-auth-server-impl"
+            )));
+        }
+    }
+    let min_version = parse_min_version(
+        "mysql-server-tls-min-version",
+        l.mysql_server_tls_min_version.as_deref(),
+    )
+    .map_err(at)?;
+    let tls = match (l.mysql_server_ssl_cert, l.mysql_server_ssl_key) {
+        (Some(cert), Some(key)) => Some(ServerTls {
+            cert,
+            key,
+            ca: l.mysql_server_ssl_ca,
+            crl: l.mysql_server_ssl_crl,
+            server_ca: None,
+            min_version,
+        }),
+        (Some(_), None) => {
+            return Err(at(
+                "mysql-server-ssl-cert is set without mysql-server-ssl-key: set both".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(at(
+                "mysql-server-ssl-key is set without mysql-server-ssl-cert: set both".into(),
+            ))
+        }
+        (None, None) => {
+            for (key, set) in [
+                ("mysql-server-ssl-ca", l.mysql_server_ssl_ca.is_some()),
+                ("mysql-server-ssl-crl", l.mysql_server_ssl_crl.is_some()),
+                (
+                    "mysql-server-tls-min-version",
+                    l.mysql_server_tls_min_version.is_some(),
+                ),
+                (
+                    "mysql-server-require-secure-transport",
+                    l.mysql_server_require_secure_transport,
+                ),
+            ] {
+                if set {
+                    return Err(at(format!(
+                        "{key} needs mysql-server-ssl-cert and mysql-server-ssl-key"
+                    )));
+                }
+            }
+            None
+        }
+    };
+    if let Some(t) = &tls {
+        if t.crl.is_some() && t.ca.is_none() {
+            return Err(at(
+                "mysql-server-ssl-crl needs mysql-server-ssl-ca (revocation applies to verified client certificates)".into(),
+            ));
+        }
+    }
+    let auth = match l.mysql_auth_server_impl.as_deref() {
+        Some("clientcert") => MysqlAuth::ClientCert,
+        Some("passthrough") => MysqlAuth::Passthrough,
+        Some(other) => {
+            return Err(at(format!(
+                "mysql-auth-server-impl {other:?}: use \"clientcert\" or \"passthrough\""
+            )))
+        }
+        None => {
+            return Err(at(
+                "mysql-auth-server-impl is missing: set \"clientcert\" (MySQL user = certificate CN) or \"passthrough\" (identity = MySQL user)".into(),
+            ))
+        }
+    };
+    if auth == MysqlAuth::ClientCert && tls.as_ref().is_none_or(|t| t.ca.is_none()) {
+        return Err(at(
+            "mysql-auth-server-impl = \"clientcert\" needs mysql-server-ssl-ca (and -cert, -key): client certificates prove the user".into(),
+        ));
+    }
+    if l.insecure_plaintext {
+        if auth == MysqlAuth::ClientCert {
+            return Err(at(
+                "insecure-plaintext = true contradicts mysql-auth-server-impl = \"clientcert\" (a certificate needs TLS): remove it".into(),
+            ));
+        }
+        if l.mysql_server_require_secure_transport {
+            return Err(at(
+                "insecure-plaintext = true contradicts mysql-server-require-secure-transport: remove one".into(),
+            ));
+        }
+    } else if tls.is_none() {
+        return Err(at(
+            "no mysql-server-ssl-cert/mysql-server-ssl-key: set them to serve TLS, or set insecure-plaintext = true to accept plaintext logins on purpose".into(),
+        ));
+    }
+    let max_allowed_packet = match l.max_allowed_packet {
+        None => DEFAULT_MAX_ALLOWED_PACKET,
+        Some(n) if (1024..=1 << 30).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(at(format!(
+                "max-allowed-packet {n}: use 1024 to 1073741824 bytes"
+            )))
+        }
+    };
+    let handshake_timeout = parse_handshake_timeout(l.handshake_timeout_seconds).map_err(at)?;
+    let identities = parse_identities(&name, l.identities)?;
+    Ok(ListenerConfig {
+        name,
+        listen,
+        upstream,
+        identities,
+        protocol: Protocol::Mysql(MysqlListener {
+            tls,
+            require_secure_transport: l.mysql_server_require_secure_transport,
+            auth,
+            allow_plaintext: l.insecure_plaintext,
+            handshake_timeout,
+            max_allowed_packet,
         }),
     })
 }
@@ -873,7 +1115,9 @@ mod tests {
         let l = &c.listeners[0];
         assert_eq!(l.name, "vttablet");
         assert_eq!(l.upstream, "127.0.0.1:16991".parse().expect("addr"));
-        let Protocol::Grpc(g) = &l.protocol;
+        let Protocol::Grpc(g) = &l.protocol else {
+            panic!("a grpc listener")
+        };
         assert_eq!(g.service, GrpcService::Vttablet);
         let tls = g.tls.as_ref().expect("tls");
         assert_eq!(tls.min_version, TlsVersion::Tls13);
@@ -956,7 +1200,22 @@ mod tests {
             "{e}"
         );
         let e = err(&listener("insecure-plaintext = true\n").replace("\"grpc\"", "\"mysql\""));
-        assert!(e.contains("protocol \"mysql\" is not supported"), "{e}");
+        assert!(
+            e.contains("service is for protocol = \"grpc\" listeners: a mysql listener uses mysql-server-ssl-*"),
+            "{e}"
+        );
+        let e = err(&listener("insecure-plaintext = true\n").replace("\"grpc\"", "\"redis\""));
+        assert!(
+            e.contains("protocol \"redis\" is not supported: use \"grpc\" or \"mysql\""),
+            "{e}"
+        );
+        let e = err(&listener(
+            "insecure-plaintext = true\nmax-allowed-packet = 5000\n",
+        ));
+        assert!(
+            e.contains("max-allowed-packet is for protocol = \"mysql\" listeners"),
+            "{e}"
+        );
         let e = err(&listener("insecure-plaintext = true\n")
             .replace("service = \"vttablet\"", "service = \"vtctld\""));
         assert!(
@@ -972,6 +1231,107 @@ mod tests {
         assert!(e.contains("two listeners are named \"l\""), "{e}");
         let e = err(&listener("insecure-plaintext = true\ngrpc-sert = \"x\"\n"));
         assert!(e.contains("unknown field `grpc-sert`"), "{e}");
+    }
+
+    fn mysql(extra: &str) -> String {
+        format!("[[listener]]\nname = \"m\"\nprotocol = \"mysql\"\nlisten = \"127.0.0.1:3306\"\nupstream = \"127.0.0.1:13306\"\n{extra}")
+    }
+
+    const MYSQL_TLS: &str = "mysql-server-ssl-cert = \"/c\"\nmysql-server-ssl-key = \"/k\"\n";
+
+    #[test]
+    fn mysql_listener_with_every_key() {
+        let c = parse(&mysql(&format!(
+            "{MYSQL_TLS}mysql-server-ssl-ca = \"/ca\"\nmysql-server-ssl-crl = \"/crl\"\nmysql-server-tls-min-version = \"TLSv1.3\"\nmysql-server-require-secure-transport = true\nmysql-auth-server-impl = \"clientcert\"\nmax-allowed-packet = 2048\nhandshake-timeout-seconds = 2\n"
+        )))
+        .expect("valid mysql listener");
+        let Protocol::Mysql(m) = &c.listeners[0].protocol else {
+            panic!("a mysql listener")
+        };
+        let tls = m.tls.as_ref().expect("tls");
+        assert_eq!(tls.ca, Some(PathBuf::from("/ca")));
+        assert_eq!(tls.min_version, TlsVersion::Tls13);
+        assert!(m.require_secure_transport);
+        assert_eq!(m.auth, MysqlAuth::ClientCert);
+        assert_eq!(m.max_allowed_packet, 2048);
+        assert_eq!(m.handshake_timeout, Duration::from_secs(2));
+        let c = parse(&mysql(
+            "insecure-plaintext = true\nmysql-auth-server-impl = \"passthrough\"\n",
+        ))
+        .expect("plaintext passthrough");
+        let Protocol::Mysql(m) = &c.listeners[0].protocol else {
+            panic!("a mysql listener")
+        };
+        assert!(m.tls.is_none() && m.allow_plaintext);
+        assert_eq!(m.max_allowed_packet, DEFAULT_MAX_ALLOWED_PACKET);
+    }
+
+    #[test]
+    fn bad_mysql_listeners_name_the_key_and_the_fix() {
+        let e = err(&mysql(MYSQL_TLS));
+        assert!(
+            e.contains("listener m: mysql-auth-server-impl is missing: set \"clientcert\""),
+            "{e}"
+        );
+        let e = err(&mysql(&format!(
+            "{MYSQL_TLS}mysql-auth-server-impl = \"static\"\n"
+        )));
+        assert!(
+            e.contains("mysql-auth-server-impl \"static\": use \"clientcert\" or \"passthrough\""),
+            "{e}"
+        );
+        let e = err(&mysql(&format!(
+            "{MYSQL_TLS}mysql-auth-server-impl = \"clientcert\"\n"
+        )));
+        assert!(
+            e.contains("\"clientcert\" needs mysql-server-ssl-ca"),
+            "{e}"
+        );
+        let e = err(&mysql("mysql-auth-server-impl = \"passthrough\"\n"));
+        assert!(e.contains("no mysql-server-ssl-cert/mysql-server-ssl-key: set them to serve TLS, or set insecure-plaintext = true"), "{e}");
+        let e = err(&mysql(
+            "mysql-auth-server-impl = \"passthrough\"\nmysql-server-ssl-cert = \"/c\"\n",
+        ));
+        assert!(
+            e.contains("mysql-server-ssl-cert is set without mysql-server-ssl-key"),
+            "{e}"
+        );
+        let e = err(&mysql("mysql-auth-server-impl = \"passthrough\"\ninsecure-plaintext = true\nmysql-server-require-secure-transport = true\n"));
+        assert!(
+            e.contains("mysql-server-require-secure-transport needs mysql-server-ssl-cert"),
+            "{e}"
+        );
+        let e = err(&mysql(&format!("{MYSQL_TLS}mysql-auth-server-impl = \"passthrough\"\ninsecure-plaintext = true\nmysql-server-require-secure-transport = true\n")));
+        assert!(
+            e.contains(
+                "insecure-plaintext = true contradicts mysql-server-require-secure-transport"
+            ),
+            "{e}"
+        );
+        let e = err(&mysql(&format!("{MYSQL_TLS}mysql-auth-server-impl = \"passthrough\"\nmysql-server-ssl-crl = \"/crl\"\n")));
+        assert!(
+            e.contains("mysql-server-ssl-crl needs mysql-server-ssl-ca"),
+            "{e}"
+        );
+        let e = err(&mysql(&format!(
+            "{MYSQL_TLS}mysql-auth-server-impl = \"passthrough\"\nmax-allowed-packet = 10\n"
+        )));
+        assert!(
+            e.contains("max-allowed-packet 10: use 1024 to 1073741824 bytes"),
+            "{e}"
+        );
+        let e = err(&mysql(&format!(
+            "{MYSQL_TLS}mysql-auth-server-impl = \"passthrough\"\ngrpc-ca = \"/ca\"\n"
+        )));
+        assert!(
+            e.contains("grpc-ca is for protocol = \"grpc\" listeners"),
+            "{e}"
+        );
+        let e = err(&mysql(&format!("{MYSQL_TLS}mysql-auth-server-impl = \"passthrough\"\nmysql-server-tls-min-version = \"TLSv1.1\"\n")));
+        assert!(
+            e.contains("mysql-server-tls-min-version \"TLSv1.1\": use \"TLSv1.2\" or \"TLSv1.3\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -130,6 +130,18 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
+    /// A MySQL command the table ACL checked, by decision (no latency: the response streams
+    /// past vtguard unparsed).
+    pub fn command(&self, listener: &str, command: &str, decision: &str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                listener: listener.to_owned(),
+                method: command.to_owned(),
+                decision: decision.to_owned(),
+            })
+            .inc();
+    }
+
     /// A table-ACL denial (`reason`: `acl`, `dry_run`, `statement`).
     pub fn acl_denial(&self, listener: &str, table: &str, identity: &str, reason: &str) {
         self.acl_denials

@@ -1,9 +1,9 @@
 //! Running a vtguard gRPC listener in-process, and clients for it.
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use vtguard_agent::{config::Config, kernel::Kernel, proxy::grpc::GrpcProxy};
+use vtguard_agent::{kernel::Kernel, proxy::grpc::GrpcProxy};
 
 use crate::pki::Pki;
 
@@ -22,17 +22,8 @@ impl Drop for TestListener {
 
 /// Starts the `[[listener]]` described by `toml` (its `listen` may use port 0).
 pub async fn start_listener(toml: &str, kernel: Option<Arc<Kernel>>) -> TestListener {
-    let config = Config::parse(Path::new("test.toml"), toml)
-        .unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
+    let (config, protected, acl) = crate::listener_parts(toml);
     let l = &config.listeners[0];
-    let protected = config
-        .kernel
-        .as_ref()
-        .is_some_and(|k| k.policy.protected_ports.contains(&l.upstream.port()));
-    let acl = config.tableacl.as_ref().map(|t| {
-        let acl = vtguard_agent::acl::TableAcl::load(&t.file).expect("test table ACL");
-        Arc::new(vtguard_agent::acl::Enforcer::new(acl, t.settings.clone()))
-    });
     let proxy = Arc::new(
         GrpcProxy::new(l, kernel, protected, acl, Default::default()).expect("listener starts"),
     );

@@ -2,6 +2,7 @@
 //! test servers, and real clients (python3, curl) driven as separate processes.
 
 pub mod grpc;
+pub mod mysql;
 pub mod pki;
 pub mod upstream;
 
@@ -345,4 +346,27 @@ pub fn vtguard_bin() -> PathBuf {
         assert!(status.success(), "building the vtguard binary failed");
     }
     bin
+}
+
+/// What a test listener is built from: the config of `toml` (its first `[[listener]]`),
+/// whether its upstream port is kernel-protected, and its table ACL.
+pub fn listener_parts(
+    toml: &str,
+) -> (
+    vtguard_agent::config::Config,
+    bool,
+    Option<Arc<vtguard_agent::acl::Enforcer>>,
+) {
+    let config = vtguard_agent::config::Config::parse(Path::new("test.toml"), toml)
+        .unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
+    let l = &config.listeners[0];
+    let protected = config
+        .kernel
+        .as_ref()
+        .is_some_and(|k| k.policy.protected_ports.contains(&l.upstream.port()));
+    let acl = config.tableacl.as_ref().map(|t| {
+        let acl = vtguard_agent::acl::TableAcl::load(&t.file).expect("test table ACL");
+        Arc::new(vtguard_agent::acl::Enforcer::new(acl, t.settings.clone()))
+    });
+    (config, protected, acl)
 }

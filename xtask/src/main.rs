@@ -18,12 +18,16 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 const OBJECT: &str = "ebpf/prebuilt/vtguard.bpf.o";
 /// Debian packages the tests drive: bpftool (attachment checks), iproute2 (network
 /// namespaces), curl and python3 (real clients), util-linux (setpriv, to run as non-root).
-const APT_PACKAGES: [(&str, &str); 5] = [
+const APT_PACKAGES: [(&str, &str); 8] = [
     ("bpftool", "bpftool"),
     ("ip", "iproute2"),
     ("curl", "curl"),
     ("python3", "python3"),
     ("setpriv", "util-linux"),
+    // The MySQL listener's tests and benchmark: a real MariaDB, its CLI, sysbench.
+    ("mariadbd", "mariadb-server"),
+    ("mariadb", "mariadb-client"),
+    ("sysbench", "sysbench"),
 ];
 
 #[derive(Parser)]
@@ -46,8 +50,8 @@ enum Task {
     Test,
     /// Run the agent on the example config (as root), until Ctrl-C.
     Demo,
-    /// Benchmarks (as root): the kernel hook's cost per connect(), and the gRPC listener's
-    /// throughput and latency against a direct connection.
+    /// Benchmarks (as root): the kernel hook's cost per connect(), and the MySQL listener's
+    /// sysbench throughput against a direct TLS connection to MariaDB.
     Bench,
 }
 
@@ -283,25 +287,38 @@ fn prepare_machine() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    // Python grpcio: a gRPC implementation vtguard did not write, for the interop test.
-    let has_grpcio = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_grpcio {
-        run(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "grpcio",
-            "grpcio-tools",
-        ]))
-        .context(
-            "installing Python grpcio (by hand: python3 -m pip install grpcio grpcio-tools)",
-        )?;
+    // Python clients vtguard did not write, for the interop tests: grpcio (gRPC), PyMySQL and
+    // mysql-connector-python (MySQL protocol; its pure-Python mode).
+    for (import, packages) in [
+        ("import grpc, grpc_tools", &["grpcio", "grpcio-tools"][..]),
+        (
+            "import pymysql, mysql.connector",
+            &["PyMySQL", "mysql-connector-python"][..],
+        ),
+    ] {
+        let has = Command::new("python3")
+            .args(["-c", import])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !has {
+            run(Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .args(packages))
+            .with_context(|| {
+                format!(
+                    "installing Python {} (by hand: python3 -m pip install {})",
+                    packages.join(", "),
+                    packages.join(" ")
+                )
+            })?;
+        }
     }
     if is_root() {
         let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
@@ -414,8 +431,10 @@ fn bench(root: &Path) -> Result<()> {
     }
     prepare_machine()?;
     // kernel_hook: the hooks' cost per connect(); grpc_proxy: unary Execute through a gRPC
-    // listener vs direct; acl: table-ACL decisions and loads.
-    for bench in ["kernel_hook", "grpc_proxy", "acl"] {
+    // listener vs direct; acl: table-ACL decisions and loads; mysql_proxy: sysbench
+    // oltp_point_select, 16 threads, through vtguard's MySQL listener (TLS with a client
+    // certificate) and straight to MariaDB with TLS, in one run.
+    for bench in ["kernel_hook", "grpc_proxy", "acl", "mysql_proxy"] {
         run(Command::new("cargo").current_dir(root).args([
             "bench",
             "-p",

@@ -63,6 +63,8 @@ pub enum Error {
         addr: SocketAddr,
         source: io::Error,
     },
+    #[error("listener {0}: not a gRPC listener")]
+    NotGrpc(String),
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -107,7 +109,9 @@ impl GrpcProxy {
         acl: Option<Arc<Enforcer>>,
         sessions: Arc<Sessions>,
     ) -> Result<Self, Error> {
-        let Protocol::Grpc(cfg) = &listener.protocol;
+        let Protocol::Grpc(cfg) = &listener.protocol else {
+            return Err(Error::NotGrpc(listener.name.clone()));
+        };
         let tls_err = |source| Error::Tls {
             listener: listener.name.clone(),
             source,
@@ -161,17 +165,7 @@ impl GrpcProxy {
 
     /// Re-reads the certificate files (when changed, or always with `force`).
     pub fn reload_tls(&self, force: bool) {
-        if let Some(t) = &self.tls {
-            match t.reload(force) {
-                Ok(true) => {
-                    info!(listener = %self.name, "TLS certificates reloaded; new handshakes use them")
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    warn!(listener = %self.name, error = %e, "TLS reload failed; the previous certificates stay in use")
-                }
-            }
-        }
+        super::reload_tls(&self.name, self.tls.as_deref(), force);
     }
 
     /// Binds the listening socket.
@@ -185,19 +179,11 @@ impl GrpcProxy {
 
     /// Accepts connections until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of descriptors and the like: back off rather than spin.
-                    warn!(listener = %self.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let this = Arc::clone(&self);
-            tokio::spawn(async move { this.connection(tcp, peer).await });
-        }
+        let name = self.name.clone();
+        super::accept_loop(&name, listener, move |tcp, peer| {
+            Arc::clone(&self).connection(tcp, peer)
+        })
+        .await;
     }
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {

@@ -1,0 +1,83 @@
+//! The MySQL listener with the kernel programs attached (as root): MariaDB's port is reachable
+//! only through vtguard, on a connection registered under the caller's proven identity.
+
+use std::process::Command;
+
+use vtguard_tests::{
+    kernel_tests_can_run,
+    mysql::{cli, cli_tls, mariadb_available, mtls_listener, start_listener, MariaDb},
+    pki::Pki,
+    policy, py_connect, TestKernel,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_vtguard_reaches_mariadb_and_only_for_identities_the_kernel_allows() {
+    let test = "only_vtguard_reaches_mariadb_and_only_for_identities_the_kernel_allows";
+    if !kernel_tests_can_run(test) || !mariadb_available(test) {
+        return;
+    }
+    let db = MariaDb::start();
+    let port = db.port;
+    let k = TestKernel::start(policy(&[port], &[(port, &["vtgate client 1"])]), None);
+    let pki = Pki::generate();
+    let toml = format!(
+        "[kernel]\nprotected-ports = [{port}]\n{}",
+        mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n")
+    );
+    let l = start_listener(&toml, Some(k.shared())).await;
+    let addr = l.addr;
+
+    // Through vtguard, as an identity the kernel allows: rows.
+    let args = cli_tls(&pki, "vtgate-client-1");
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        cli(
+            addr,
+            "vtgate client 1",
+            &args,
+            "select count(*) from vt.vt_insert_test;\n",
+        )
+    })
+    .await
+    .expect("cli");
+    assert_eq!((code, out.as_str()), (0, "3\n"), "{err}");
+
+    // Through vtguard, as an identity the kernel does not allow on this port: refused.
+    let args = cli_tls(&pki, "vtgate-client-2");
+    let (code, _, err) =
+        tokio::task::spawn_blocking(move || cli(addr, "vtgate client 2", &args, "select 1;\n"))
+            .await
+            .expect("cli");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("ERROR 1045 (28000): Access denied for user 'vtgate client 2': vtguard: the kernel refused this identity a connection to the upstream"),
+        "{err}"
+    );
+
+    // Straight to MariaDB's port, around vtguard: EPERM from the kernel, for any process.
+    let direct =
+        tokio::task::spawn_blocking(move || py_connect(None, "127.0.0.1", port, 3.0, "connect"))
+            .await
+            .expect("python");
+    assert_eq!(direct.outcome, "ERR 1 Operation not permitted");
+    let out = Command::new("mariadb")
+        .args([
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+            "-u",
+            "vtgate client 1",
+            "-e",
+            "select 1",
+        ])
+        .output()
+        .expect("mariadb");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ERROR 2002") && err.contains("(1)"),
+        "errno 1 (EPERM): {err}"
+    );
+    drop(l);
+}
