@@ -25,6 +25,7 @@ use vtguard_proto::{
 };
 use vtguard_tests::{
     grpc::{plain_channel, tls_channel},
+    mysql::MariaDb,
     pki::Pki,
     upstream::{rows, Upstream, SELECT_TABLE, VT_INSERT_TEST},
 };
@@ -37,7 +38,6 @@ const VTGATE_LISTENER: u16 = 15999;
 const VTGATE_EFFECTIVE: u16 = 15998;
 const VTGATE_GROUPS: u16 = 15997;
 const MYSQL_LISTENER: u16 = 13306;
-const MARIADB: u16 = 13307;
 const PIN_DIR: &str = "/sys/fs/bpf/vtguard-demo";
 
 const ACL: &str = r#"{"table_groups": [{"name": "vt_insert_test", "table_names_or_prefixes": ["vt_insert_test"],
@@ -200,7 +200,6 @@ async fn main() {
         VTGATE_EFFECTIVE,
         VTGATE_GROUPS,
         MYSQL_LISTENER,
-        MARIADB,
     ]
     .into_iter()
     .filter(|p| !port_free(*p))
@@ -261,8 +260,8 @@ async fn main() {
     if gate.is_some() {
         protected.push(VTGATE);
     }
-    if mariadb.is_some() {
-        protected.push(MARIADB);
+    if let Some(m) = &mariadb {
+        protected.push(m.port);
     }
     let kernel = root && !protected.is_empty();
     if kernel {
@@ -569,7 +568,7 @@ async fn main() {
 
     // The MySQL path.
     match (&mariadb, up("mysql")) {
-        (Some(m), true) => mysql_steps(&mut r, &pki, m).await,
+        (Some(m), true) => mysql_steps(&mut r, &pki, m, kernel).await,
         _ => r.step(
             "MySQL path (MariaDB behind vtguard's MySQL listener)",
             Outcome::Skipped(if mariadb.is_none() {
@@ -582,6 +581,7 @@ async fn main() {
 
     taken.sort_unstable();
     drop(agent);
+    drop(mariadb);
     println!(
         "\n{} step(s): {} ok, {} failed, {} skipped",
         r.n,
@@ -642,20 +642,170 @@ fn start_agent(config: &Path, kernel: bool, listeners: &[(&str, u16)]) -> Result
     }
 }
 
+/// Whether a program is on PATH (or in /usr/sbin, where Debian puts mariadbd).
+fn have(bin: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+        || Path::new("/usr/sbin").join(bin).exists()
+}
+
 /// A MariaDB server for the MySQL path, or `None` with the step saying why.
-async fn mysql_upstream(r: &mut Report, root: bool, dir: &Path, taken: &[u16]) -> Option<MariaDb> {
-    let _ = (root, dir, taken);
-    r.step(
-        "MariaDB for the MySQL path",
-        Outcome::Skipped("the MySQL listener is not in this build yet".into()),
+async fn mysql_upstream(r: &mut Report, root: bool, _dir: &Path, taken: &[u16]) -> Option<MariaDb> {
+    const TITLE: &str = "MariaDB for the MySQL path (real mariadbd, in a temporary folder)";
+    if taken.contains(&MYSQL_LISTENER) {
+        r.step(
+            TITLE,
+            Outcome::Skipped(format!(
+                "port {MYSQL_LISTENER}, which the mysql listener needs, is in use by another process"
+            )),
+        );
+        return None;
+    }
+    let missing = || {
+        !["mariadbd", "mariadb-install-db", "mariadb"]
+            .iter()
+            .all(|b| have(b))
+    };
+    if missing() {
+        if !root {
+            r.step(
+                TITLE,
+                Outcome::Skipped(
+                    "MariaDB is not installed, and installing it needs root (apt-get install mariadb-server mariadb-client)".into(),
+                ),
+            );
+            return None;
+        }
+        progress("installing mariadb-server and mariadb-client (apt-get; about 15 s)");
+        let ok = Command::new("apt-get")
+            .args(["install", "-y", "-q", "mariadb-server", "mariadb-client"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok || missing() {
+            r.step(
+                TITLE,
+                Outcome::Skipped(
+                    "apt-get install mariadb-server mariadb-client failed: see apt's messages above".into(),
+                ),
+            );
+            return None;
+        }
+    }
+    progress("starting mariadbd");
+    // MariaDb::start panics with mariadbd's own error log when the server cannot start.
+    match tokio::task::spawn_blocking(|| std::panic::catch_unwind(MariaDb::start)).await {
+        Ok(Ok(db)) => {
+            r.step(
+                TITLE,
+                Outcome::Ok(format!(
+                    "mariadbd on 127.0.0.1:{}; table vt.vt_insert_test (id, msg) = (1, one), (2, two), (3, three); users \"vtgate client 1\", \"vtgate client 2\" with every MariaDB privilege",
+                    db.port
+                )),
+            );
+            Some(db)
+        }
+        _ => {
+            r.step(
+                TITLE,
+                Outcome::Failed("mariadbd did not start (its error log is printed above)".into()),
+            );
+            None
+        }
+    }
+}
+
+fn mysql_listener_block(pki: &Pki, m: &MariaDb, ids: &str) -> String {
+    vtguard_tests::mysql::mtls_listener(
+        pki,
+        m.addr(),
+        &format!("mysql-auth-server-impl = \"clientcert\"\nmysql-server-require-secure-transport = true\n{ids}\n"),
+    )
+    .replace("127.0.0.1:0", &format!("127.0.0.1:{MYSQL_LISTENER}"))
+}
+
+async fn mysql_steps(r: &mut Report, pki: &Pki, m: &MariaDb, kernel: bool) {
+    use vtguard_tests::mysql::{cli, cli_tls};
+    let listener = SocketAddr::from(([127, 0, 0, 1], MYSQL_LISTENER));
+    let run = |user: &'static str, cert: &str, sql: &'static str| {
+        let tls = cli_tls(pki, cert);
+        tokio::task::spawn_blocking(move || cli(listener, user, &tls, sql))
+    };
+    let (code, out, err) = run(
+        "vtgate client 1",
+        "vtgate-client-1",
+        "select id, msg from vt.vt_insert_test order by id;\n",
+    )
+    .await
+    .expect("mariadb client");
+    r.expect(
+        "mariadb --ssl-cert vtgate-client-1 through vtguard: select id, msg from vt.vt_insert_test",
+        "1\tone | 2\ttwo | 3\tthree",
+        if code == 0 {
+            Ok(out.lines().collect::<Vec<_>>().join(" | "))
+        } else {
+            Err(err)
+        },
     );
-    None
+    let (_, out, err) = run(
+        "vtgate client 2",
+        "vtgate-client-2",
+        "update vt.vt_insert_test set msg = 'changed' where id = 1;\nselect 'session still open';\n",
+    )
+    .await
+    .expect("mariadb client");
+    r.expect(
+        "mariadb --ssl-cert vtgate-client-2: update vt.vt_insert_test (MariaDB would allow it; the table ACL does not)",
+        "ERROR 1142 (42000) at line 1: Update command denied to user 'vtgate client 2', in groups [localhost, vtgate client 2], for table 'vt_insert_test' (ACL check error)",
+        Ok(err.lines().find(|l| l.starts_with("ERROR")).unwrap_or("(no error)").to_owned()),
+    );
+    r.expect(
+        "… the same session goes on",
+        "session still open",
+        Ok(out.trim().to_owned()),
+    );
+    if kernel {
+        let port = m.port;
+        let (code, _, err) = tokio::task::spawn_blocking(move || {
+            sh(Command::new("mariadb").args([
+                "--no-defaults",
+                "-h",
+                "127.0.0.1",
+                "-P",
+                &port.to_string(),
+                "-uroot",
+                "--connect-timeout=5",
+                "-e",
+                "select 1",
+            ]))
+        })
+        .await
+        .expect("mariadb client");
+        let first = err.lines().next().unwrap_or("").to_owned();
+        r.step(
+            &format!("mariadb (not vtguard) connects straight to MariaDB's port {port}"),
+            if code != 0 && (first.contains("(1)") || first.contains("not permitted")) {
+                Outcome::Ok(format!("refused by the kernel: {first}"))
+            } else {
+                Outcome::Failed(format!(
+                    "expected a refusal with errno 1 (EPERM); exit {code}: {first}"
+                ))
+            },
+        );
+    }
 }
 
-struct MariaDb;
-
-fn mysql_listener_block(_pki: &Pki, _m: &MariaDb, _ids: &str) -> String {
-    String::new()
+fn sh(cmd: &mut Command) -> (i32, String, String) {
+    match cmd.output() {
+        Ok(o) => (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        ),
+        Err(e) => (-1, String::new(), e.to_string()),
+    }
 }
-
-async fn mysql_steps(_r: &mut Report, _pki: &Pki, _m: &MariaDb) {}
