@@ -1024,6 +1024,32 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_configs_are_valid() {
+        for (name, text) in [
+            (
+                "agent/config/example.toml",
+                include_str!("../config/example.toml"),
+            ),
+            (
+                "deploy/config/vttablet-node.toml",
+                include_str!("../../deploy/config/vttablet-node.toml"),
+            ),
+            (
+                "deploy/config/vtgate-node.toml",
+                include_str!("../../deploy/config/vtgate-node.toml"),
+            ),
+            (
+                "deploy/config/mysql-node.toml",
+                include_str!("../../deploy/config/mysql-node.toml"),
+            ),
+        ] {
+            if let Err(e) = Config::parse(Path::new(name), text) {
+                panic!("{e}");
+            }
+        }
+    }
+
+    #[test]
     fn upstream_tls_needs_a_ca() {
         let e = err("[[listener]]\nname = \"t\"\nprotocol = \"grpc\"\nservice = \"vttablet\"\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\ninsecure-plaintext = true\ntablet-grpc-server-name = \"vttablet server instance\"\n");
         assert!(
