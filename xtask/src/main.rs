@@ -394,7 +394,16 @@ fn test(root: &Path) -> Result<()> {
     run(cargo().args(["build", "--bins"]))?;
     // Doc tests are left out (there are none): their empty "0 passed" would close the log.
     let (passed, failed) =
-        run_counting(cargo().args(["test", "--lib", "--bins", "--tests", "--", "--nocapture"]))?;
+        // --no-fail-fast: every test binary runs, and the summary counts them all.
+        run_counting(cargo().args([
+            "test",
+            "--no-fail-fast",
+            "--lib",
+            "--bins",
+            "--tests",
+            "--",
+            "--nocapture",
+        ]))?;
     println!("tests: {passed} passed, {failed} failed");
     if failed > 0 {
         bail!("{failed} test(s) failed");
