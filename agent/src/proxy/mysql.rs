@@ -53,7 +53,7 @@ use crate::{
     acl::{Decision, Enforcer, Role},
     config::{ListenerConfig, MysqlAuth, MysqlListener, Protocol},
     identity::{self, Identity},
-    kernel::{self, Kernel},
+    kernel::Kernel,
     tls::{self, Reloadable},
 };
 
@@ -75,9 +75,7 @@ pub enum Error {
     NotMysql(String),
 }
 
-trait AsyncReadWrite: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> AsyncReadWrite for T {}
-type Io = Box<dyn AsyncReadWrite>;
+type Io = Box<dyn super::AsyncReadWrite>;
 
 /// Counters of one listener.
 #[derive(Debug, Default)]
@@ -445,10 +443,26 @@ impl MysqlProxy {
             .await;
         }
 
-        let mut upstream = match self.dial(&identity.username).await {
+        let mut upstream: Io = match super::dial(
+            self.kernel.as_deref(),
+            &identity.username,
+            self.upstream,
+        )
+        .await
+        {
             Ok(u) => u,
-            Err((code, message, reason)) => {
-                return refuse(&mut client, reply, code, &message, &reason).await
+            Err(e) => {
+                let (code, message) = match e {
+                        super::DialError::KernelRefused { .. } => (
+                            er::ACCESS_DENIED,
+                            format!("{denied}: vtguard: the kernel refused this identity a connection to the upstream"),
+                        ),
+                        super::DialError::Unavailable { upstream, .. } => (
+                            er::UPSTREAM,
+                            format!("vtguard: upstream {upstream} unavailable"),
+                        ),
+                    };
+                return refuse(&mut client, reply, code, &message, &e.to_string()).await;
             }
         };
         let (_, ug) = packet::read(&mut upstream, HANDSHAKE_MAX_PACKET)
@@ -574,43 +588,6 @@ impl MysqlProxy {
             identity,
             tls: over_tls,
         })
-    }
-
-    /// Opens the upstream connection for `username`: through the kernel's registered-socket
-    /// path when the agent enforces in the kernel. Errors carry the ERR the client gets.
-    async fn dial(&self, username: &str) -> Result<Io, ((u16, &'static str), String, String)> {
-        let unavailable = |e: String| {
-            (
-                er::UPSTREAM,
-                format!("vtguard: upstream {} unavailable", self.upstream),
-                format!("upstream {} unavailable: {e}", self.upstream),
-            )
-        };
-        match &self.kernel {
-            Some(k) => match k.connect(username, self.upstream).await {
-                Ok(s) => {
-                    let _ = s.get_ref().set_nodelay(true);
-                    Ok(Box::new(s))
-                }
-                Err(kernel::Error::Socket(e)) if e.raw_os_error() == Some(libc::EPERM) => Err((
-                    er::ACCESS_DENIED,
-                    format!("Access denied for user '{username}': vtguard: the kernel refused this identity a connection to the upstream"),
-                    format!(
-                        "the kernel refused identity {username:?} a connection to upstream {}: grant it in [[kernel.access]] for port {}",
-                        self.upstream,
-                        self.upstream.port()
-                    ),
-                )),
-                Err(e) => Err(unavailable(e.to_string())),
-            },
-            None => {
-                let s = TcpStream::connect(self.upstream)
-                    .await
-                    .map_err(|e| unavailable(e.to_string()))?;
-                let _ = s.set_nodelay(true);
-                Ok(Box::new(s))
-            }
-        }
     }
 
     /// The command phase, until either side closes or a client packet is refused.
