@@ -987,6 +987,87 @@ mod tests {
         assert_eq!(g.capabilities & (cap::COMPRESS | cap::ZSTD | cap::SSL), 0);
     }
 
+    fn proxy() -> MysqlProxy {
+        let config = crate::config::Config::parse(
+            std::path::Path::new("t.toml"),
+            "[[listener]]\nname = \"m\"\nprotocol = \"mysql\"\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\ninsecure-plaintext = true\nmysql-auth-server-impl = \"passthrough\"\n",
+        )
+        .expect("config");
+        MysqlProxy::new(&config.listeners[0], None, true, None).expect("proxy")
+    }
+
+    fn frame(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        packet::encode(&mut out, seq, payload);
+        out
+    }
+
+    /// File data the upstream asked for passes as it is, even a packet at sequence 0 that
+    /// looks like a refused command; once the file ends, commands are looked at again.
+    #[test]
+    fn load_data_local_file_data_is_not_taken_for_commands() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                let (client, mut c) = tokio::io::duplex(1 << 20);
+                let (upstream, mut u) = tokio::io::duplex(1 << 20);
+                let session = Session {
+                    client: Box::new(client),
+                    upstream: Box::new(upstream),
+                    identity: Identity {
+                        username: "u".into(),
+                        groups: vec![],
+                    },
+                    tls: false,
+                };
+                let p = proxy();
+                let relay = p.relay(session);
+                let script = async {
+                    let load = b"\x03load data local infile 'f' into table t";
+                    c.write_all(&frame(0, load)).await.expect("query");
+                    let (seq, got) = packet::read(&mut u, 1 << 20).await.expect("forwarded");
+                    assert_eq!((seq, got.as_slice()), (0, &load[..]));
+                    u.write_all(&frame(1, b"\xfbf"))
+                        .await
+                        .expect("file request");
+                    let (_, req) = packet::read(&mut c, 1 << 20).await.expect("relayed");
+                    assert_eq!(req, b"\xfbf");
+                    // 300 packets: sequence numbers 2..=255, 0, 1, ... ; the one at 0 starts
+                    // with COM_CHANGE_USER's byte.
+                    let mut sent = Vec::new();
+                    for i in 0..300u32 {
+                        let seq = (2 + i) as u8;
+                        let data = if seq == 0 {
+                            b"\x11root\x00".to_vec()
+                        } else {
+                            format!("{i},row\n").into_bytes()
+                        };
+                        sent.extend(frame(seq, &data));
+                    }
+                    sent.extend(frame(46, b""));
+                    c.write_all(&sent).await.expect("file");
+                    let mut got = vec![0u8; sent.len()];
+                    u.read_exact(&mut got).await.expect("file upstream");
+                    assert!(got == sent, "file data forwarded byte for byte");
+                    u.write_all(&frame(47, b"\x00\x01\x00\x02\x00\x00\x00"))
+                        .await
+                        .expect("OK");
+                    packet::read(&mut c, 1 << 20).await.expect("OK relayed");
+                    // Back to commands: COM_CHANGE_USER is refused.
+                    c.write_all(&frame(0, b"\x11root\x00"))
+                        .await
+                        .expect("change user");
+                    let (seq, e) = packet::read(&mut c, 1 << 20).await.expect("ERR");
+                    assert_eq!((seq, e[0]), (1, 0xff));
+                    drop(c);
+                };
+                let (r, ()) = tokio::join!(relay, script);
+                r.expect("relay ends cleanly when the client closes");
+            });
+    }
+
     #[test]
     fn tls_errors_name_the_mysql_keys() {
         let e = mysql_labels(tls::Error::Empty {
