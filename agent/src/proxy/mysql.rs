@@ -119,6 +119,7 @@ mod er {
     pub const HANDSHAKE: (u16, &str) = (1043, "08S01");
     pub const NET_PACKET_TOO_LARGE: (u16, &str) = (1153, "08S01");
     pub const UNKNOWN_COM: (u16, &str) = (1047, "08S01");
+    pub const PACKETS_OUT_OF_ORDER: (u16, &str) = (1156, "08S01");
     pub const SECURE_TRANSPORT_REQUIRED: (u16, &str) = (3159, "HY000");
     pub const NOT_SUPPORTED: (u16, &str) = (1235, "42000");
     pub const UPSTREAM: (u16, &str) = (2013, "HY000");
@@ -625,8 +626,6 @@ impl MysqlProxy {
     {
         let max = self.cfg.max_allowed_packet;
         let mut buf = vec![0u8; RELAY_BUFFER];
-        // Payload bytes of the logical packet being streamed (a command's continuations).
-        let mut streamed = 0usize;
         loop {
             let h = match packet::read_header(&mut cr).await {
                 Ok(h) => h,
@@ -642,13 +641,23 @@ impl MysqlProxy {
                 continue;
             }
             if h.seq != 0 {
-                // The continuation of a large packet (COM_STMT_SEND_LONG_DATA and the like).
-                streamed += h.len;
-                if streamed > max {
-                    return too_large(cw, h.seq.wrapping_add(1), streamed, max).await;
-                }
-                copy_packet(&mut cr, &mut uw, h, &mut buf).await?;
-                continue;
+                // Continuations are read with their command, file data is handled above: a
+                // packet here would be a command the upstream might take without its check.
+                let _ = write_packet(
+                    &mut *cw.lock().await,
+                    h.seq.wrapping_add(1),
+                    &handshake::err(
+                        er::PACKETS_OUT_OF_ORDER.0,
+                        er::PACKETS_OUT_OF_ORDER.1,
+                        "Got packets out of order",
+                        true,
+                    ),
+                )
+                .await;
+                return Err(format!(
+                    "client sent a packet with sequence {} where a command (sequence 0) belongs",
+                    h.seq
+                ));
             }
             if h.len == 0 {
                 let _ = write_packet(
@@ -664,7 +673,6 @@ impl MysqlProxy {
                 .await;
                 return Err("client sent an empty command packet".into());
             }
-            streamed = h.len;
             if h.len > max {
                 return too_large(cw, 1, h.len, max).await;
             }
