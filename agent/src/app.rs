@@ -148,24 +148,12 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
                 Arc::clone(&sessions),
             )?)),
         };
-        match &proxy {
-            Listener::Grpc(p) => {
-                let socket = p.bind(l.listen).await?;
-                let p = Arc::clone(p);
-                tasks.spawn(async move {
-                    p.serve(socket).await;
-                    Ok(())
-                });
-            }
-            Listener::Mysql(p) => {
-                let socket = p.bind(l.listen).await?;
-                let p = Arc::clone(p);
-                tasks.spawn(async move {
-                    p.serve(socket).await;
-                    Ok(())
-                });
-            }
-        }
+        let socket = proxy.bind(l.listen).await?;
+        let p = proxy.clone();
+        tasks.spawn(async move {
+            p.serve(socket).await;
+            Ok(())
+        });
         info!(listener = %l.name, protocol = proxy.protocol(), listen = %l.listen, upstream = %l.upstream, upstream_protected = protected, "listening");
         proxies.push(proxy);
     }
@@ -283,6 +271,21 @@ impl Listener {
         match self {
             Listener::Grpc(p) => p.reload_tls(force),
             Listener::Mysql(p) => p.reload_tls(force),
+        }
+    }
+
+    async fn bind(&self, addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+        Ok(match self {
+            Listener::Grpc(p) => p.bind(addr).await?,
+            Listener::Mysql(p) => p.bind(addr).await?,
+        })
+    }
+
+    /// Accepts connections until the task is dropped.
+    async fn serve(self, socket: tokio::net::TcpListener) {
+        match self {
+            Listener::Grpc(p) => p.serve(socket).await,
+            Listener::Mysql(p) => p.serve(socket).await,
         }
     }
 }

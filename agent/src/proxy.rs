@@ -6,10 +6,68 @@ pub mod mysql;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+};
 use tracing::{info, warn};
 
-use crate::tls::Reloadable;
+use crate::{
+    kernel::{self, Kernel},
+    tls::Reloadable,
+};
+
+/// A byte stream either way (a TCP connection, a TLS session over one, ...).
+pub trait AsyncReadWrite: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> AsyncReadWrite for T {}
+
+/// Why the upstream connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The kernel refused this identity the upstream's port (EPERM at connect()).
+    #[error("the kernel refused identity {identity:?} a connection to upstream {upstream}: grant it in [[kernel.access]] for port {}", upstream.port())]
+    KernelRefused {
+        identity: String,
+        upstream: SocketAddr,
+    },
+    #[error("upstream {upstream} unavailable: {detail}")]
+    Unavailable {
+        upstream: SocketAddr,
+        detail: String,
+    },
+}
+
+/// Opens a TCP connection to `upstream` for `identity`: through the kernel's registered-socket
+/// path when the agent enforces in the kernel, else a plain connect.
+pub async fn dial(
+    kernel: Option<&Kernel>,
+    identity: &str,
+    upstream: SocketAddr,
+) -> Result<Box<dyn AsyncReadWrite>, DialError> {
+    let unavailable = |detail: String| DialError::Unavailable { upstream, detail };
+    match kernel {
+        Some(k) => match k.connect(identity, upstream).await {
+            Ok(s) => {
+                let _ = s.get_ref().set_nodelay(true);
+                Ok(Box::new(s))
+            }
+            Err(kernel::Error::Socket(e)) if e.raw_os_error() == Some(libc::EPERM) => {
+                Err(DialError::KernelRefused {
+                    identity: identity.to_owned(),
+                    upstream,
+                })
+            }
+            Err(e) => Err(unavailable(e.to_string())),
+        },
+        None => {
+            let s = TcpStream::connect(upstream)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            let _ = s.set_nodelay(true);
+            Ok(Box::new(s))
+        }
+    }
+}
 
 /// Re-reads a listener's certificate files (when changed, or always with `force`); a failed
 /// reload keeps the previous certificates.

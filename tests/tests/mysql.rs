@@ -251,6 +251,35 @@ async fn passthrough_authenticates_against_the_upstream_password() {
     .await
     .expect("cli");
     assert_eq!((code, out.as_str()), (0, "plain\n"), "{err}");
+    // An account on another plugin: the upstream switches the client again (ed25519), and
+    // vtguard relays that exchange until the OK.
+    db.root_sql("INSTALL SONAME 'auth_ed25519'; CREATE USER 'ed'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('edpass'); GRANT SELECT ON vt.* TO 'ed'@'%';");
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        cli(
+            addr,
+            "ed",
+            &["--ssl".into(), "--password=edpass".into()],
+            "select current_user();\n",
+        )
+    })
+    .await
+    .expect("cli");
+    assert_eq!((code, out.as_str()), (0, "ed@%\n"), "{err}");
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        cli(
+            addr,
+            "ed",
+            &["--ssl".into(), "--password=wrong".into()],
+            "select 1;\n",
+        )
+    })
+    .await
+    .expect("cli");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("ERROR 1045 (28000): Access denied for user 'ed'@'"),
+        "{err}"
+    );
     for driver in ["pymysql", "connector"] {
         let lines = py_client(
             driver,

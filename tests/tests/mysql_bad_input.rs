@@ -121,6 +121,16 @@ async fn bad_packets_end_only_their_own_connection() {
     trunc.shutdown().await.expect("half close");
     assert_eq!(until_closed(&mut trunc).await, b"");
 
+    // A packet out of sequence where a command belongs (it would reach the upstream unchecked):
+    // ERR 1156, closed.
+    let mut ooo = raw_login(addr, "vtgate client 1").await;
+    ooo.write_all(&packet(1, b"\x03select * from vt.secret"))
+        .await
+        .expect("write");
+    let (_, e) = read_packet(&mut ooo).await.expect("ERR");
+    assert_eq!(err_of(&e), (1156, "Got packets out of order".into()));
+    assert_eq!(until_closed(&mut ooo).await, b"");
+
     // COM_CHANGE_USER would change the identity mid-session: refused, the session goes on.
     let mut cu = raw_login(addr, "vtgate client 1").await;
     cu.write_all(&packet(0, b"\x11root\x00\x00"))

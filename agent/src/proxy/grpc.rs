@@ -26,7 +26,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use rustls::pki_types::ServerName;
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::Mutex as AsyncMutex,
 };
@@ -37,6 +36,7 @@ use self::{
     frame::Refusal,
     methods::{code, Method, Rewrite, Route, Sql},
 };
+use super::AsyncReadWrite;
 use crate::{
     acl::{Decision, Enforcer},
     config::{
@@ -44,7 +44,7 @@ use crate::{
         VTTABLET_OTHER_SERVICES,
     },
     identity::{self, Identity},
-    kernel::{self, Kernel},
+    kernel::Kernel,
     sessions::Sessions,
     tls::{self, Reloadable},
 };
@@ -69,9 +69,6 @@ pub enum Error {
 
 type Body = BoxBody<Bytes, hyper::Error>;
 type UpstreamIo = Box<dyn AsyncReadWrite>;
-
-trait AsyncReadWrite: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> AsyncReadWrite for T {}
 
 /// Counters of one listener.
 #[derive(Debug, Default)]
@@ -639,30 +636,14 @@ impl GrpcProxy {
                 ),
             ));
         }
-        let tcp: UpstreamIo = match &self.kernel {
-            Some(k) => match k.connect(username, self.upstream).await {
-                Ok(s) => {
-                    let _ = s.get_ref().set_nodelay(true);
-                    Box::new(s)
+        let tcp = super::dial(self.kernel.as_deref(), username, self.upstream)
+            .await
+            .map_err(|e| match e {
+                super::DialError::KernelRefused { .. } => {
+                    Refusal::new(code::PERMISSION_DENIED, format!("vtguard: {e}"))
                 }
-                Err(kernel::Error::Socket(e)) if e.raw_os_error() == Some(libc::EPERM) => {
-                    return Err(Refusal::new(
-                        code::PERMISSION_DENIED,
-                        format!(
-                            "vtguard: the kernel refused identity {username:?} a connection to upstream {}: grant it in [[kernel.access]] for port {}",
-                            self.upstream,
-                            self.upstream.port()
-                        ),
-                    ))
-                }
-                Err(e) => return Err(unavailable(e.to_string())),
-            },
-            None => {
-                let s = TcpStream::connect(self.upstream).await.map_err(|e| unavailable(e.to_string()))?;
-                let _ = s.set_nodelay(true);
-                Box::new(s)
-            }
-        };
+                super::DialError::Unavailable { detail, .. } => unavailable(detail),
+            })?;
         match &self.upstream_tls {
             None => Ok(tcp),
             Some((config, name)) => {

@@ -53,7 +53,7 @@ use crate::{
     acl::{Decision, Enforcer, Role},
     config::{ListenerConfig, MysqlAuth, MysqlListener, Protocol},
     identity::{self, Identity},
-    kernel::{self, Kernel},
+    kernel::Kernel,
     sessions::Sessions,
     tls::{self, Reloadable},
 };
@@ -76,9 +76,7 @@ pub enum Error {
     NotMysql(String),
 }
 
-trait AsyncReadWrite: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> AsyncReadWrite for T {}
-type Io = Box<dyn AsyncReadWrite>;
+type Io = Box<dyn super::AsyncReadWrite>;
 
 /// Counters of one listener.
 #[derive(Debug, Default)]
@@ -133,6 +131,7 @@ mod er {
     pub const HANDSHAKE: (u16, &str) = (1043, "08S01");
     pub const NET_PACKET_TOO_LARGE: (u16, &str) = (1153, "08S01");
     pub const UNKNOWN_COM: (u16, &str) = (1047, "08S01");
+    pub const PACKETS_OUT_OF_ORDER: (u16, &str) = (1156, "08S01");
     pub const SECURE_TRANSPORT_REQUIRED: (u16, &str) = (3159, "HY000");
     pub const NOT_SUPPORTED: (u16, &str) = (1235, "42000");
     pub const UPSTREAM: (u16, &str) = (2013, "HY000");
@@ -483,10 +482,42 @@ impl MysqlProxy {
             .await;
         }
 
-        let mut upstream = match self.dial(&identity.username).await {
+        if self
+            .sessions
+            .refuses(&identity.username, self.upstream.port())
+        {
+            return refuse(
+                &mut client,
+                reply,
+                er::ACCESS_DENIED,
+                &format!("{denied}: vtguard: this identity may no longer reach the upstream"),
+                &format!(
+                    "identity {:?} may no longer reach upstream {}: the policy that removed it is being applied",
+                    identity.username, self.upstream
+                ),
+            )
+            .await;
+        }
+        let mut upstream: Io = match super::dial(
+            self.kernel.as_deref(),
+            &identity.username,
+            self.upstream,
+        )
+        .await
+        {
             Ok(u) => u,
-            Err((code, message, reason)) => {
-                return refuse(&mut client, reply, code, &message, &reason).await
+            Err(e) => {
+                let (code, message) = match e {
+                        super::DialError::KernelRefused { .. } => (
+                            er::ACCESS_DENIED,
+                            format!("{denied}: vtguard: the kernel refused this identity a connection to the upstream"),
+                        ),
+                        super::DialError::Unavailable { upstream, .. } => (
+                            er::UPSTREAM,
+                            format!("vtguard: upstream {upstream} unavailable"),
+                        ),
+                    };
+                return refuse(&mut client, reply, code, &message, &e.to_string()).await;
             }
         };
         let (_, ug) = packet::read(&mut upstream, HANDSHAKE_MAX_PACKET)
@@ -614,53 +645,6 @@ impl MysqlProxy {
         })
     }
 
-    /// Opens the upstream connection for `username`: through the kernel's registered-socket
-    /// path when the agent enforces in the kernel. Errors carry the ERR the client gets.
-    async fn dial(&self, username: &str) -> Result<Io, ((u16, &'static str), String, String)> {
-        let unavailable = |e: String| {
-            (
-                er::UPSTREAM,
-                format!("vtguard: upstream {} unavailable", self.upstream),
-                format!("upstream {} unavailable: {e}", self.upstream),
-            )
-        };
-        if self.sessions.refuses(username, self.upstream.port()) {
-            return Err((
-                er::ACCESS_DENIED,
-                format!("Access denied for user '{username}': vtguard: this identity may no longer reach the upstream"),
-                format!(
-                    "identity {username:?} may no longer reach upstream {}: the policy that removed it is being applied",
-                    self.upstream
-                ),
-            ));
-        }
-        match &self.kernel {
-            Some(k) => match k.connect(username, self.upstream).await {
-                Ok(s) => {
-                    let _ = s.get_ref().set_nodelay(true);
-                    Ok(Box::new(s))
-                }
-                Err(kernel::Error::Socket(e)) if e.raw_os_error() == Some(libc::EPERM) => Err((
-                    er::ACCESS_DENIED,
-                    format!("Access denied for user '{username}': vtguard: the kernel refused this identity a connection to the upstream"),
-                    format!(
-                        "the kernel refused identity {username:?} a connection to upstream {}: grant it in [[kernel.access]] for port {}",
-                        self.upstream,
-                        self.upstream.port()
-                    ),
-                )),
-                Err(e) => Err(unavailable(e.to_string())),
-            },
-            None => {
-                let s = TcpStream::connect(self.upstream)
-                    .await
-                    .map_err(|e| unavailable(e.to_string()))?;
-                let _ = s.set_nodelay(true);
-                Ok(Box::new(s))
-            }
-        }
-    }
-
     /// The command phase, until either side closes or a client packet is refused.
     async fn relay(&self, s: Session) -> Result<(), String> {
         let (cr, cw) = tokio::io::split(s.client);
@@ -696,8 +680,6 @@ impl MysqlProxy {
     {
         let max = self.cfg.max_allowed_packet;
         let mut buf = vec![0u8; RELAY_BUFFER];
-        // Payload bytes of the logical packet being streamed (a command's continuations).
-        let mut streamed = 0usize;
         loop {
             let h = match packet::read_header(&mut cr).await {
                 Ok(h) => h,
@@ -713,13 +695,23 @@ impl MysqlProxy {
                 continue;
             }
             if h.seq != 0 {
-                // The continuation of a large packet (COM_STMT_SEND_LONG_DATA and the like).
-                streamed += h.len;
-                if streamed > max {
-                    return too_large(cw, h.seq.wrapping_add(1), streamed, max).await;
-                }
-                copy_packet(&mut cr, &mut uw, h, &mut buf).await?;
-                continue;
+                // Continuations are read with their command, file data is handled above: a
+                // packet here would be a command the upstream might take without its check.
+                let _ = write_packet(
+                    &mut *cw.lock().await,
+                    h.seq.wrapping_add(1),
+                    &handshake::err(
+                        er::PACKETS_OUT_OF_ORDER.0,
+                        er::PACKETS_OUT_OF_ORDER.1,
+                        "Got packets out of order",
+                        true,
+                    ),
+                )
+                .await;
+                return Err(format!(
+                    "client sent a packet with sequence {} where a command (sequence 0) belongs",
+                    h.seq
+                ));
             }
             if h.len == 0 {
                 let _ = write_packet(
@@ -735,7 +727,6 @@ impl MysqlProxy {
                 .await;
                 return Err("client sent an empty command packet".into());
             }
-            streamed = h.len;
             if h.len > max {
                 return too_large(cw, 1, h.len, max).await;
             }
@@ -1092,6 +1083,87 @@ mod tests {
         let parsed = Greeting::parse(&g.encode()).expect("parse");
         assert_eq!(parsed, g);
         assert_eq!(g.capabilities & (cap::COMPRESS | cap::ZSTD | cap::SSL), 0);
+    }
+
+    fn proxy() -> MysqlProxy {
+        let config = crate::config::Config::parse(
+            std::path::Path::new("t.toml"),
+            "[[listener]]\nname = \"m\"\nprotocol = \"mysql\"\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\ninsecure-plaintext = true\nmysql-auth-server-impl = \"passthrough\"\n",
+        )
+        .expect("config");
+        MysqlProxy::new(&config.listeners[0], None, true, None).expect("proxy")
+    }
+
+    fn frame(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        packet::encode(&mut out, seq, payload);
+        out
+    }
+
+    /// File data the upstream asked for passes as it is, even a packet at sequence 0 that
+    /// looks like a refused command; once the file ends, commands are looked at again.
+    #[test]
+    fn load_data_local_file_data_is_not_taken_for_commands() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                let (client, mut c) = tokio::io::duplex(1 << 20);
+                let (upstream, mut u) = tokio::io::duplex(1 << 20);
+                let session = Session {
+                    client: Box::new(client),
+                    upstream: Box::new(upstream),
+                    identity: Identity {
+                        username: "u".into(),
+                        groups: vec![],
+                    },
+                    tls: false,
+                };
+                let p = proxy();
+                let relay = p.relay(session);
+                let script = async {
+                    let load = b"\x03load data local infile 'f' into table t";
+                    c.write_all(&frame(0, load)).await.expect("query");
+                    let (seq, got) = packet::read(&mut u, 1 << 20).await.expect("forwarded");
+                    assert_eq!((seq, got.as_slice()), (0, &load[..]));
+                    u.write_all(&frame(1, b"\xfbf"))
+                        .await
+                        .expect("file request");
+                    let (_, req) = packet::read(&mut c, 1 << 20).await.expect("relayed");
+                    assert_eq!(req, b"\xfbf");
+                    // 300 packets: sequence numbers 2..=255, 0, 1, ... ; the one at 0 starts
+                    // with COM_CHANGE_USER's byte.
+                    let mut sent = Vec::new();
+                    for i in 0..300u32 {
+                        let seq = (2 + i) as u8;
+                        let data = if seq == 0 {
+                            b"\x11root\x00".to_vec()
+                        } else {
+                            format!("{i},row\n").into_bytes()
+                        };
+                        sent.extend(frame(seq, &data));
+                    }
+                    sent.extend(frame(46, b""));
+                    c.write_all(&sent).await.expect("file");
+                    let mut got = vec![0u8; sent.len()];
+                    u.read_exact(&mut got).await.expect("file upstream");
+                    assert!(got == sent, "file data forwarded byte for byte");
+                    u.write_all(&frame(47, b"\x00\x01\x00\x02\x00\x00\x00"))
+                        .await
+                        .expect("OK");
+                    packet::read(&mut c, 1 << 20).await.expect("OK relayed");
+                    // Back to commands: COM_CHANGE_USER is refused.
+                    c.write_all(&frame(0, b"\x11root\x00"))
+                        .await
+                        .expect("change user");
+                    let (seq, e) = packet::read(&mut c, 1 << 20).await.expect("ERR");
+                    assert_eq!((seq, e[0]), (1, 0xff));
+                    drop(c);
+                };
+                let (r, ()) = tokio::join!(relay, script);
+                r.expect("relay ends cleanly when the client closes");
+            });
     }
 
     #[test]
