@@ -1091,7 +1091,7 @@ mod tests {
             "[[listener]]\nname = \"m\"\nprotocol = \"mysql\"\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\ninsecure-plaintext = true\nmysql-auth-server-impl = \"passthrough\"\n",
         )
         .expect("config");
-        MysqlProxy::new(&config.listeners[0], None, true, None).expect("proxy")
+        MysqlProxy::new(&config.listeners[0], None, true, None, Default::default()).expect("proxy")
     }
 
     fn frame(seq: u8, payload: &[u8]) -> Vec<u8> {
