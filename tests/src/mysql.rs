@@ -215,11 +215,19 @@ impl Drop for TestListener {
 
 /// Starts the `[[listener]]` described by `toml` (its `listen` may use port 0).
 pub async fn start_listener(toml: &str, kernel: Option<Arc<Kernel>>) -> TestListener {
+    start_listener_with(toml, kernel, Default::default()).await
+}
+
+/// [`start_listener`] registering its connections in `sessions`.
+pub async fn start_listener_with(
+    toml: &str,
+    kernel: Option<Arc<Kernel>>,
+    sessions: Arc<vtguard_agent::sessions::Sessions>,
+) -> TestListener {
     let (config, protected, acl) = crate::listener_parts(toml);
     let l = &config.listeners[0];
-    let proxy = Arc::new(
-        MysqlProxy::new(l, kernel, protected, acl, Default::default()).expect("listener starts"),
-    );
+    let proxy =
+        Arc::new(MysqlProxy::new(l, kernel, protected, acl, sessions).expect("listener starts"));
     let socket = proxy.bind(l.listen).await.expect("bind listener");
     let addr = socket.local_addr().expect("addr");
     let task = tokio::spawn(Arc::clone(&proxy).serve(socket));

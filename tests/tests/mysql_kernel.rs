@@ -1,11 +1,19 @@
 //! The MySQL listener with the kernel programs attached (as root): MariaDB's port is reachable
 //! only through vtguard, on a connection registered under the caller's proven identity.
 
-use std::process::Command;
+use std::{
+    io::Read,
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use vtguard_agent::sessions::Sessions;
 use vtguard_tests::{
     kernel_tests_can_run,
-    mysql::{cli, cli_tls, mariadb_available, mtls_listener, start_listener, MariaDb},
+    mysql::{
+        cli, cli_tls, mariadb_available, mtls_listener, start_listener_with, tls_login, MariaDb,
+    },
     pki::Pki,
     policy, py_connect, TestKernel,
 };
@@ -19,12 +27,13 @@ async fn only_vtguard_reaches_mariadb_and_only_for_identities_the_kernel_allows(
     let db = MariaDb::start();
     let port = db.port;
     let k = TestKernel::start(policy(&[port], &[(port, &["vtgate client 1"])]), None);
-    let pki = Pki::generate();
+    let pki = Arc::new(Pki::generate());
     let toml = format!(
         "[kernel]\nprotected-ports = [{port}]\n{}",
         mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n")
     );
-    let l = start_listener(&toml, Some(k.shared())).await;
+    let sessions = Arc::new(Sessions::default());
+    let l = start_listener_with(&toml, Some(k.shared()), Arc::clone(&sessions)).await;
     let addr = l.addr;
 
     // Through vtguard, as an identity the kernel allows: rows.
@@ -78,6 +87,55 @@ async fn only_vtguard_reaches_mariadb_and_only_for_identities_the_kernel_allows(
     assert!(
         err.contains("ERROR 2002") && err.contains("(1)"),
         "errno 1 (EPERM): {err}"
+    );
+
+    // Client 1 loses access (as SIGHUP applies a config without it): its open session is
+    // closed at once; once the kernel has the policy, its new login is refused by the kernel.
+    let p = Arc::clone(&pki);
+    let (mut session, _) = tokio::task::spawn_blocking(move || {
+        tls_login(&p, addr, "vtgate-client-1", "vtgate client 1", false)
+    })
+    .await
+    .expect("login")
+    .expect("client 1 logs in");
+    let without = policy(&[port], &[(port, &[])]);
+    let start = Instant::now();
+    sessions.set_policy(&without, true);
+    let closed = tokio::task::spawn_blocking(move || {
+        session
+            .sock
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let mut b = [0u8; 1];
+        match session.read(&mut b) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err("data".to_owned()),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                Err("still open after 2 s".to_owned())
+            }
+            Err(_) => Ok(()),
+        }
+    })
+    .await
+    .expect("read");
+    let took = start.elapsed();
+    assert_eq!(closed, Ok(()), "client 1's session must be closed");
+    assert!(took < Duration::from_secs(1), "closed after {took:?}");
+    eprintln!("client 1's MySQL session closed {took:?} after the policy change");
+    k.shared().apply_policy(&without).expect("kernel policy");
+    sessions.applied();
+    let args = cli_tls(&pki, "vtgate-client-1");
+    let (code, _, err) =
+        tokio::task::spawn_blocking(move || cli(addr, "vtgate client 1", &args, "select 1;\n"))
+            .await
+            .expect("cli");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("ERROR 1045 (28000): Access denied for user 'vtgate client 1': vtguard: the kernel refused this identity a connection to the upstream"),
+        "{err}"
     );
     drop(l);
 }
