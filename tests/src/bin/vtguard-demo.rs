@@ -38,6 +38,7 @@ const VTGATE_LISTENER: u16 = 15999;
 const VTGATE_EFFECTIVE: u16 = 15998;
 const VTGATE_GROUPS: u16 = 15997;
 const MYSQL_LISTENER: u16 = 13306;
+const METRICS: u16 = 19465;
 const PIN_DIR: &str = "/sys/fs/bpf/vtguard-demo";
 
 const ACL: &str = r#"{"table_groups": [{"name": "vt_insert_test", "table_names_or_prefixes": ["vt_insert_test"],
@@ -200,6 +201,7 @@ async fn main() {
         VTGATE_EFFECTIVE,
         VTGATE_GROUPS,
         MYSQL_LISTENER,
+        METRICS,
     ]
     .into_iter()
     .filter(|p| !port_free(*p))
@@ -253,6 +255,10 @@ async fn main() {
         acl.display(),
         tmp.path().join("admin.sock").display()
     );
+    let metrics = !busy(METRICS, &taken);
+    if metrics {
+        let _ = writeln!(config, "[metrics]\nlisten = \"127.0.0.1:{METRICS}\"\n");
+    }
     let mut protected = Vec::new();
     if tablet.is_some() {
         protected.push(TABLET);
@@ -577,6 +583,45 @@ async fn main() {
                 format!("the mysql listener's port {MYSQL_LISTENER} is in use")
             }),
         ),
+    }
+
+    // What an operator watches: `vtguard status` and the metrics endpoint.
+    if agent.is_some() {
+        let socket = tmp.path().join("admin.sock");
+        let (code, out, err) = sh(Command::new(vtguard_bin())
+            .arg("status")
+            .arg("--socket")
+            .arg(&socket));
+        r.step(
+            &format!("vtguard status --socket {}", socket.display()),
+            if code == 0 && out.contains("LISTENER") {
+                Outcome::Ok(out.trim_end().to_owned())
+            } else {
+                Outcome::Failed(format!("exit {code}: {err}"))
+            },
+        );
+        if metrics {
+            let (code, out, err) = sh(Command::new("curl").args([
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://127.0.0.1:{METRICS}/metrics"),
+            ]));
+            let denials: Vec<&str> = out
+                .lines()
+                .filter(|l| l.starts_with("vtguard_acl_denials_total{"))
+                .collect();
+            r.step(
+                &format!("curl http://127.0.0.1:{METRICS}/metrics: the ACL denials so far"),
+                if code == 0 && !denials.is_empty() {
+                    Outcome::Ok(denials.join("\n"))
+                } else if code != 0 {
+                    Outcome::Skipped(format!("curl failed (exit {code}): {}", err.trim()))
+                } else {
+                    Outcome::Failed(format!("no vtguard_acl_denials_total series in:\n{out}"))
+                },
+            );
+        }
     }
 
     taken.sort_unstable();
