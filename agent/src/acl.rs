@@ -28,7 +28,8 @@ pub struct Enforcer {
     version: std::sync::atomic::AtomicU64,
 }
 
-fn now_unix() -> i64 {
+/// Seconds since the Unix epoch.
+pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

@@ -162,16 +162,8 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
             enforcer: enforcer.clone(),
             sessions: Arc::clone(&sessions),
             kernel: kernel.clone(),
-            listeners: proxies
-                .iter()
-                .map(|p| match p {
-                    Listener::Grpc(p) => Arc::clone(p) as Arc<dyn crate::admin::ListenerStatus>,
-                    Listener::Mysql(p) => Arc::clone(p) as Arc<dyn crate::admin::ListenerStatus>,
-                })
-                .collect(),
-            started: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
+            listeners: proxies.iter().map(Listener::status).collect(),
+            started: crate::acl::now_unix(),
         });
         if let Some(addr) = config.metrics {
             let (k, s) = (kernel.clone(), Arc::clone(&sessions));
@@ -264,6 +256,14 @@ impl Listener {
         match self {
             Listener::Grpc(_) => "grpc",
             Listener::Mysql(_) => "mysql",
+        }
+    }
+
+    /// What `vtguard status` reads of it.
+    fn status(&self) -> Arc<dyn crate::admin::ListenerStatus> {
+        match self {
+            Listener::Grpc(p) => Arc::clone(p) as _,
+            Listener::Mysql(p) => Arc::clone(p) as _,
         }
     }
 

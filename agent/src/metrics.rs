@@ -115,13 +115,7 @@ impl Metrics {
 
     /// A request (gRPC call, MySQL command) ended with `decision`, taking `latency`.
     pub fn request(&self, listener: &str, method: &str, decision: &str, latency: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                listener: listener.to_owned(),
-                method: method.to_owned(),
-                decision: decision.to_owned(),
-            })
-            .inc();
+        self.command(listener, method, decision);
         self.latency
             .get_or_create(&LatencyLabels {
                 listener: listener.to_owned(),

@@ -4,7 +4,12 @@
 pub mod grpc;
 pub mod mysql;
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -13,7 +18,9 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    acl::Decision,
     kernel::{self, Kernel},
+    sessions::Sessions,
     tls::Reloadable,
 };
 
@@ -24,6 +31,12 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> AsyncReadWrite for T {}
 /// Why the upstream connection could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
+    /// A policy that removes this identity is being applied; vtguard refuses it meanwhile.
+    #[error("identity {identity:?} may no longer reach upstream {upstream}: the policy that removed it is being applied")]
+    PolicyRemoved {
+        identity: String,
+        upstream: SocketAddr,
+    },
     /// The kernel refused this identity the upstream's port (EPERM at connect()).
     #[error("the kernel refused identity {identity:?} a connection to upstream {upstream}: grant it in [[kernel.access]] for port {}", upstream.port())]
     KernelRefused {
@@ -41,9 +54,16 @@ pub enum DialError {
 /// path when the agent enforces in the kernel, else a plain connect.
 pub async fn dial(
     kernel: Option<&Kernel>,
+    sessions: &Sessions,
     identity: &str,
     upstream: SocketAddr,
 ) -> Result<Box<dyn AsyncReadWrite>, DialError> {
+    if sessions.refuses(identity, upstream.port()) {
+        return Err(DialError::PolicyRemoved {
+            identity: identity.to_owned(),
+            upstream,
+        });
+    }
     let unavailable = |detail: String| DialError::Unavailable { upstream, detail };
     match kernel {
         Some(k) => match k.connect(identity, upstream).await {
@@ -82,6 +102,20 @@ pub fn reload_tls(listener: &str, tls: Option<&Reloadable>, force: bool) {
                 warn!(listener = %listener, error = %e, "TLS reload failed; the previous certificates stay in use")
             }
         }
+    }
+}
+
+/// Makes a table-ACL decision visible to operators: a denial is counted by table, identity
+/// and reason; a dry-run would-be denial is logged and counted (on `dry_run_denials` too).
+pub fn account(listener: &str, identity: &str, d: &Decision, dry_run_denials: &AtomicU64) {
+    let m = crate::metrics::metrics();
+    if let Decision::Deny { table, .. } = d {
+        let reason = if table.is_some() { "acl" } else { "statement" };
+        m.acl_denial(listener, table.as_deref().unwrap_or(""), identity, reason);
+    } else if let Some(would) = d.would_deny() {
+        dry_run_denials.fetch_add(1, Ordering::Relaxed);
+        m.acl_denial(listener, "", identity, "dry_run");
+        warn!(listener = %listener, identity = %identity, "table ACL dry run: {would}");
     }
 }
 

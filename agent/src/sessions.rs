@@ -23,6 +23,12 @@ use tokio::sync::watch;
 
 use crate::config::KernelPolicy;
 
+/// Whether `policy` keeps `identity` from a port the kernel guards. An unprotected port is
+/// never taken away: the kernel does not guard it, so there is nothing for policy to remove.
+fn takes_away(policy: &KernelPolicy, identity: &str, port: u16) -> bool {
+    policy.protected_ports.contains(&port) && !policy.allows(identity, port)
+}
+
 /// Every open session of the agent.
 #[derive(Debug, Default)]
 pub struct Sessions {
@@ -107,7 +113,7 @@ impl Sessions {
     ) -> Session {
         let cut = self
             .current()
-            .is_some_and(|p| p.protected_ports.contains(&port) && !p.allows(identity, port));
+            .is_some_and(|p| takes_away(&p, identity, port));
         self.register(listener, port, identity, true, cut)
     }
 
@@ -117,7 +123,7 @@ impl Sessions {
         self.applying.load(Ordering::Acquire)
             && self
                 .current()
-                .is_some_and(|p| p.protected_ports.contains(&port) && !p.allows(identity, port))
+                .is_some_and(|p| takes_away(&p, identity, port))
     }
 
     /// Makes `policy` the one in force (`applying`: the kernel does not have it yet) and cuts
@@ -160,13 +166,11 @@ impl Sessions {
         }
     }
 
-    /// Cuts off every session whose identity `policy` no longer lets reach its (protected)
-    /// upstream port. Sessions to unprotected ports are left alone: the kernel does not guard
-    /// them, so there is nothing for the policy to take away.
+    /// Cuts off every session whose upstream port `policy` takes away from its identity.
     fn cut_disallowed(&self, policy: &KernelPolicy) -> Vec<Cut> {
         let mut cut: BTreeMap<(Arc<str>, String, u16), usize> = BTreeMap::new();
         for e in self.lock().values() {
-            if policy.protected_ports.contains(&e.port) && !policy.allows(&e.identity, e.port) {
+            if takes_away(policy, &e.identity, e.port) {
                 // send_replace: the receiver may be gone already (connection closing).
                 e.cut.send_replace(true);
                 *cut.entry((Arc::clone(&e.listener), e.identity.clone(), e.port))

@@ -193,9 +193,24 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A gRPC message frame: compression flag, big-endian length, the message.
+pub fn framed(flag: u8, msg: &[u8]) -> Vec<u8> {
+    let mut out = vec![flag];
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
+/// Bytes as a raw request body.
+pub fn full(b: Vec<u8>) -> RawBody {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(bytes::Bytes::from(b))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 /// A framed vttablet ExecuteRequest for `sql`, as a raw request body.
 pub fn execute_body(sql: &str) -> RawBody {
-    use http_body_util::BodyExt;
     use prost::Message;
     let msg = vtguard_proto::query::ExecuteRequest {
         target: Some(crate::upstream::target("ks")),
@@ -203,10 +218,5 @@ pub fn execute_body(sql: &str) -> RawBody {
         ..Default::default()
     }
     .encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&msg);
-    http_body_util::Full::new(bytes::Bytes::from(framed))
-        .map_err(|never| match never {})
-        .boxed()
+    full(framed(0, &msg))
 }

@@ -1,6 +1,7 @@
 //! Helpers for vtguard's end-to-end tests: prerequisites, kernel guards that always detach,
 //! test servers, and real clients (python3, curl) driven as separate processes.
 
+pub mod agent;
 pub mod grpc;
 pub mod mysql;
 pub mod pki;
@@ -25,6 +26,16 @@ use vtguard_agent::{
     config::{KernelConfig, KernelPolicy},
     kernel::{self, Attach, Kernel},
 };
+
+/// Whether a program is on PATH (or in /usr/sbin, where Debian puts mariadbd).
+pub fn installed(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+        || Path::new("/usr/sbin").join(program).exists()
+}
 
 /// Whether `CI` is set: then a test that cannot run fails instead of skipping.
 pub fn is_ci() -> bool {
@@ -306,12 +317,15 @@ pub fn py_connect(
 
 /// Runs a command, returns (exit code, stdout, stderr).
 pub fn sh(cmd: &mut Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    match cmd.output() {
+        Ok(out) => (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
+        // A program that cannot be started fails like one that exits with an error.
+        Err(e) => (-1, String::new(), format!("run {cmd:?}: {e}")),
+    }
 }
 
 /// Lines of `bpftool cgroup tree` for `cgroup` that name one of vtguard's programs.

@@ -14,19 +14,15 @@ use vtguard_agent::{kernel::Kernel, proxy::mysql::MysqlProxy};
 
 use crate::{free_port, is_ci, pki::Pki};
 
+/// What a MariaDB server for tests needs on the machine.
+pub const MARIADB_PROGRAMS: [&str; 3] = ["mariadbd", "mariadb-install-db", "mariadb"];
+
 /// Whether the MariaDB server and client are installed; prints why a test skips (or panics
 /// under CI, where `cargo xtask test` installs them).
 pub fn mariadb_available(test: &str) -> bool {
-    let missing: Vec<&str> = ["mariadbd", "mariadb-install-db", "mariadb"]
+    let missing: Vec<&str> = MARIADB_PROGRAMS
         .into_iter()
-        .filter(|b| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {b}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-                && !Path::new("/usr/sbin").join(b).exists()
-        })
+        .filter(|b| !crate::installed(b))
         .collect();
     if missing.is_empty() {
         return true;

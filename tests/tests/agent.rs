@@ -3,87 +3,35 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
-    thread,
+    process::Command,
     time::{Duration, Instant},
 };
 
 use vtguard_tests::*;
 
-/// A running `vtguard run`; its stderr is collected. Killed on drop.
-struct Agent {
-    child: Child,
-    log: Arc<Mutex<String>>,
+/// The agent as these tests run it: JSON log lines.
+type Agent = vtguard_tests::agent::AgentProcess;
+
+/// Starts `vtguard run` and waits until it logs `ready`.
+fn start_until(config: &Path, ready: &str) -> Agent {
+    let agent = Agent::spawn(&["--log-format", "json"], config).expect("start vtguard run");
+    agent.wait_for(ready);
+    agent
 }
 
-impl Agent {
-    fn start(config: &Path) -> Self {
-        Self::start_until(config, "kernel enforcement active")
-    }
-
-    /// Starts `vtguard run` and waits until it logs `ready`.
-    fn start_until(config: &Path, ready: &str) -> Self {
-        let mut child = Command::new(vtguard_bin())
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start vtguard run");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let agent = Agent { child, log };
-        agent.wait_for(ready);
-        agent
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Waits until a log line contains `needle`; panics with the log after 10 s.
-    fn wait_for(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = self.log();
-            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
-                return line.to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent never logged {needle:?}; log:\n{log}"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill_9(mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        let status = self.child.wait().expect("wait for the agent");
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGKILL)
-        );
-    }
+fn start(config: &Path) -> Agent {
+    start_until(config, "kernel enforcement active")
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn kill_9(mut agent: Agent) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGKILL) };
+    let status = agent.child.wait().expect("wait for the agent");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
 }
 
 /// Detaches whatever the test left under `dir`, also when it fails.
@@ -137,7 +85,7 @@ fn kill_9_keeps_ports_closed_and_a_restart_adopts_the_pins() {
     let cfg = config.to_str().expect("utf-8 path");
     let cgroup = vtguard_agent::kernel::resolve_cgroup(None).expect("cgroup2 root");
 
-    let agent = Agent::start(&config);
+    let agent = start(&config);
     assert_eq!(
         vtguard_attachments(&cgroup).len(),
         3,
@@ -169,7 +117,7 @@ fn kill_9_keeps_ports_closed_and_a_restart_adopts_the_pins() {
     assert_eq!(code, 0, "{err}");
     let ids_before = link_ids(&before);
 
-    agent.kill_9();
+    kill_9(agent);
     // Fail closed: the pinned programs still refuse plain connects, on every family.
     for host in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
         let r = py_connect(None, host, protected, 3.0, "connect");
@@ -198,7 +146,7 @@ fn kill_9_keeps_ports_closed_and_a_restart_adopts_the_pins() {
     );
 
     // A restarted agent adopts the pins: same links, still one attachment per hook.
-    let agent = Agent::start(&config);
+    let agent = start(&config);
     for prog in ["vtg_connect4", "vtg_connect6", "vtg_ingress"] {
         agent.wait_for(&format!("adopted {prog}"));
     }
@@ -335,7 +283,7 @@ fn bad_input_gets_one_line_naming_the_cause_and_the_fix() {
     );
 
     // A second agent on the same pins.
-    let agent = Agent::start(&config);
+    let agent = start(&config);
     refused(&body, &["in use by another running vtguard agent"]);
     assert_eq!(
         vtguard_attachments(&cgroup).len(),
@@ -376,7 +324,7 @@ async fn a_grpc_listener_from_the_binary_logs_one_structured_line_per_request() 
             up.addr
         ),
     );
-    let agent = tokio::task::spawn_blocking(move || Agent::start_until(&config, "\"listening\""))
+    let agent = tokio::task::spawn_blocking(move || start_until(&config, "\"listening\""))
         .await
         .expect("agent starts");
     agent.wait_for("grpc-use-effective-callerid is not secure");
@@ -530,7 +478,7 @@ fn policy_load_through_the_cli_swaps_valid_files_and_refuses_invalid_ones() {
             free_port()
         ),
     );
-    let agent = Agent::start_until(&config, "admin API listening");
+    let agent = start_until(&config, "admin API listening");
     let sock = socket.to_str().expect("utf-8");
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(
@@ -656,7 +604,7 @@ async fn an_identity_removed_from_policy_is_cut_off_within_a_second_and_refused_
         &config_for("\"vtgate client 1\", \"vtgate client 2\""),
     );
     let c = config.clone();
-    let agent = tokio::task::spawn_blocking(move || Agent::start_until(&c, "\"listening\""))
+    let agent = tokio::task::spawn_blocking(move || start_until(&c, "\"listening\""))
         .await
         .expect("agent starts");
 
@@ -752,10 +700,9 @@ async fn status_metrics_and_online_policy_check_reflect_the_running_agent() {
                 .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
         ),
     );
-    let agent =
-        tokio::task::spawn_blocking(move || Agent::start_until(&config, "admin API listening"))
-            .await
-            .expect("agent starts");
+    let agent = tokio::task::spawn_blocking(move || start_until(&config, "admin API listening"))
+        .await
+        .expect("agent starts");
     let sock = socket.to_str().expect("utf-8").to_owned();
 
     // One open connection of client 1, which has run a query.

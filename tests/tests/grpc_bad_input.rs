@@ -6,12 +6,12 @@ use std::{io::Write, time::Duration};
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use prost::Message;
 use vtguard_proto::query::ExecuteRequest;
 use vtguard_tests::{
-    grpc::{mtls_listener, raw_call, raw_connection, start_listener, tls_channel},
+    grpc::{framed, full, mtls_listener, raw_call, raw_connection, start_listener, tls_channel},
     pki::Pki,
     upstream::{rows, Upstream},
 };
@@ -26,19 +26,6 @@ async fn call(
     encoding: Option<&str>,
 ) -> (u16, String, Vec<u8>) {
     raw_call(send, addr, "/queryservice.Query/Execute", body, encoding).await
-}
-
-fn framed(flag: u8, msg: &[u8]) -> Vec<u8> {
-    let mut out = vec![flag];
-    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    out.extend_from_slice(msg);
-    out
-}
-
-fn full(b: Vec<u8>) -> Body {
-    Full::new(Bytes::from(b))
-        .map_err(|never| match never {})
-        .boxed()
 }
 
 fn valid() -> Vec<u8> {

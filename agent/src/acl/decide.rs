@@ -32,9 +32,20 @@ pub enum Decision {
     },
 }
 
+/// How an allow made by dry run starts its reason; the denial follows.
+const DRY_RUN: &str = "dry run; would deny: ";
+
 impl Decision {
     pub fn is_allow(&self) -> bool {
         matches!(self, Decision::Allow { .. })
+    }
+
+    /// Under dry run: the denial this allow stands for.
+    pub fn would_deny(&self) -> Option<&str> {
+        match self {
+            Decision::Allow { reason } => reason.strip_prefix(DRY_RUN),
+            Decision::Deny { .. } => None,
+        }
     }
 }
 
@@ -68,7 +79,7 @@ fn gate(s: &Settings, username: &str, groups: &[String]) -> Option<Decision> {
 fn dry_run(s: &Settings, verdict: Decision) -> Decision {
     match verdict {
         Decision::Deny { message, .. } if s.dry_run => Decision::Allow {
-            reason: format!("dry run; would deny: {message}"),
+            reason: format!("{DRY_RUN}{message}"),
         },
         v => v,
     }

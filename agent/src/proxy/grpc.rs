@@ -439,19 +439,20 @@ impl Conn {
                 let identity = self.caller(ins.effective.as_ref());
                 if let Some(acl) = &p.acl {
                     for table in &ins.message_tables {
-                        if let Decision::Deny { message, .. } = acl.check_table(
+                        let d = acl.check_table(
                             &identity.username,
                             &identity.groups,
                             m.name,
                             crate::acl::Role::Writer,
                             table,
-                        ) {
-                            crate::metrics::metrics().acl_denial(
-                                &p.name,
-                                table,
-                                &identity.username,
-                                "acl",
-                            );
+                        );
+                        super::account(
+                            &p.name,
+                            &identity.username,
+                            &d,
+                            &p.stats.acl_dry_run_denials,
+                        );
+                        if let Decision::Deny { message, .. } = d {
                             return Err((
                                 Refusal::new(code::PERMISSION_DENIED, message),
                                 Some(identity),
@@ -461,25 +462,13 @@ impl Conn {
                     }
                     for sql in &ins.sql {
                         let decision = acl.check(&identity.username, &identity.groups, sql);
-                        if let Decision::Allow { reason } = &decision {
-                            if let Some(would) = reason.strip_prefix("dry run; would deny: ") {
-                                p.stats.acl_dry_run_denials.fetch_add(1, Ordering::Relaxed);
-                                crate::metrics::metrics().acl_denial(
-                                    &p.name,
-                                    "",
-                                    &identity.username,
-                                    "dry_run",
-                                );
-                                warn!(listener = %p.name, identity = %identity.username, "table ACL dry run: {would}");
-                            }
-                        }
-                        if let Decision::Deny { message, table, .. } = decision {
-                            crate::metrics::metrics().acl_denial(
-                                &p.name,
-                                table.as_deref().unwrap_or(""),
-                                &identity.username,
-                                if table.is_some() { "acl" } else { "statement" },
-                            );
+                        super::account(
+                            &p.name,
+                            &identity.username,
+                            &decision,
+                            &p.stats.acl_dry_run_denials,
+                        );
+                        if let Decision::Deny { message, .. } = decision {
                             let mut r = Refusal::new(code::PERMISSION_DENIED, message);
                             r.in_body = p.cfg.service == GrpcService::Vtgate
                                 && VTGATE_UNARY.contains(&m.name);
@@ -627,23 +616,19 @@ impl GrpcProxy {
                 format!("vtguard: upstream {} unavailable: {e}", self.upstream),
             )
         };
-        if self.sessions.refuses(username, self.upstream.port()) {
-            return Err(Refusal::new(
-                code::PERMISSION_DENIED,
-                format!(
-                    "vtguard: identity {username:?} may no longer reach upstream {}: the policy that removed it is being applied",
-                    self.upstream
-                ),
-            ));
-        }
-        let tcp = super::dial(self.kernel.as_deref(), username, self.upstream)
-            .await
-            .map_err(|e| match e {
-                super::DialError::KernelRefused { .. } => {
-                    Refusal::new(code::PERMISSION_DENIED, format!("vtguard: {e}"))
-                }
-                super::DialError::Unavailable { detail, .. } => unavailable(detail),
-            })?;
+        let tcp = super::dial(
+            self.kernel.as_deref(),
+            &self.sessions,
+            username,
+            self.upstream,
+        )
+        .await
+        .map_err(|e| match e {
+            super::DialError::KernelRefused { .. } | super::DialError::PolicyRemoved { .. } => {
+                Refusal::new(code::PERMISSION_DENIED, format!("vtguard: {e}"))
+            }
+            super::DialError::Unavailable { detail, .. } => unavailable(detail),
+        })?;
         match &self.upstream_tls {
             None => Ok(tcp),
             Some((config, name)) => {

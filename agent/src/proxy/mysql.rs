@@ -482,24 +482,9 @@ impl MysqlProxy {
             .await;
         }
 
-        if self
-            .sessions
-            .refuses(&identity.username, self.upstream.port())
-        {
-            return refuse(
-                &mut client,
-                reply,
-                er::ACCESS_DENIED,
-                &format!("{denied}: vtguard: this identity may no longer reach the upstream"),
-                &format!(
-                    "identity {:?} may no longer reach upstream {}: the policy that removed it is being applied",
-                    identity.username, self.upstream
-                ),
-            )
-            .await;
-        }
         let mut upstream: Io = match super::dial(
             self.kernel.as_deref(),
+            &self.sessions,
             &identity.username,
             self.upstream,
         )
@@ -508,6 +493,10 @@ impl MysqlProxy {
             Ok(u) => u,
             Err(e) => {
                 let (code, message) = match e {
+                        super::DialError::PolicyRemoved { .. } => (
+                            er::ACCESS_DENIED,
+                            format!("{denied}: vtguard: this identity may no longer reach the upstream"),
+                        ),
                         super::DialError::KernelRefused { .. } => (
                             er::ACCESS_DENIED,
                             format!("{denied}: vtguard: the kernel refused this identity a connection to the upstream"),
@@ -826,25 +815,15 @@ impl MysqlProxy {
             }
             _ => return None,
         };
+        super::account(
+            &self.name,
+            &id.username,
+            &decision,
+            &self.stats.acl_dry_run_denials,
+        );
         match decision {
-            Decision::Deny { message, table, .. } => {
-                crate::metrics::metrics().acl_denial(
-                    &self.name,
-                    table.as_deref().unwrap_or(""),
-                    &id.username,
-                    if table.is_some() { "acl" } else { "statement" },
-                );
-                Some(message)
-            }
-            Decision::Allow { reason } => {
-                if let Some(would) = reason.strip_prefix("dry run; would deny: ") {
-                    self.stats
-                        .acl_dry_run_denials
-                        .fetch_add(1, Ordering::Relaxed);
-                    warn!(listener = %self.name, identity = %id.username, "table ACL dry run: {would}");
-                }
-                None
-            }
+            Decision::Deny { message, .. } => Some(message),
+            Decision::Allow { .. } => None,
         }
     }
 

@@ -11,11 +11,9 @@
 
 use std::{
     fmt::Write as _,
-    io::{BufRead, BufReader},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    path::Path,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -24,9 +22,12 @@ use vtguard_proto::{
     vtgateservice::vitess_client::VitessClient, vtrpc::CallerId,
 };
 use vtguard_tests::{
+    agent::AgentProcess,
     grpc::{plain_channel, tls_channel},
-    mysql::MariaDb,
+    installed,
+    mysql::{MariaDb, MARIADB_PROGRAMS},
     pki::Pki,
+    sh,
     upstream::{rows, Upstream, SELECT_TABLE, VT_INSERT_TEST},
 };
 
@@ -102,23 +103,24 @@ fn port_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// The running agent: killed, and its pins detached, on drop (every exit path).
+/// The running agent; its pins are detached after it stops, on every exit path.
 struct Agent {
-    child: Child,
-    log: Arc<Mutex<String>>,
+    process: Option<AgentProcess>,
     kernel: bool,
 }
 
 impl Agent {
     fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.process
+            .as_ref()
+            .map(AgentProcess::log)
+            .unwrap_or_default()
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.process.take());
         if self.kernel {
             match vtguard_agent::kernel::detach(Path::new(PIN_DIR)) {
                 Ok(r) => println!(
@@ -130,16 +132,6 @@ impl Drop for Agent {
         } else {
             println!("cleanup: vtguard stopped");
         }
-    }
-}
-
-fn vtguard_bin() -> PathBuf {
-    let here = std::env::current_exe().expect("own path");
-    let bin = here.with_file_name("vtguard");
-    if bin.exists() {
-        bin
-    } else {
-        vtguard_tests::vtguard_bin()
     }
 }
 
@@ -543,17 +535,10 @@ async fn main() {
                 "127.0.0.1:{TABLET} refused (unregistered_socket): pid {}",
                 std::process::id()
             );
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let line = loop {
-                let log = a.log();
-                if let Some(l) = log.lines().find(|l| l.contains(&needle)) {
-                    break Some(l.to_owned());
-                }
-                if Instant::now() > deadline {
-                    break None;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            };
+            let line = a
+                .process
+                .as_ref()
+                .and_then(|p| p.find(&[&needle], Duration::from_secs(5)));
             r.step(
                 "vtguard logged the kernel's denial event",
                 match line {
@@ -588,7 +573,7 @@ async fn main() {
     // What an operator watches: `vtguard status` and the metrics endpoint.
     if agent.is_some() {
         let socket = tmp.path().join("admin.sock");
-        let (code, out, err) = sh(Command::new(vtguard_bin())
+        let (code, out, err) = sh(Command::new(vtguard_tests::vtguard_bin())
             .arg("status")
             .arg("--socket")
             .arg(&socket));
@@ -644,27 +629,14 @@ async fn main() {
 
 /// Starts `vtguard run` and waits until every listener accepts connections.
 fn start_agent(config: &Path, kernel: bool, listeners: &[(&str, u16)]) -> Result<Agent, String> {
-    let mut child = Command::new(vtguard_bin())
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("starting vtguard: {e}"))?;
-    let log = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().expect("stderr");
-    let sink = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    let mut agent = Agent { child, log, kernel };
+    let process = AgentProcess::spawn(&[], config).map_err(|e| format!("starting vtguard: {e}"))?;
+    let mut agent = Agent {
+        process: Some(process),
+        kernel,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(Some(status)) = agent.child.try_wait() {
+        if let Some(Ok(Some(status))) = agent.process.as_mut().map(|p| p.child.try_wait()) {
             return Err(format!("vtguard exited ({status}):\n{}", agent.log()));
         }
         let ready = listeners.iter().all(|(_, p)| {
@@ -687,16 +659,6 @@ fn start_agent(config: &Path, kernel: bool, listeners: &[(&str, u16)]) -> Result
     }
 }
 
-/// Whether a program is on PATH (or in /usr/sbin, where Debian puts mariadbd).
-fn have(bin: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {bin}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-        || Path::new("/usr/sbin").join(bin).exists()
-}
-
 /// A MariaDB server for the MySQL path, or `None` with the step saying why.
 async fn mysql_upstream(r: &mut Report, root: bool, _dir: &Path, taken: &[u16]) -> Option<MariaDb> {
     const TITLE: &str = "MariaDB for the MySQL path (real mariadbd, in a temporary folder)";
@@ -709,11 +671,7 @@ async fn mysql_upstream(r: &mut Report, root: bool, _dir: &Path, taken: &[u16]) 
         );
         return None;
     }
-    let missing = || {
-        !["mariadbd", "mariadb-install-db", "mariadb"]
-            .iter()
-            .all(|b| have(b))
-    };
+    let missing = || !MARIADB_PROGRAMS.iter().all(|b| installed(b));
     if missing() {
         if !root {
             r.step(
@@ -841,16 +799,5 @@ async fn mysql_steps(r: &mut Report, pki: &Pki, m: &MariaDb, kernel: bool) {
                 ))
             },
         );
-    }
-}
-
-fn sh(cmd: &mut Command) -> (i32, String, String) {
-    match cmd.output() {
-        Ok(o) => (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        ),
-        Err(e) => (-1, String::new(), e.to_string()),
     }
 }
