@@ -2,6 +2,7 @@
 //! [`Enforcer`] holds the ACL in force, swaps it atomically and caches decisions.
 
 pub mod decide;
+mod source;
 pub mod sql;
 pub mod tableacl;
 
@@ -13,6 +14,7 @@ use std::{
 use arc_swap::ArcSwap;
 
 pub use decide::{Decision, Settings};
+pub use source::{Enforced, TableAclConfig};
 pub use sql::Mode;
 pub use tableacl::{Role, TableAcl, TableGroup};
 

@@ -21,6 +21,7 @@ use vtguard_proto::admin::{
 use crate::{
     acl::{Enforcer, Mode, TableAcl, Verdict},
     kernel::{Kernel, KernelStatus},
+    proxy::listener::Listener,
     sessions::Sessions,
 };
 
@@ -38,19 +39,13 @@ pub enum Error {
     Rpc(String),
 }
 
-/// A listener, as `vtguard status` shows it.
-pub trait ListenerStatus: Send + Sync {
-    /// Name, protocol, addresses and counters, as one JSON object.
-    fn status(&self) -> serde_json::Value;
-}
-
 /// What the admin API reports on and acts upon.
 pub struct State {
     /// The table ACL in force; `None` without `[tableacl]`.
     pub enforcer: Option<Arc<Enforcer>>,
     pub sessions: Arc<Sessions>,
     pub kernel: Option<Arc<Kernel>>,
-    pub listeners: Vec<Arc<dyn ListenerStatus>>,
+    pub listeners: Vec<Arc<dyn Listener>>,
     /// When the agent started (unix seconds).
     pub started: i64,
 }

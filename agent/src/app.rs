@@ -7,19 +7,23 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
+use futures_util::FutureExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::{
-    acl::{Enforcer, TableAcl},
-    config::{Config, Protocol},
+    acl::Enforcer,
+    config::Config,
     kernel::{Attach, Kernel, Origin},
-    proxy::{grpc::GrpcProxy, mysql::MysqlProxy},
+    proxy::listener::{self, Deps, Listener},
     sessions::Sessions,
 };
 
 /// How often certificate files are checked for changes.
 const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The agent's background tasks: one that ends has failed.
+type Tasks = tokio::task::JoinSet<anyhow::Result<()>>;
 
 /// Runs the agent until a termination signal.
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -31,169 +35,44 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     rt.block_on(run_async(config))
 }
 
+/// What is running, for SIGHUP and shutdown.
+struct Agent {
+    config: Config,
+    kernel: Option<Arc<Kernel>>,
+    enforcer: Option<Arc<Enforcer>>,
+    sessions: Arc<Sessions>,
+    listeners: Vec<Arc<dyn Listener>>,
+}
+
 async fn run_async(config: Config) -> anyhow::Result<()> {
     info!(config = %config.source.display(), listeners = config.listeners.len(), kernel = config.kernel.is_some(), "starting vtguard");
-    let kernel = match &config.kernel {
-        Some(k) => {
-            info!(
-                bpffs = %k.bpffs.display(),
-                cgroup = ?k.cgroup,
-                protected_ports = ?k.policy.protected_ports,
-                access = ?k.policy.access,
-                "kernel config"
-            );
-            warn_ephemeral_overlap(&k.policy.protected_ports);
-            let kernel = Arc::new(Kernel::start(k, Attach::Yes)?);
-            for a in kernel.attachments() {
-                let how = match a.origin {
-                    Origin::Attached => "attached",
-                    Origin::Adopted => "adopted",
-                };
-                info!(program = a.program, link_id = a.link_id, program_id = a.program_id, cgroup = %kernel.cgroup().display(), "{how} {}", a.program);
-            }
-            info!(bpffs = %kernel.pin_dir().display(), "kernel enforcement active; pins outlive this process");
-            Some(kernel)
-        }
-        None => {
-            warn!("no [kernel] section: upstream ports are not protected, so clients can bypass vtguard");
-            None
-        }
-    };
-
-    let mut tasks = tokio::task::JoinSet::new();
-    if let Some(k) = &kernel {
-        let k = Arc::clone(k);
-        tasks.spawn(async move {
-            let mut reader = k.event_reader()?;
-            reader
-                .run()
-                .await
-                .map_err(anyhow::Error::from)
-                .context("reading kernel events")
-        });
-    }
-
+    let mut tasks = Tasks::new();
+    let kernel = start_kernel(&config, &mut tasks)?;
     let enforcer = match &config.tableacl {
         Some(t) => {
-            let acl = match TableAcl::load(&t.file) {
-                Ok(acl) => {
-                    info!(file = %t.file.display(), groups = acl.groups.len(), strict = t.settings.strict, dry_run = t.settings.dry_run, exempt = ?t.settings.exempt, mode = ?t.settings.mode, "table ACL loaded");
-                    acl
-                }
-                Err(e) if t.enforce => {
-                    return Err(anyhow::Error::from(e).context(
-                        "enforce-tableacl-config is set and the table ACL cannot be used",
-                    ))
-                }
-                Err(e) => {
-                    error!(error = %e, "table ACL not loaded: no table is granted to anyone (strict mode denies every checked statement)");
-                    TableAcl::default()
-                }
-            };
-            let enforcer = Arc::new(Enforcer::new(acl, t.settings.clone()));
-            enforcer.set_source(&t.file.display().to_string());
-            if let Some(every) = t.reload_interval {
-                // Reloads when the file's content changes (not when it differs from the ACL in
-                // force: a policy loaded through the admin API stays until the file changes).
-                let (e, file) = (Arc::clone(&enforcer), t.file.clone());
-                tasks.spawn(async move {
-                    let mut last = std::fs::read(&file).ok();
-                    let mut tick = tokio::time::interval(every);
-                    tick.tick().await;
-                    loop {
-                        tick.tick().await;
-                        let now = std::fs::read(&file).ok();
-                        if now == last {
-                            continue;
-                        }
-                        last = now;
-                        match TableAcl::load(&file) {
-                            Ok(acl) => {
-                                info!(file = %file.display(), "table ACL changed on disk; reloaded");
-                                e.replace_from(acl, &file.display().to_string());
-                            }
-                            Err(err) => warn!(error = %err, "table ACL reload failed; the previous ACL stays in force"),
-                        }
-                    }
-                });
-            }
+            let enforcer = t.start()?;
+            let (t, e) = (t.clone(), Arc::clone(&enforcer));
+            tasks.spawn(async move {
+                t.watch(e).await;
+                Ok(())
+            });
             Some(enforcer)
         }
         None => None,
     };
-
     let sessions = Arc::new(Sessions::default());
     if let Some(k) = &config.kernel {
         sessions.set_policy(&k.policy, false);
     }
-    let mut proxies: Vec<Listener> = Vec::new();
-    for l in &config.listeners {
-        let protected = config
-            .kernel
-            .as_ref()
-            .is_some_and(|k| k.policy.protected_ports.contains(&l.upstream.port()));
-        let proxy = match &l.protocol {
-            Protocol::Grpc(_) => Listener::Grpc(Arc::new(GrpcProxy::new(
-                l,
-                kernel.clone(),
-                protected,
-                enforcer.clone(),
-                Arc::clone(&sessions),
-            )?)),
-            Protocol::Mysql(_) => Listener::Mysql(Arc::new(MysqlProxy::new(
-                l,
-                kernel.clone(),
-                protected,
-                enforcer.clone(),
-                Arc::clone(&sessions),
-            )?)),
-        };
-        let socket = proxy.bind(l.listen).await?;
-        let p = proxy.clone();
-        tasks.spawn(async move {
-            p.serve(socket).await;
-            Ok(())
-        });
-        info!(listener = %l.name, protocol = proxy.protocol(), listen = %l.listen, upstream = %l.upstream, upstream_protected = protected, "listening");
-        proxies.push(proxy);
-    }
-    {
-        let state = Arc::new(crate::admin::State {
-            enforcer: enforcer.clone(),
-            sessions: Arc::clone(&sessions),
-            kernel: kernel.clone(),
-            listeners: proxies.iter().map(Listener::status).collect(),
-            started: crate::acl::now_unix(),
-        });
-        if let Some(addr) = config.metrics {
-            let (k, s) = (kernel.clone(), Arc::clone(&sessions));
-            tasks.spawn(async move {
-                crate::metrics::serve(addr, k, s)
-                    .await
-                    .map_err(anyhow::Error::from)
-            });
-        }
-        let socket = config.admin_socket.clone();
-        // Without its admin socket the agent still enforces: say so, and go on.
-        tokio::spawn(async move {
-            if let Err(e) = crate::admin::serve(&socket, state).await {
-                error!(error = %e, "admin API not available (vtguard status, vtguard policy …); enforcement goes on");
-            }
-        });
-    }
-    if !proxies.is_empty() {
-        let proxies = proxies.clone();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(TLS_RELOAD_INTERVAL);
-            loop {
-                tick.tick().await;
-                for p in &proxies {
-                    p.reload_tls(false);
-                }
-            }
-        });
-    }
-
+    let mut agent = Agent {
+        config,
+        kernel,
+        enforcer,
+        sessions,
+        listeners: Vec::new(),
+    };
+    agent.start_listeners(&mut tasks).await?;
+    agent.start_admin(&mut tasks);
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
@@ -201,40 +80,19 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => {
-                if let Some(k) = &kernel {
-                    // Applying may wait out the previous generation's grace period: off the
-                    // async workers.
-                    let (k, source, sessions) = (Arc::clone(k), config.source.clone(), Arc::clone(&sessions));
-                    tokio::task::spawn_blocking(move || reload_kernel(&k, &source, &sessions));
-                }
-                if let (Some(e), Some(t)) = (&enforcer, &config.tableacl) {
-                    // A failed reload keeps the old ACL (as Vitess does).
-                    match TableAcl::load(&t.file) {
-                        Ok(acl) => {
-                            info!(file = %t.file.display(), groups = acl.groups.len(), "table ACL reloaded");
-                            e.replace_from(acl, &t.file.display().to_string());
-                        }
-                        Err(err) => error!(error = %err, "table ACL reload failed; the previous ACL stays in force"),
-                    }
-                }
-                for p in &proxies {
-                    p.reload_tls(true);
-                }
-            }
+            _ = hup.recv() => agent.reload(),
             Some(res) = tasks.join_next() => {
                 // Tasks run until the agent stops; one that ends has failed. Enforcement goes
                 // on in the kernel, but stop loudly rather than run half-blind.
-                let err = match res {
+                return Err(match res {
                     Ok(Ok(())) => anyhow::anyhow!("a task stopped"),
                     Ok(Err(e)) => e,
                     Err(e) => anyhow::Error::from(e).context("task"),
-                };
-                return Err(err);
+                });
             }
         }
     }
-    match &kernel {
+    match &agent.kernel {
         Some(k) => info!(
             bpffs = %k.pin_dir().display(),
             "stopping; kernel programs stay attached (protected ports stay closed); `vtguard kernel detach` removes them"
@@ -244,48 +102,127 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A running listener, of either protocol.
-#[derive(Clone)]
-enum Listener {
-    Grpc(Arc<GrpcProxy>),
-    Mysql(Arc<MysqlProxy>),
+/// Attaches (or adopts) the kernel programs with the configured policy, and reads their
+/// events on a task.
+fn start_kernel(config: &Config, tasks: &mut Tasks) -> anyhow::Result<Option<Arc<Kernel>>> {
+    let Some(k) = &config.kernel else {
+        warn!(
+            "no [kernel] section: upstream ports are not protected, so clients can bypass vtguard"
+        );
+        return Ok(None);
+    };
+    info!(
+        bpffs = %k.bpffs.display(),
+        cgroup = ?k.cgroup,
+        protected_ports = ?k.policy.protected_ports,
+        access = ?k.policy.access,
+        "kernel config"
+    );
+    warn_ephemeral_overlap(&k.policy.protected_ports);
+    let kernel = Arc::new(Kernel::start(k, Attach::Yes)?);
+    for a in kernel.attachments() {
+        let how = match a.origin {
+            Origin::Attached => "attached",
+            Origin::Adopted => "adopted",
+        };
+        info!(program = a.program, link_id = a.link_id, program_id = a.program_id, cgroup = %kernel.cgroup().display(), "{how} {}", a.program);
+    }
+    info!(bpffs = %kernel.pin_dir().display(), "kernel enforcement active; pins outlive this process");
+    let k = Arc::clone(&kernel);
+    tasks.spawn(async move {
+        let mut reader = k.event_reader()?;
+        reader
+            .run()
+            .await
+            .map_err(anyhow::Error::from)
+            .context("reading kernel events")
+    });
+    Ok(Some(kernel))
 }
 
-impl Listener {
-    fn protocol(&self) -> &'static str {
-        match self {
-            Listener::Grpc(_) => "grpc",
-            Listener::Mysql(_) => "mysql",
+impl Agent {
+    /// Builds, binds and serves every listener; watches their certificate files.
+    async fn start_listeners(&mut self, tasks: &mut Tasks) -> anyhow::Result<()> {
+        for l in &self.config.listeners {
+            let protected = self
+                .config
+                .kernel
+                .as_ref()
+                .is_some_and(|k| k.policy.protected_ports.contains(&l.upstream.port()));
+            let deps = Deps {
+                kernel: self.kernel.clone(),
+                protected,
+                acl: self.enforcer.clone(),
+                sessions: Arc::clone(&self.sessions),
+            };
+            let listener = listener::build(l, deps)?;
+            let socket = listener::bind(&*listener).await?;
+            tasks.spawn(Arc::clone(&listener).serve(socket).map(Ok));
+            let protocol = match l.protocol {
+                listener::ProtocolConfig::Grpc(_) => "grpc",
+                listener::ProtocolConfig::Mysql(_) => "mysql",
+            };
+            info!(listener = %l.name, protocol, listen = %l.listen, upstream = %l.upstream, upstream_protected = protected, "listening");
+            self.listeners.push(listener);
         }
-    }
-
-    /// What `vtguard status` reads of it.
-    fn status(&self) -> Arc<dyn crate::admin::ListenerStatus> {
-        match self {
-            Listener::Grpc(p) => Arc::clone(p) as _,
-            Listener::Mysql(p) => Arc::clone(p) as _,
+        if !self.listeners.is_empty() {
+            let listeners = self.listeners.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(TLS_RELOAD_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    for l in &listeners {
+                        l.core().reload_tls(false);
+                    }
+                }
+            });
         }
+        Ok(())
     }
 
-    fn reload_tls(&self, force: bool) {
-        match self {
-            Listener::Grpc(p) => p.reload_tls(force),
-            Listener::Mysql(p) => p.reload_tls(force),
+    /// The metrics endpoint (when configured) and the admin API. Without its admin socket the
+    /// agent still enforces: it says so, and goes on.
+    fn start_admin(&self, tasks: &mut Tasks) {
+        let state = Arc::new(crate::admin::State {
+            enforcer: self.enforcer.clone(),
+            sessions: Arc::clone(&self.sessions),
+            kernel: self.kernel.clone(),
+            listeners: self.listeners.clone(),
+            started: crate::acl::now_unix(),
+        });
+        if let Some(addr) = self.config.metrics {
+            let (k, s) = (self.kernel.clone(), Arc::clone(&self.sessions));
+            tasks.spawn(async move {
+                crate::metrics::serve(addr, k, s)
+                    .await
+                    .map_err(anyhow::Error::from)
+            });
         }
+        let socket = self.config.admin_socket.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::admin::serve(&socket, state).await {
+                error!(error = %e, "admin API not available (vtguard status, vtguard policy …); enforcement goes on");
+            }
+        });
     }
 
-    async fn bind(&self, addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-        Ok(match self {
-            Listener::Grpc(p) => p.bind(addr).await?,
-            Listener::Mysql(p) => p.bind(addr).await?,
-        })
-    }
-
-    /// Accepts connections until the task is dropped.
-    async fn serve(self, socket: tokio::net::TcpListener) {
-        match self {
-            Listener::Grpc(p) => p.serve(socket).await,
-            Listener::Mysql(p) => p.serve(socket).await,
+    /// SIGHUP: the kernel policy from the config file, the table ACL file, certificates.
+    fn reload(&self) {
+        if let Some(k) = &self.kernel {
+            // Applying may wait out the previous generation's grace period: off the async
+            // workers.
+            let (k, source, sessions) = (
+                Arc::clone(k),
+                self.config.source.clone(),
+                Arc::clone(&self.sessions),
+            );
+            tokio::task::spawn_blocking(move || reload_kernel(&k, &source, &sessions));
+        }
+        if let (Some(e), Some(t)) = (&self.enforcer, &self.config.tableacl) {
+            t.reload(e, "SIGHUP");
+        }
+        for l in &self.listeners {
+            l.core().reload_tls(true);
         }
     }
 }

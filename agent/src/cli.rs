@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    config::{Config, DEFAULT_BPFFS},
+    config::Config,
+    kernel::DEFAULT_BPFFS,
     kernel::{self, KernelStatus},
     telemetry::LogFormat,
 };

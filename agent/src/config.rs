@@ -1,5 +1,11 @@
-//! The agent's configuration: a TOML file whose keys are Vitess flag names without the dashes
-//! (where Vitess has one), turned into a validated [`Config`].
+//! The agent's configuration file: TOML whose keys are Vitess flag names without the dashes
+//! (where Vitess has one), translated into the types of the modules that own them.
+//!
+//! This module sits on top: it depends on `kernel`, `tls`, `identity`, `acl` and `proxy` for
+//! their types, and nothing below it imports it. Each section is one `Raw*` struct with
+//! `deny_unknown_fields`; a listener is one struct per protocol, chosen by its `protocol` key.
+//! Serde reports what is wrong and where; [`listener_error`] turns that into one line that names
+//! the listener, the key and the fix.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -8,7 +14,20 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{de::DeserializeOwned, Deserialize};
+
+use crate::{
+    acl::{self, TableAclConfig},
+    admin,
+    identity::EffectiveCallerId,
+    kernel::{KernelConfig, KernelPolicy, DEFAULT_BPFFS},
+    proxy::{
+        grpc::{GrpcConfig, GrpcService, DEFAULT_MAX_MESSAGE_SIZE, VTTABLET_OTHER_SERVICES},
+        listener::{ListenerConfig, ProtocolConfig, DEFAULT_HANDSHAKE_TIMEOUT},
+        mysql::{MysqlAuth, MysqlConfig, DEFAULT_MAX_ALLOWED_PACKET},
+    },
+    tls::{ServerTls, TlsVersion, UpstreamTls},
+};
 
 /// What went wrong reading or checking the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -39,189 +58,14 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
 }
 
-/// The `[tableacl]` part: Vitess's flags, and vtguard's mode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableAclConfig {
-    /// `table-acl-config`: a Vitess tableacl file (JSON or binary), loaded unchanged.
-    pub file: PathBuf,
-    /// `enforce-tableacl-config`: refuse to start without a valid file.
-    pub enforce: bool,
-    /// `table-acl-config-reload-interval`: re-read the file this often (None: only on SIGHUP).
-    pub reload_interval: Option<Duration>,
-    pub settings: crate::acl::Settings,
-}
-
-/// One `[[listener]]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerConfig {
-    pub name: String,
-    pub listen: SocketAddr,
-    pub upstream: SocketAddr,
-    pub protocol: Protocol,
-    /// The identities whose connections may reach the upstream at all (`identities`): merged
-    /// into the kernel's access list for the upstream port. `None`: the listener adds none.
-    pub identities: Option<BTreeSet<String>>,
-}
-
-/// What a listener speaks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Protocol {
-    Grpc(GrpcListener),
-    Mysql(MysqlListener),
-}
-
-/// How a MySQL listener decides who the caller is (Vitess's `mysql-auth-server-impl`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MysqlAuth {
-    /// `clientcert`: the MySQL user must equal the certificate CN; identity = CN, groups =
-    /// the certificate's DNS SANs.
-    ClientCert,
-    /// `passthrough`: identity = the MySQL user name (the upstream checks the password).
-    Passthrough,
-}
-
-/// A MySQL-protocol listener (in front of vtgate's MySQL port or mysqld).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MysqlListener {
-    /// `mysql-server-ssl-*`; `None`: plaintext only (needs `insecure-plaintext = true`).
-    pub tls: Option<ServerTls>,
-    /// `mysql-server-require-secure-transport`: a plaintext login is refused.
-    pub require_secure_transport: bool,
-    pub auth: MysqlAuth,
-    /// `insecure-plaintext = true`: a passthrough login without TLS is accepted.
-    pub allow_plaintext: bool,
-    /// Greeting to authenticated session, including the upstream's part.
-    pub handshake_timeout: Duration,
-    /// `max-allowed-packet`: the largest command a client may send (bytes).
-    pub max_allowed_packet: usize,
-}
-
-/// Default `max-allowed-packet` (MariaDB's default, 16 MiB, is smaller; this leaves room).
-pub const DEFAULT_MAX_ALLOWED_PACKET: usize = 64 * 1024 * 1024;
-
-/// Which Vitess gRPC service sits behind a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GrpcService {
-    /// vttablet: queryservice.Query (and TabletManager, UpdateStream, Throttler).
-    Vttablet,
-    /// vtgate: vtgateservice.Vitess.
-    Vtgate,
-}
-
-impl GrpcService {
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Vttablet => "vttablet",
-            Self::Vtgate => "vtgate",
-        }
-    }
-}
-
-/// Vitess's effective-caller-ID override, for callers without a verified certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EffectiveCallerId {
-    /// `unsecure_grpc_client`.
-    Off,
-    /// `grpc-use-effective-callerid`: username = the effective principal.
-    Principal,
-    /// ... and `grpc-use-effective-groups`: groups = the effective groups.
-    PrincipalAndGroups,
-}
-
-/// Lowest TLS version a listener accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsVersion {
-    Tls12,
-    Tls13,
-}
-
-/// Server-side TLS of a listener (Vitess's `grpc-*` flags).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerTls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// Client certificates are required and verified against this bundle.
-    pub ca: Option<PathBuf>,
-    pub crl: Option<PathBuf>,
-    /// Appended to the served chain.
-    pub server_ca: Option<PathBuf>,
-    pub min_version: TlsVersion,
-}
-
-/// TLS towards the upstream (`tablet-grpc-*` / `vtgate-grpc-*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamTls {
-    pub ca: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    /// Replaces the host name when the server certificate is checked.
-    pub server_name: Option<String>,
-}
-
-/// A gRPC listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GrpcListener {
-    pub service: GrpcService,
-    /// `None`: plaintext (only with `insecure-plaintext = true`).
-    pub tls: Option<ServerTls>,
-    pub effective_callerid: EffectiveCallerId,
-    pub upstream_tls: Option<UpstreamTls>,
-    pub handshake_timeout: Duration,
-    pub max_message_size: usize,
-    pub query_log: bool,
-    /// Non-query services (vttablet only) and the identities (user or group) allowed on each.
-    pub services: BTreeMap<String, BTreeSet<String>>,
-}
-
-/// The non-query services a vttablet port also serves; table ACLs do not cover them.
-pub const VTTABLET_OTHER_SERVICES: [&str; 3] = [
-    "tabletmanagerservice.TabletManager",
-    "binlogservice.UpdateStream",
-    "throttlerservice.Throttler",
-];
-
-/// The `[kernel]` part.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelConfig {
-    /// Folder on a BPF filesystem where programs, links and maps are pinned.
-    pub bpffs: PathBuf,
-    /// cgroup2 directory the programs attach to; `None` = the cgroup2 root from /proc/mounts.
-    pub cgroup: Option<PathBuf>,
-    /// The kernel half of policy: protected ports, and who may reach each.
-    pub policy: KernelPolicy,
-}
-
-/// Which ports only vtguard may reach, and which identities its sockets may carry there.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KernelPolicy {
-    /// Ports that only sockets registered by vtguard may connect to.
-    pub protected_ports: BTreeSet<u16>,
-    /// For each protected port, the identities whose sockets may reach it.
-    pub access: BTreeMap<u16, BTreeSet<String>>,
-}
-
-impl KernelPolicy {
-    /// Whether `identity` may reach `port` under this policy.
-    pub fn allows(&self, identity: &str, port: u16) -> bool {
-        self.protected_ports.contains(&port)
-            && self
-                .access
-                .get(&port)
-                .is_some_and(|ids| ids.contains(identity))
-    }
-}
-
-/// Default pin folder.
-pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/vtguard";
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     kernel: Option<RawKernel>,
     tableacl: Option<RawTableAcl>,
+    /// Each listener is read on its own, so that an error can name it.
     #[serde(default)]
-    listener: Vec<RawListener>,
+    listener: Vec<toml::Table>,
     admin: Option<RawAdmin>,
     metrics: Option<RawMetrics>,
 }
@@ -240,74 +84,6 @@ struct RawAdmin {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawTableAcl {
-    table_acl_config: PathBuf,
-    #[serde(default)]
-    queryserver_config_strict_table_acl: bool,
-    #[serde(default)]
-    queryserver_config_enable_table_acl_dry_run: bool,
-    #[serde(default)]
-    queryserver_config_acl_exempt_acl: String,
-    #[serde(default)]
-    enforce_tableacl_config: bool,
-    /// Seconds.
-    table_acl_config_reload_interval: Option<f64>,
-    mode: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawListener {
-    name: String,
-    protocol: String,
-    service: Option<String>,
-    listen: String,
-    upstream: String,
-    identities: Option<Vec<String>>,
-    #[serde(default)]
-    insecure_plaintext: bool,
-    grpc_cert: Option<PathBuf>,
-    grpc_key: Option<PathBuf>,
-    grpc_ca: Option<PathBuf>,
-    grpc_crl: Option<PathBuf>,
-    grpc_server_ca: Option<PathBuf>,
-    grpc_tls_min_version: Option<String>,
-    #[serde(default)]
-    grpc_use_effective_callerid: bool,
-    #[serde(default)]
-    grpc_use_effective_groups: bool,
-    grpc_max_message_size: Option<i64>,
-    handshake_timeout_seconds: Option<f64>,
-    #[serde(default)]
-    query_log: bool,
-    #[serde(default)]
-    services: BTreeMap<String, Vec<String>>,
-    tablet_grpc_ca: Option<PathBuf>,
-    tablet_grpc_cert: Option<PathBuf>,
-    tablet_grpc_key: Option<PathBuf>,
-    tablet_grpc_server_name: Option<String>,
-    vtgate_grpc_ca: Option<PathBuf>,
-    vtgate_grpc_cert: Option<PathBuf>,
-    vtgate_grpc_key: Option<PathBuf>,
-    vtgate_grpc_server_name: Option<String>,
-    mysql_server_ssl_cert: Option<PathBuf>,
-    mysql_server_ssl_key: Option<PathBuf>,
-    mysql_server_ssl_ca: Option<PathBuf>,
-    mysql_server_ssl_crl: Option<PathBuf>,
-    mysql_server_tls_min_version: Option<String>,
-    #[serde(default)]
-    mysql_server_require_secure_transport: bool,
-    mysql_auth_server_impl: Option<String>,
-    max_allowed_packet: Option<i64>,
-}
-
-/// Vitess's default `grpc-max-message-size`.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
-/// Default TLS handshake timeout.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawKernel {
     protected_ports: Vec<i64>,
     bpffs: Option<PathBuf>,
@@ -321,6 +97,199 @@ struct RawKernel {
 struct RawAccess {
     port: i64,
     identities: Vec<String>,
+}
+
+/// `[tableacl] mode`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawMode {
+    #[default]
+    Secure,
+    Vitess,
+}
+
+impl From<RawMode> for acl::Mode {
+    fn from(m: RawMode) -> Self {
+        match m {
+            RawMode::Secure => acl::Mode::Secure,
+            RawMode::Vitess => acl::Mode::Vitess,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawTableAcl {
+    table_acl_config: PathBuf,
+    #[serde(default)]
+    queryserver_config_strict_table_acl: bool,
+    #[serde(default)]
+    queryserver_config_enable_table_acl_dry_run: bool,
+    #[serde(default)]
+    queryserver_config_acl_exempt_acl: String,
+    #[serde(default)]
+    enforce_tableacl_config: bool,
+    /// Seconds.
+    table_acl_config_reload_interval: Option<f64>,
+    #[serde(default)]
+    mode: RawMode,
+}
+
+/// What a `[[listener]]` speaks: its `protocol` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawProtocol {
+    Grpc,
+    Mysql,
+}
+
+impl RawProtocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Mysql => "mysql",
+        }
+    }
+
+    /// What to use instead of a key of the other protocol.
+    fn keys_hint(self) -> &'static str {
+        match self {
+            Self::Grpc => "remove it, or use grpc-* keys here",
+            Self::Mysql => "a mysql listener uses mysql-server-ssl-* and mysql-auth-server-impl",
+        }
+    }
+
+    /// Whether a listener of this protocol has a key called `key`: asks serde, so that the
+    /// answer can never drift from the structs below.
+    fn knows(self, key: &str) -> bool {
+        let mut probe = toml::Table::new();
+        probe.insert(key.to_owned(), toml::Value::Boolean(false));
+        let unknown = |e: &serde_path_to_error::Error<toml::de::Error>| {
+            e.inner().to_string().starts_with("unknown field")
+        };
+        match self {
+            Self::Grpc => !from_table::<RawGrpc>(probe).is_err_and(|e| unknown(&e)),
+            Self::Mysql => !from_table::<RawMysql>(probe).is_err_and(|e| unknown(&e)),
+        }
+    }
+}
+
+/// The `protocol` key alone (the rest of the table is read by the protocol's own struct).
+#[derive(Debug, Deserialize)]
+struct RawProtocolKey {
+    protocol: RawProtocol,
+}
+
+/// A gRPC `[[listener]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawGrpc {
+    name: String,
+    listen: String,
+    upstream: String,
+    identities: Option<Vec<String>>,
+    #[serde(default)]
+    insecure_plaintext: bool,
+    handshake_timeout_seconds: Option<f64>,
+    service: Option<GrpcService>,
+    grpc_cert: Option<PathBuf>,
+    grpc_key: Option<PathBuf>,
+    grpc_ca: Option<PathBuf>,
+    grpc_crl: Option<PathBuf>,
+    grpc_server_ca: Option<PathBuf>,
+    grpc_tls_min_version: Option<TlsVersion>,
+    #[serde(default)]
+    grpc_use_effective_callerid: bool,
+    #[serde(default)]
+    grpc_use_effective_groups: bool,
+    grpc_max_message_size: Option<i64>,
+    #[serde(default)]
+    query_log: bool,
+    #[serde(default)]
+    services: BTreeMap<String, Vec<String>>,
+    tablet_grpc_ca: Option<PathBuf>,
+    tablet_grpc_cert: Option<PathBuf>,
+    tablet_grpc_key: Option<PathBuf>,
+    tablet_grpc_server_name: Option<String>,
+    vtgate_grpc_ca: Option<PathBuf>,
+    vtgate_grpc_cert: Option<PathBuf>,
+    vtgate_grpc_key: Option<PathBuf>,
+    vtgate_grpc_server_name: Option<String>,
+}
+
+/// A MySQL `[[listener]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawMysql {
+    name: String,
+    listen: String,
+    upstream: String,
+    identities: Option<Vec<String>>,
+    #[serde(default)]
+    insecure_plaintext: bool,
+    handshake_timeout_seconds: Option<f64>,
+    mysql_server_ssl_cert: Option<PathBuf>,
+    mysql_server_ssl_key: Option<PathBuf>,
+    mysql_server_ssl_ca: Option<PathBuf>,
+    mysql_server_ssl_crl: Option<PathBuf>,
+    mysql_server_tls_min_version: Option<TlsVersion>,
+    #[serde(default)]
+    mysql_server_require_secure_transport: bool,
+    mysql_auth_server_impl: Option<MysqlAuth>,
+    max_allowed_packet: Option<i64>,
+}
+
+/// Vitess's `--tablet-grpc-*` or `--vtgate-grpc-*` flags: TLS towards the upstream.
+#[derive(Debug, Default)]
+struct RawUpstreamTls {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    server_name: Option<String>,
+}
+
+impl RawUpstreamTls {
+    fn is_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some() || self.server_name.is_some()
+    }
+}
+
+/// The names of a protocol's server TLS keys.
+struct TlsKeys {
+    cert: &'static str,
+    key: &'static str,
+    ca: &'static str,
+    crl: &'static str,
+    server_ca: &'static str,
+    min_version: &'static str,
+}
+
+const GRPC_TLS: TlsKeys = TlsKeys {
+    cert: "grpc-cert",
+    key: "grpc-key",
+    ca: "grpc-ca",
+    crl: "grpc-crl",
+    server_ca: "grpc-server-ca",
+    min_version: "grpc-tls-min-version",
+};
+
+const MYSQL_TLS: TlsKeys = TlsKeys {
+    cert: "mysql-server-ssl-cert",
+    key: "mysql-server-ssl-key",
+    ca: "mysql-server-ssl-ca",
+    crl: "mysql-server-ssl-crl",
+    server_ca: "",
+    min_version: "mysql-server-tls-min-version",
+};
+
+/// The values of those keys, as written.
+struct RawServerTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    crl: Option<PathBuf>,
+    server_ca: Option<PathBuf>,
+    min_version: Option<TlsVersion>,
 }
 
 impl Config {
@@ -349,48 +318,11 @@ impl Config {
                 "nothing to run: add a [kernel] section, a [[listener]], or both".into(),
             ));
         }
-        let kernel = match raw.kernel {
-            Some(k) => Some(parse_kernel(k).map_err(invalid)?),
-            None => None,
-        };
-        let tableacl = match raw.tableacl {
-            Some(t) => {
-                let mode = match t.mode.as_deref() {
-                    None | Some("secure") => crate::acl::Mode::Secure,
-                    Some("vitess") => crate::acl::Mode::Vitess,
-                    Some(m) => {
-                        return Err(invalid(format!(
-                            "[tableacl] mode {m:?}: use \"secure\" (default) or \"vitess\""
-                        )))
-                    }
-                };
-                let exempt = Some(t.queryserver_config_acl_exempt_acl).filter(|e| !e.is_empty());
-                let reload_interval = match t.table_acl_config_reload_interval {
-                    None => None,
-                    Some(s) if (0.1..=86_400.0).contains(&s) => Some(Duration::from_secs_f64(s)),
-                    Some(s) => {
-                        return Err(invalid(format!(
-                            "[tableacl] table-acl-config-reload-interval {s}: use 0.1 to 86400 seconds, or leave it out to reload only on SIGHUP"
-                        )))
-                    }
-                };
-                Some(TableAclConfig {
-                    file: t.table_acl_config,
-                    enforce: t.enforce_tableacl_config,
-                    reload_interval,
-                    settings: crate::acl::Settings {
-                        strict: t.queryserver_config_strict_table_acl,
-                        dry_run: t.queryserver_config_enable_table_acl_dry_run,
-                        exempt,
-                        mode,
-                    },
-                })
-            }
-            None => None,
-        };
+        let mut kernel = raw.kernel.map(kernel).transpose().map_err(invalid)?;
+        let tableacl = raw.tableacl.map(tableacl).transpose().map_err(invalid)?;
         let mut listeners: Vec<ListenerConfig> = Vec::new();
-        for l in raw.listener {
-            let l = parse_listener(l).map_err(invalid)?;
+        for table in raw.listener {
+            let l = listener(table).map_err(invalid)?;
             if let Some(other) = listeners.iter().find(|o| o.name == l.name) {
                 return Err(invalid(format!(
                     "two listeners are named {:?}: give each [[listener]] its own name",
@@ -405,46 +337,29 @@ impl Config {
             }
             listeners.push(l);
         }
-        let mut kernel = kernel;
         for l in &listeners {
-            let Some(ids) = &l.identities else { continue };
-            let port = l.upstream.port();
-            match kernel.as_mut() {
-                Some(k) if k.policy.protected_ports.contains(&port) => {
-                    k.policy.access.entry(port).or_default().extend(ids.iter().cloned());
-                }
-                Some(_) => {
-                    return Err(invalid(format!(
-                        "listener {:?}: identities only take effect on a kernel-protected upstream: add port {port} to [kernel] protected-ports",
-                        l.name
-                    )))
-                }
-                None => {
-                    return Err(invalid(format!(
-                        "listener {:?}: identities are enforced by the kernel: add a [kernel] section with protected-ports = [{port}]",
-                        l.name
-                    )))
-                }
-            }
+            grant_listener_identities(kernel.as_mut(), l).map_err(invalid)?;
         }
         let admin_socket = raw
             .admin
-            .map_or_else(|| PathBuf::from(crate::admin::DEFAULT_SOCKET), |a| a.socket);
+            .map_or_else(|| PathBuf::from(admin::DEFAULT_SOCKET), |a| a.socket);
         if !admin_socket.is_absolute() {
             return Err(invalid(format!(
                 "[admin] socket {} is not an absolute path",
                 admin_socket.display()
             )));
         }
-        let metrics = match raw.metrics {
-            None => None,
-            Some(m) => Some(m.listen.parse::<SocketAddr>().map_err(|_| {
-                invalid(format!(
-                    "[metrics] listen {:?} is not an address: use ip:port, e.g. \"127.0.0.1:9465\"",
-                    m.listen
-                ))
-            })?),
-        };
+        let metrics = raw
+            .metrics
+            .map(|m| {
+                m.listen.parse::<SocketAddr>().map_err(|_| {
+                    invalid(format!(
+                        "[metrics] listen {:?} is not an address: use ip:port, e.g. \"127.0.0.1:9465\"",
+                        m.listen
+                    ))
+                })
+            })
+            .transpose()?;
         Ok(Config {
             source: path.to_owned(),
             metrics,
@@ -456,7 +371,56 @@ impl Config {
     }
 }
 
-fn parse_kernel(k: RawKernel) -> Result<KernelConfig, String> {
+/// A listener's `identities` join the kernel grant of its upstream port, which must be
+/// protected.
+fn grant_listener_identities(
+    kernel: Option<&mut KernelConfig>,
+    l: &ListenerConfig,
+) -> Result<(), String> {
+    let Some(ids) = &l.identities else {
+        return Ok(());
+    };
+    let port = l.upstream.port();
+    match kernel {
+        Some(k) if k.policy.protected_ports.contains(&port) => {
+            k.policy.access.entry(port).or_default().extend(ids.iter().cloned());
+            Ok(())
+        }
+        Some(_) => Err(format!(
+            "listener {:?}: identities only take effect on a kernel-protected upstream: add port {port} to [kernel] protected-ports",
+            l.name
+        )),
+        None => Err(format!(
+            "listener {:?}: identities are enforced by the kernel: add a [kernel] section with protected-ports = [{port}]",
+            l.name
+        )),
+    }
+}
+
+fn tableacl(t: RawTableAcl) -> Result<TableAclConfig, String> {
+    let reload_interval = match t.table_acl_config_reload_interval {
+        None => None,
+        Some(s) if (0.1..=86_400.0).contains(&s) => Some(Duration::from_secs_f64(s)),
+        Some(s) => {
+            return Err(format!(
+                "[tableacl] table-acl-config-reload-interval {s}: use 0.1 to 86400 seconds, or leave it out to reload only on SIGHUP"
+            ))
+        }
+    };
+    Ok(TableAclConfig {
+        file: t.table_acl_config,
+        enforce: t.enforce_tableacl_config,
+        reload_interval,
+        settings: acl::Settings {
+            strict: t.queryserver_config_strict_table_acl,
+            dry_run: t.queryserver_config_enable_table_acl_dry_run,
+            exempt: Some(t.queryserver_config_acl_exempt_acl).filter(|e| !e.is_empty()),
+            mode: t.mode.into(),
+        },
+    })
+}
+
+fn kernel(k: RawKernel) -> Result<KernelConfig, String> {
     if k.protected_ports.is_empty() {
         return Err("[kernel] protected-ports is empty: list the upstream ports only vtguard may reach, e.g. protected-ports = [16991]".to_owned());
     }
@@ -474,8 +438,8 @@ fn parse_kernel(k: RawKernel) -> Result<KernelConfig, String> {
         let port = valid_port(a.port).map_err(|m| format!("[[kernel.access]] port: {m}"))?;
         if !protected_ports.contains(&port) {
             return Err(format!(
-                    "[[kernel.access]] port {port} is not in [kernel] protected-ports: add it there or remove this entry"
-                ));
+                "[[kernel.access]] port {port} is not in [kernel] protected-ports: add it there or remove this entry"
+            ));
         }
         let ids = access.entry(port).or_default();
         for id in &a.identities {
@@ -490,17 +454,15 @@ fn parse_kernel(k: RawKernel) -> Result<KernelConfig, String> {
     let bpffs = k.bpffs.unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS));
     if !bpffs.is_absolute() {
         return Err(format!(
-                "[kernel] bpffs {} is not an absolute path: use a folder under a BPF filesystem, e.g. {DEFAULT_BPFFS}",
-                bpffs.display()
-            ));
+            "[kernel] bpffs {} is not an absolute path: use a folder under a BPF filesystem, e.g. {DEFAULT_BPFFS}",
+            bpffs.display()
+        ));
     }
-    if let Some(cg) = &k.cgroup {
-        if !cg.is_absolute() {
-            return Err(format!(
-                    "[kernel] cgroup {} is not an absolute path: use a cgroup2 directory, e.g. /sys/fs/cgroup",
-                    cg.display()
-                ));
-        }
+    if let Some(cg) = k.cgroup.as_ref().filter(|cg| !cg.is_absolute()) {
+        return Err(format!(
+            "[kernel] cgroup {} is not an absolute path: use a cgroup2 directory, e.g. /sys/fs/cgroup",
+            cg.display()
+        ));
     }
     Ok(KernelConfig {
         bpffs,
@@ -512,8 +474,19 @@ fn parse_kernel(k: RawKernel) -> Result<KernelConfig, String> {
     })
 }
 
-fn parse_listener(l: RawListener) -> Result<ListenerConfig, String> {
-    let name = l.name.clone();
+fn from_table<T: DeserializeOwned>(
+    table: toml::Table,
+) -> Result<T, serde_path_to_error::Error<toml::de::Error>> {
+    serde_path_to_error::deserialize(toml::Value::Table(table))
+}
+
+/// One `[[listener]]`: its protocol picks the struct that reads the rest.
+fn listener(mut table: toml::Table) -> Result<ListenerConfig, String> {
+    let name = match table.get("name") {
+        Some(toml::Value::String(n)) => n.clone(),
+        Some(_) => return Err("[[listener]] name must be a string".into()),
+        None => return Err("[[listener]] without a name: set name = \"...\"".into()),
+    };
     if name.is_empty()
         || !name
             .chars()
@@ -524,222 +497,174 @@ fn parse_listener(l: RawListener) -> Result<ListenerConfig, String> {
         ));
     }
     let at = |m: String| format!("listener {name}: {m}");
-    let listen: SocketAddr = l.listen.parse().map_err(|_| {
-        at(format!(
-            "listen {:?} is not an address:port, e.g. \"0.0.0.0:15991\"",
-            l.listen
-        ))
-    })?;
-    let upstream: SocketAddr = l.upstream.parse().map_err(|_| {
-        at(format!(
-            "upstream {:?} is not an address:port, e.g. \"127.0.0.1:16991\"",
-            l.upstream
-        ))
-    })?;
-    match l.protocol.as_str() {
-        "grpc" => {}
-        "mysql" => return parse_mysql_listener(l, name, listen, upstream),
-        other => {
-            return Err(at(format!(
-                "protocol {other:?} is not supported: use \"grpc\" or \"mysql\""
-            )))
-        }
-    }
-    for (key, set) in [
-        ("mysql-server-ssl-cert", l.mysql_server_ssl_cert.is_some()),
-        ("mysql-server-ssl-key", l.mysql_server_ssl_key.is_some()),
-        ("mysql-server-ssl-ca", l.mysql_server_ssl_ca.is_some()),
-        ("mysql-server-ssl-crl", l.mysql_server_ssl_crl.is_some()),
-        (
-            "mysql-server-tls-min-version",
-            l.mysql_server_tls_min_version.is_some(),
-        ),
-        (
-            "mysql-server-require-secure-transport",
-            l.mysql_server_require_secure_transport,
-        ),
-        ("mysql-auth-server-impl", l.mysql_auth_server_impl.is_some()),
-        ("max-allowed-packet", l.max_allowed_packet.is_some()),
-    ] {
-        if set {
-            return Err(at(format!(
-                "{key} is for protocol = \"mysql\" listeners: remove it, or use grpc-* keys here"
-            )));
-        }
-    }
-    let service = match l.service.as_deref() {
-        Some("vttablet") => GrpcService::Vttablet,
-        Some("vtgate") => GrpcService::Vtgate,
-        Some(other) => {
-            return Err(at(format!(
-                "service {other:?}: use \"vttablet\" or \"vtgate\""
-            )))
-        }
+    let protocol = match table.remove("protocol") {
         None => {
             return Err(at(
-                "service is missing: set service = \"vttablet\" or \"vtgate\"".into(),
+                "protocol is missing: set protocol = \"grpc\" or \"mysql\"".into(),
             ))
         }
-    };
-    let min_version = match l.grpc_tls_min_version.as_deref() {
-        None | Some("TLSv1.2") => TlsVersion::Tls12,
-        Some("TLSv1.3") => TlsVersion::Tls13,
-        Some(v) => {
-            return Err(at(format!(
-                "grpc-tls-min-version {v:?}: use \"TLSv1.2\" or \"TLSv1.3\""
-            )))
+        Some(p) => {
+            let mut probe = toml::Table::new();
+            probe.insert("protocol".into(), p.clone());
+            from_table::<RawProtocolKey>(probe)
+                .map_err(|_| {
+                    at(format!(
+                        "protocol {p} is not supported: use \"grpc\" or \"mysql\""
+                    ))
+                })?
+                .protocol
         }
     };
-    let tls = match (l.grpc_cert, l.grpc_key) {
-        (Some(cert), Some(key)) => Some(ServerTls {
-            cert,
-            key,
+    match protocol {
+        RawProtocol::Grpc => from_table::<RawGrpc>(table)
+            .map_err(|e| listener_error(RawProtocol::Grpc, e))
+            .and_then(grpc_listener),
+        RawProtocol::Mysql => from_table::<RawMysql>(table)
+            .map_err(|e| listener_error(RawProtocol::Mysql, e))
+            .and_then(mysql_listener),
+    }
+    .map_err(at)
+}
+
+/// Serde's complaint about a listener table, as one line that names the key and the fix.
+fn listener_error(protocol: RawProtocol, e: serde_path_to_error::Error<toml::de::Error>) -> String {
+    let key = e.path().to_string();
+    let inner = one_line(&e.inner().to_string());
+    if let Some(field) = backticked_after(&inner, "unknown field ") {
+        let other = match protocol {
+            RawProtocol::Grpc => RawProtocol::Mysql,
+            RawProtocol::Mysql => RawProtocol::Grpc,
+        };
+        if other.knows(field) {
+            return format!(
+                "{field} is for protocol = \"{}\" listeners: {}",
+                other.as_str(),
+                protocol.keys_hint()
+            );
+        }
+        return format!("{inner}: check the spelling against the configuration reference");
+    }
+    if let Some(value) = backticked_after(&inner, "unknown variant ") {
+        let choices: Vec<String> = inner
+            .split_once("expected ")
+            .map(|(_, rest)| {
+                rest.split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(|c| format!("{c:?}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        return format!("{key} {value:?}: use {}", choices.join(" or "));
+    }
+    if let Some(field) = backticked_after(&inner, "missing field ") {
+        return format!("{field} is missing: set it (see the configuration reference)");
+    }
+    format!("{key}: {inner}")
+}
+
+/// `x` in "<prefix>`x`...".
+fn backticked_after<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = s.strip_prefix(prefix)?.strip_prefix('`')?;
+    rest.split('`').next()
+}
+
+fn addresses(listen: &str, upstream: &str) -> Result<(SocketAddr, SocketAddr), String> {
+    let listen = listen
+        .parse()
+        .map_err(|_| format!("listen {listen:?} is not an address:port, e.g. \"0.0.0.0:15991\""))?;
+    let upstream = upstream.parse().map_err(|_| {
+        format!("upstream {upstream:?} is not an address:port, e.g. \"127.0.0.1:16991\"")
+    })?;
+    Ok((listen, upstream))
+}
+
+fn grpc_listener(l: RawGrpc) -> Result<ListenerConfig, String> {
+    let (listen, upstream) = addresses(&l.listen, &l.upstream)?;
+    let service = l
+        .service
+        .ok_or("service is missing: set service = \"vttablet\" or \"vtgate\"")?;
+    let tls = server_tls(
+        &GRPC_TLS,
+        RawServerTls {
+            cert: l.grpc_cert,
+            key: l.grpc_key,
             ca: l.grpc_ca,
             crl: l.grpc_crl,
             server_ca: l.grpc_server_ca,
-            min_version,
-        }),
-        (Some(_), None) => return Err(at("grpc-cert is set without grpc-key: set both".into())),
-        (None, Some(_)) => return Err(at("grpc-key is set without grpc-cert: set both".into())),
-        (None, None) => {
-            for (key, set) in [
-                ("grpc-ca", l.grpc_ca.is_some()),
-                ("grpc-crl", l.grpc_crl.is_some()),
-                ("grpc-server-ca", l.grpc_server_ca.is_some()),
-                ("grpc-tls-min-version", l.grpc_tls_min_version.is_some()),
-            ] {
-                if set {
-                    return Err(at(format!("{key} needs grpc-cert and grpc-key")));
-                }
-            }
-            if !l.insecure_plaintext {
-                return Err(at(
-                    "no grpc-cert/grpc-key: set them to serve TLS, or set insecure-plaintext = true to serve plaintext on purpose".into(),
-                ));
-            }
-            None
+            min_version: l.grpc_tls_min_version,
+        },
+    )?;
+    match (&tls, l.insecure_plaintext) {
+        (Some(_), true) => {
+            return Err("insecure-plaintext = true contradicts grpc-cert: remove one".into())
         }
-    };
-    if let Some(t) = &tls {
-        if l.insecure_plaintext {
-            return Err(at(
-                "insecure-plaintext = true contradicts grpc-cert: remove one".into(),
-            ));
-        }
-        if t.crl.is_some() && t.ca.is_none() {
-            return Err(at(
-                "grpc-crl needs grpc-ca (revocation applies to verified client certificates)"
-                    .into(),
-            ));
-        }
+        (None, false) => return Err(
+            "no grpc-cert/grpc-key: set them to serve TLS, or set insecure-plaintext = true to serve plaintext on purpose".into(),
+        ),
+        _ => {}
     }
     let effective_callerid = match (l.grpc_use_effective_callerid, l.grpc_use_effective_groups) {
         (false, false) => EffectiveCallerId::Off,
         (true, false) => EffectiveCallerId::Principal,
         (true, true) => EffectiveCallerId::PrincipalAndGroups,
         (false, true) => {
-            return Err(at(
-                "grpc-use-effective-groups needs grpc-use-effective-callerid".into(),
-            ))
+            return Err("grpc-use-effective-groups needs grpc-use-effective-callerid".into())
         }
     };
-    let (mine, theirs, ca, cert, key, server_name) = match service {
-        GrpcService::Vttablet => (
-            "tablet-grpc",
-            (
-                "vtgate-grpc",
-                l.vtgate_grpc_ca.is_some()
-                    || l.vtgate_grpc_cert.is_some()
-                    || l.vtgate_grpc_key.is_some()
-                    || l.vtgate_grpc_server_name.is_some(),
-            ),
-            l.tablet_grpc_ca,
-            l.tablet_grpc_cert,
-            l.tablet_grpc_key,
-            l.tablet_grpc_server_name,
-        ),
-        GrpcService::Vtgate => (
-            "vtgate-grpc",
-            (
-                "tablet-grpc",
-                l.tablet_grpc_ca.is_some()
-                    || l.tablet_grpc_cert.is_some()
-                    || l.tablet_grpc_key.is_some()
-                    || l.tablet_grpc_server_name.is_some(),
-            ),
-            l.vtgate_grpc_ca,
-            l.vtgate_grpc_cert,
-            l.vtgate_grpc_key,
-            l.vtgate_grpc_server_name,
-        ),
+    let tablet = RawUpstreamTls {
+        ca: l.tablet_grpc_ca,
+        cert: l.tablet_grpc_cert,
+        key: l.tablet_grpc_key,
+        server_name: l.tablet_grpc_server_name,
     };
-    if theirs.1 {
-        return Err(at(format!(
-            "{}-* keys are for the other service: a {} listener dials its upstream with {mine}-*",
-            theirs.0,
+    let vtgate = RawUpstreamTls {
+        ca: l.vtgate_grpc_ca,
+        cert: l.vtgate_grpc_cert,
+        key: l.vtgate_grpc_key,
+        server_name: l.vtgate_grpc_server_name,
+    };
+    let (mine, theirs, own, other) = match service {
+        GrpcService::Vttablet => ("tablet-grpc", "vtgate-grpc", tablet, vtgate),
+        GrpcService::Vtgate => ("vtgate-grpc", "tablet-grpc", vtgate, tablet),
+    };
+    if other.is_set() {
+        return Err(format!(
+            "{theirs}-* keys are for the other service: a {} listener dials its upstream with {mine}-*",
             service.as_str()
-        )));
+        ));
     }
-    if cert.is_some() != key.is_some() {
-        return Err(at(format!(
-            "{mine}-cert and {mine}-key go together: set both or neither"
-        )));
-    }
-    if ca.is_none() && (cert.is_some() || server_name.is_some()) {
-        return Err(at(format!(
-            "{mine}-cert/-server-name turn on TLS to the upstream, which needs {mine}-ca to verify it: set {mine}-ca"
-        )));
-    }
-    let upstream_tls = if ca.is_some() || cert.is_some() || server_name.is_some() {
-        Some(UpstreamTls {
-            ca,
-            cert,
-            key,
-            server_name,
-        })
-    } else {
-        None
-    };
+    let upstream_tls = upstream_tls(mine, own)?;
     let max_message_size = match l.grpc_max_message_size {
         None => DEFAULT_MAX_MESSAGE_SIZE,
         Some(n) if (1..=1 << 28).contains(&n) => n as usize,
         Some(n) => {
-            return Err(at(format!(
+            return Err(format!(
                 "grpc-max-message-size {n}: use 1 to 268435456 bytes"
-            )))
-        }
-    };
-    let handshake_timeout = match l.handshake_timeout_seconds {
-        None => DEFAULT_HANDSHAKE_TIMEOUT,
-        Some(s) if s > 0.0 && s <= 300.0 => Duration::from_secs_f64(s),
-        Some(s) => {
-            return Err(at(format!(
-                "handshake-timeout-seconds {s}: use a value in (0, 300]"
-            )))
+            ))
         }
     };
     let mut services = BTreeMap::new();
     for (svc, ids) in l.services {
         if service == GrpcService::Vtgate || !VTTABLET_OTHER_SERVICES.contains(&svc.as_str()) {
-            return Err(at(format!(
+            return Err(format!(
                 "services: {svc:?} cannot be opened here; a vttablet listener can open {}",
                 VTTABLET_OTHER_SERVICES.join(", ")
-            )));
+            ));
         }
         services.insert(svc, ids.into_iter().collect());
     }
-    let identities = parse_identities(&name, l.identities)?;
     Ok(ListenerConfig {
-        name,
+        identities: identities(l.identities)?,
+        name: l.name,
         listen,
         upstream,
-        identities,
-        protocol: Protocol::Grpc(GrpcListener {
+        protocol: ProtocolConfig::Grpc(GrpcConfig {
             service,
             tls,
             effective_callerid,
             upstream_tls,
-            handshake_timeout,
+            handshake_timeout: handshake_timeout(l.handshake_timeout_seconds)?,
             max_message_size,
             query_log: l.query_log,
             services,
@@ -747,15 +672,137 @@ fn parse_listener(l: RawListener) -> Result<ListenerConfig, String> {
     })
 }
 
-fn parse_min_version(key: &str, v: Option<&str>) -> Result<TlsVersion, String> {
-    match v {
-        None | Some("TLSv1.2") => Ok(TlsVersion::Tls12),
-        Some("TLSv1.3") => Ok(TlsVersion::Tls13),
-        Some(v) => Err(format!("{key} {v:?}: use \"TLSv1.2\" or \"TLSv1.3\"")),
+fn upstream_tls(mine: &str, k: RawUpstreamTls) -> Result<Option<UpstreamTls>, String> {
+    if k.cert.is_some() != k.key.is_some() {
+        return Err(format!(
+            "{mine}-cert and {mine}-key go together: set both or neither"
+        ));
+    }
+    if k.ca.is_none() && (k.cert.is_some() || k.server_name.is_some()) {
+        return Err(format!(
+            "{mine}-cert/-server-name turn on TLS to the upstream, which needs {mine}-ca to verify it: set {mine}-ca"
+        ));
+    }
+    Ok(k.is_set().then_some(UpstreamTls {
+        ca: k.ca,
+        cert: k.cert,
+        key: k.key,
+        server_name: k.server_name,
+    }))
+}
+
+/// A listener's server TLS; `None` when neither certificate nor key is set (whether that is
+/// allowed is the protocol's call).
+fn server_tls(names: &TlsKeys, v: RawServerTls) -> Result<Option<ServerTls>, String> {
+    match (v.cert, v.key) {
+        (Some(cert), Some(key)) => {
+            if v.crl.is_some() && v.ca.is_none() {
+                return Err(format!(
+                    "{} needs {} (revocation applies to verified client certificates)",
+                    names.crl, names.ca
+                ));
+            }
+            Ok(Some(ServerTls {
+                cert,
+                key,
+                ca: v.ca,
+                crl: v.crl,
+                server_ca: v.server_ca,
+                min_version: v.min_version.unwrap_or_default(),
+            }))
+        }
+        (Some(_), None) => Err(format!(
+            "{} is set without {}: set both",
+            names.cert, names.key
+        )),
+        (None, Some(_)) => Err(format!(
+            "{} is set without {}: set both",
+            names.key, names.cert
+        )),
+        (None, None) => {
+            let needs_cert = [
+                (names.ca, v.ca.is_some()),
+                (names.crl, v.crl.is_some()),
+                (names.server_ca, v.server_ca.is_some()),
+                (names.min_version, v.min_version.is_some()),
+            ];
+            match needs_cert.iter().find(|(_, set)| *set) {
+                Some((k, _)) => Err(format!("{k} needs {} and {}", names.cert, names.key)),
+                None => Ok(None),
+            }
+        }
     }
 }
 
-fn parse_handshake_timeout(s: Option<f64>) -> Result<Duration, String> {
+fn mysql_listener(l: RawMysql) -> Result<ListenerConfig, String> {
+    let (listen, upstream) = addresses(&l.listen, &l.upstream)?;
+    let tls = server_tls(
+        &MYSQL_TLS,
+        RawServerTls {
+            cert: l.mysql_server_ssl_cert,
+            key: l.mysql_server_ssl_key,
+            ca: l.mysql_server_ssl_ca,
+            crl: l.mysql_server_ssl_crl,
+            server_ca: None,
+            min_version: l.mysql_server_tls_min_version,
+        },
+    )?;
+    if l.mysql_server_require_secure_transport && tls.is_none() {
+        return Err(
+            "mysql-server-require-secure-transport needs mysql-server-ssl-cert and mysql-server-ssl-key"
+                .into(),
+        );
+    }
+    let auth = l.mysql_auth_server_impl.ok_or(
+        "mysql-auth-server-impl is missing: set \"clientcert\" (MySQL user = certificate CN) or \"passthrough\" (identity = MySQL user)",
+    )?;
+    if auth == MysqlAuth::ClientCert && tls.as_ref().is_none_or(|t| t.ca.is_none()) {
+        return Err(
+            "mysql-auth-server-impl = \"clientcert\" needs mysql-server-ssl-ca (and -cert, -key): client certificates prove the user".into(),
+        );
+    }
+    if l.insecure_plaintext {
+        if auth == MysqlAuth::ClientCert {
+            return Err(
+                "insecure-plaintext = true contradicts mysql-auth-server-impl = \"clientcert\" (a certificate needs TLS): remove it".into(),
+            );
+        }
+        if l.mysql_server_require_secure_transport {
+            return Err(
+                "insecure-plaintext = true contradicts mysql-server-require-secure-transport: remove one".into(),
+            );
+        }
+    } else if tls.is_none() {
+        return Err(
+            "no mysql-server-ssl-cert/mysql-server-ssl-key: set them to serve TLS, or set insecure-plaintext = true to accept plaintext logins on purpose".into(),
+        );
+    }
+    let max_allowed_packet = match l.max_allowed_packet {
+        None => DEFAULT_MAX_ALLOWED_PACKET,
+        Some(n) if (1024..=1 << 30).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(format!(
+                "max-allowed-packet {n}: use 1024 to 1073741824 bytes"
+            ))
+        }
+    };
+    Ok(ListenerConfig {
+        identities: identities(l.identities)?,
+        name: l.name,
+        listen,
+        upstream,
+        protocol: ProtocolConfig::Mysql(MysqlConfig {
+            tls,
+            require_secure_transport: l.mysql_server_require_secure_transport,
+            auth,
+            allow_plaintext: l.insecure_plaintext,
+            handshake_timeout: handshake_timeout(l.handshake_timeout_seconds)?,
+            max_allowed_packet,
+        }),
+    })
+}
+
+fn handshake_timeout(s: Option<f64>) -> Result<Duration, String> {
     match s {
         None => Ok(DEFAULT_HANDSHAKE_TIMEOUT),
         Some(s) if s > 0.0 && s <= 300.0 => Ok(Duration::from_secs_f64(s)),
@@ -766,177 +813,18 @@ fn parse_handshake_timeout(s: Option<f64>) -> Result<Duration, String> {
 }
 
 /// A listener's `identities`: each one non-empty, without NUL.
-fn parse_identities(
-    name: &str,
-    ids: Option<Vec<String>>,
-) -> Result<Option<BTreeSet<String>>, String> {
+fn identities(ids: Option<Vec<String>>) -> Result<Option<BTreeSet<String>>, String> {
     let Some(ids) = ids else { return Ok(None) };
     let mut set = BTreeSet::new();
     for id in ids {
         if id.is_empty() || id.contains('\0') {
             return Err(format!(
-                "listener {name:?}: identities entry {id:?} is empty or holds a NUL byte"
+                "identities entry {id:?} is empty or holds a NUL byte"
             ));
         }
         set.insert(id);
     }
     Ok(Some(set))
-}
-
-fn parse_mysql_listener(
-    l: RawListener,
-    name: String,
-    listen: SocketAddr,
-    upstream: SocketAddr,
-) -> Result<ListenerConfig, String> {
-    let at = |m: String| format!("listener {name}: {m}");
-    for (key, set) in [
-        ("service", l.service.is_some()),
-        ("grpc-cert", l.grpc_cert.is_some()),
-        ("grpc-key", l.grpc_key.is_some()),
-        ("grpc-ca", l.grpc_ca.is_some()),
-        ("grpc-crl", l.grpc_crl.is_some()),
-        ("grpc-server-ca", l.grpc_server_ca.is_some()),
-        ("grpc-tls-min-version", l.grpc_tls_min_version.is_some()),
-        ("grpc-use-effective-callerid", l.grpc_use_effective_callerid),
-        ("grpc-use-effective-groups", l.grpc_use_effective_groups),
-        ("grpc-max-message-size", l.grpc_max_message_size.is_some()),
-        ("query-log", l.query_log),
-        ("services", !l.services.is_empty()),
-        (
-            "tablet-grpc-*",
-            l.tablet_grpc_ca.is_some()
-                || l.tablet_grpc_cert.is_some()
-                || l.tablet_grpc_key.is_some()
-                || l.tablet_grpc_server_name.is_some(),
-        ),
-        (
-            "vtgate-grpc-*",
-            l.vtgate_grpc_ca.is_some()
-                || l.vtgate_grpc_cert.is_some()
-                || l.vtgate_grpc_key.is_some()
-                || l.vtgate_grpc_server_name.is_some(),
-        ),
-    ] {
-        if set {
-            return Err(at(format!(
-                "{key} is for protocol = \"grpc\" listeners: a mysql listener uses mysql-server-ssl-* and mysql-auth-server-impl"
-            )));
-        }
-    }
-    let min_version = parse_min_version(
-        "mysql-server-tls-min-version",
-        l.mysql_server_tls_min_version.as_deref(),
-    )
-    .map_err(at)?;
-    let tls = match (l.mysql_server_ssl_cert, l.mysql_server_ssl_key) {
-        (Some(cert), Some(key)) => Some(ServerTls {
-            cert,
-            key,
-            ca: l.mysql_server_ssl_ca,
-            crl: l.mysql_server_ssl_crl,
-            server_ca: None,
-            min_version,
-        }),
-        (Some(_), None) => {
-            return Err(at(
-                "mysql-server-ssl-cert is set without mysql-server-ssl-key: set both".into(),
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(at(
-                "mysql-server-ssl-key is set without mysql-server-ssl-cert: set both".into(),
-            ))
-        }
-        (None, None) => {
-            for (key, set) in [
-                ("mysql-server-ssl-ca", l.mysql_server_ssl_ca.is_some()),
-                ("mysql-server-ssl-crl", l.mysql_server_ssl_crl.is_some()),
-                (
-                    "mysql-server-tls-min-version",
-                    l.mysql_server_tls_min_version.is_some(),
-                ),
-                (
-                    "mysql-server-require-secure-transport",
-                    l.mysql_server_require_secure_transport,
-                ),
-            ] {
-                if set {
-                    return Err(at(format!(
-                        "{key} needs mysql-server-ssl-cert and mysql-server-ssl-key"
-                    )));
-                }
-            }
-            None
-        }
-    };
-    if let Some(t) = &tls {
-        if t.crl.is_some() && t.ca.is_none() {
-            return Err(at(
-                "mysql-server-ssl-crl needs mysql-server-ssl-ca (revocation applies to verified client certificates)".into(),
-            ));
-        }
-    }
-    let auth = match l.mysql_auth_server_impl.as_deref() {
-        Some("clientcert") => MysqlAuth::ClientCert,
-        Some("passthrough") => MysqlAuth::Passthrough,
-        Some(other) => {
-            return Err(at(format!(
-                "mysql-auth-server-impl {other:?}: use \"clientcert\" or \"passthrough\""
-            )))
-        }
-        None => {
-            return Err(at(
-                "mysql-auth-server-impl is missing: set \"clientcert\" (MySQL user = certificate CN) or \"passthrough\" (identity = MySQL user)".into(),
-            ))
-        }
-    };
-    if auth == MysqlAuth::ClientCert && tls.as_ref().is_none_or(|t| t.ca.is_none()) {
-        return Err(at(
-            "mysql-auth-server-impl = \"clientcert\" needs mysql-server-ssl-ca (and -cert, -key): client certificates prove the user".into(),
-        ));
-    }
-    if l.insecure_plaintext {
-        if auth == MysqlAuth::ClientCert {
-            return Err(at(
-                "insecure-plaintext = true contradicts mysql-auth-server-impl = \"clientcert\" (a certificate needs TLS): remove it".into(),
-            ));
-        }
-        if l.mysql_server_require_secure_transport {
-            return Err(at(
-                "insecure-plaintext = true contradicts mysql-server-require-secure-transport: remove one".into(),
-            ));
-        }
-    } else if tls.is_none() {
-        return Err(at(
-            "no mysql-server-ssl-cert/mysql-server-ssl-key: set them to serve TLS, or set insecure-plaintext = true to accept plaintext logins on purpose".into(),
-        ));
-    }
-    let max_allowed_packet = match l.max_allowed_packet {
-        None => DEFAULT_MAX_ALLOWED_PACKET,
-        Some(n) if (1024..=1 << 30).contains(&n) => n as usize,
-        Some(n) => {
-            return Err(at(format!(
-                "max-allowed-packet {n}: use 1024 to 1073741824 bytes"
-            )))
-        }
-    };
-    let handshake_timeout = parse_handshake_timeout(l.handshake_timeout_seconds).map_err(at)?;
-    let identities = parse_identities(&name, l.identities)?;
-    Ok(ListenerConfig {
-        name,
-        listen,
-        upstream,
-        identities,
-        protocol: Protocol::Mysql(MysqlListener {
-            tls,
-            require_secure_transport: l.mysql_server_require_secure_transport,
-            auth,
-            allow_plaintext: l.insecure_plaintext,
-            handshake_timeout,
-            max_allowed_packet,
-        }),
-    })
 }
 
 fn valid_port(p: i64) -> Result<u16, String> {
@@ -1141,7 +1029,7 @@ mod tests {
         let l = &c.listeners[0];
         assert_eq!(l.name, "vttablet");
         assert_eq!(l.upstream, "127.0.0.1:16991".parse().expect("addr"));
-        let Protocol::Grpc(g) = &l.protocol else {
+        let ProtocolConfig::Grpc(g) = &l.protocol else {
             panic!("a grpc listener")
         };
         assert_eq!(g.service, GrpcService::Vttablet);
@@ -1271,7 +1159,7 @@ mod tests {
             "{MYSQL_TLS}mysql-server-ssl-ca = \"/ca\"\nmysql-server-ssl-crl = \"/crl\"\nmysql-server-tls-min-version = \"TLSv1.3\"\nmysql-server-require-secure-transport = true\nmysql-auth-server-impl = \"clientcert\"\nmax-allowed-packet = 2048\nhandshake-timeout-seconds = 2\n"
         )))
         .expect("valid mysql listener");
-        let Protocol::Mysql(m) = &c.listeners[0].protocol else {
+        let ProtocolConfig::Mysql(m) = &c.listeners[0].protocol else {
             panic!("a mysql listener")
         };
         let tls = m.tls.as_ref().expect("tls");
@@ -1285,7 +1173,7 @@ mod tests {
             "insecure-plaintext = true\nmysql-auth-server-impl = \"passthrough\"\n",
         ))
         .expect("plaintext passthrough");
-        let Protocol::Mysql(m) = &c.listeners[0].protocol else {
+        let ProtocolConfig::Mysql(m) = &c.listeners[0].protocol else {
             panic!("a mysql listener")
         };
         assert!(m.tls.is_none() && m.allow_plaintext);

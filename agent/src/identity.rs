@@ -5,10 +5,20 @@ use std::fmt;
 
 use x509_parser::{extensions::GeneralName, prelude::FromDer};
 
-use crate::config::EffectiveCallerId;
-
 /// The username Vitess gives a gRPC caller it knows nothing about.
 pub const UNSECURE_GRPC_CLIENT: &str = "unsecure_grpc_client";
+
+/// Vitess's effective-caller-ID override, for callers without a verified certificate
+/// (`grpc-use-effective-callerid`, `grpc-use-effective-groups`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EffectiveCallerId {
+    /// `unsecure_grpc_client`.
+    Off,
+    /// `grpc-use-effective-callerid`: username = the effective principal.
+    Principal,
+    /// ... and `grpc-use-effective-groups`: groups = the effective groups.
+    PrincipalAndGroups,
+}
 
 /// An identity as table ACLs see it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -37,11 +37,23 @@ use vtguard_common::{
 };
 
 pub use events::{Denial, EventReader};
-pub use policy::{IdentityTable, PolicySummary};
+pub use policy::{IdentityTable, KernelPolicy, PolicySummary};
 pub use socket::{FlowRecord, Registration, Upstream};
 pub use status::{detach, detach_forced, DetachReport, KernelStatus, LinkStatus};
 
-use crate::config::{KernelConfig, KernelPolicy};
+/// Default pin folder.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/vtguard";
+
+/// The `[kernel]` part of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// Folder on a BPF filesystem where programs, links and maps are pinned.
+    pub bpffs: PathBuf,
+    /// cgroup2 directory the programs attach to; `None` = the cgroup2 root from /proc/mounts.
+    pub cgroup: Option<PathBuf>,
+    /// The kernel half of policy: protected ports, and who may reach each.
+    pub policy: KernelPolicy,
+}
 
 /// The eBPF object, built by `cargo xtask build-ebpf` and committed.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(

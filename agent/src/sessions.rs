@@ -21,7 +21,7 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::config::KernelPolicy;
+use crate::kernel::KernelPolicy;
 
 /// Whether `policy` keeps `identity` from a port the kernel guards. An unprotected port is
 /// never taken away: the kernel does not guard it, so there is nothing for policy to remove.

@@ -19,7 +19,38 @@ use rustls::{
     ClientConfig, RootCertStore, ServerConfig,
 };
 
-use crate::config::{ServerTls, TlsVersion, UpstreamTls};
+/// Lowest TLS version a listener accepts (`grpc-tls-min-version`, `mysql-server-tls-min-version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "TLSv1.2")]
+    Tls12,
+    #[serde(rename = "TLSv1.3")]
+    Tls13,
+}
+
+/// Server-side TLS of a listener (Vitess's `grpc-*` flags, or `mysql-server-ssl-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Client certificates are required and verified against this bundle.
+    pub ca: Option<PathBuf>,
+    pub crl: Option<PathBuf>,
+    /// Appended to the served chain.
+    pub server_ca: Option<PathBuf>,
+    pub min_version: TlsVersion,
+}
+
+/// TLS towards the upstream (`tablet-grpc-*` / `vtgate-grpc-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Replaces the host name when the server certificate is checked.
+    pub server_name: Option<String>,
+}
 
 /// What went wrong building a TLS config; each names the file and the fix.
 #[derive(Debug, thiserror::Error)]

@@ -85,7 +85,7 @@ fn hook_cost(k: &Kernel, addr: &SocketAddr, n: u32) -> (f64, f64, String) {
 }
 
 /// A policy granting IDENTITY (and `extra` other identities) access to `protected`.
-fn sized_policy(protected: u16, extra: usize) -> vtguard_agent::config::KernelPolicy {
+fn sized_policy(protected: u16, extra: usize) -> vtguard_agent::kernel::KernelPolicy {
     let mut p = policy(&[protected], &[(protected, &[IDENTITY])]);
     let ids = p.access.get_mut(&protected).expect("grants");
     for i in 0..extra {

@@ -3,34 +3,15 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use vtguard_agent::{kernel::Kernel, proxy::grpc::GrpcProxy};
+use vtguard_agent::kernel::Kernel;
 
 use crate::pki::Pki;
 
-/// A listener serving on 127.0.0.1 (any free port); stops when dropped.
-pub struct TestListener {
-    pub addr: SocketAddr,
-    pub proxy: Arc<GrpcProxy>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TestListener {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+pub use crate::TestListener;
 
 /// Starts the `[[listener]]` described by `toml` (its `listen` may use port 0).
 pub async fn start_listener(toml: &str, kernel: Option<Arc<Kernel>>) -> TestListener {
-    let (config, protected, acl) = crate::listener_parts(toml);
-    let l = &config.listeners[0];
-    let proxy = Arc::new(
-        GrpcProxy::new(l, kernel, protected, acl, Default::default()).expect("listener starts"),
-    );
-    let socket = proxy.bind(l.listen).await.expect("bind listener");
-    let addr = socket.local_addr().expect("addr");
-    let task = tokio::spawn(Arc::clone(&proxy).serve(socket));
-    TestListener { addr, proxy, task }
+    crate::start_test_listener(toml, kernel, Default::default()).await
 }
 
 /// A `[[listener]]` block: mTLS with the PKI's "localhost" server certificate and the vtgate

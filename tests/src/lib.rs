@@ -23,8 +23,8 @@ use std::{
 
 use socket2::{Domain, Socket, Type};
 use vtguard_agent::{
-    config::{KernelConfig, KernelPolicy},
     kernel::{self, Attach, Kernel},
+    kernel::{KernelConfig, KernelPolicy},
 };
 
 /// Whether a program is on PATH (or in /usr/sbin, where Debian puts mariadbd).
@@ -383,4 +383,39 @@ pub fn listener_parts(
         Arc::new(vtguard_agent::acl::Enforcer::new(acl, t.settings.clone()))
     });
     (config, protected, acl)
+}
+
+/// A listener of either protocol serving on 127.0.0.1 (any free port); stops when dropped.
+pub struct TestListener {
+    pub addr: std::net::SocketAddr,
+    pub proxy: Arc<dyn vtguard_agent::proxy::listener::Listener>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the `[[listener]]` described by `toml` (its `listen` may use port 0), registering
+/// its connections in `sessions`.
+pub async fn start_test_listener(
+    toml: &str,
+    kernel: Option<Arc<vtguard_agent::kernel::Kernel>>,
+    sessions: Arc<vtguard_agent::sessions::Sessions>,
+) -> TestListener {
+    use vtguard_agent::proxy::listener;
+    let (config, protected, acl) = listener_parts(toml);
+    let deps = listener::Deps {
+        kernel,
+        protected,
+        acl,
+        sessions,
+    };
+    let proxy = listener::build(&config.listeners[0], deps).expect("listener starts");
+    let socket = listener::bind(&*proxy).await.expect("bind listener");
+    let addr = socket.local_addr().expect("addr");
+    let task = tokio::spawn(Arc::clone(&proxy).serve(socket));
+    TestListener { addr, proxy, task }
 }

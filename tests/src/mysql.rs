@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use vtguard_agent::{kernel::Kernel, proxy::mysql::MysqlProxy};
+use vtguard_agent::kernel::Kernel;
 
 use crate::{free_port, is_ci, pki::Pki};
 
@@ -196,18 +196,7 @@ impl Drop for MariaDb {
     }
 }
 
-/// A MySQL listener serving on 127.0.0.1 (any free port); stops when dropped.
-pub struct TestListener {
-    pub addr: SocketAddr,
-    pub proxy: Arc<MysqlProxy>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TestListener {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+pub use crate::TestListener;
 
 /// Starts the `[[listener]]` described by `toml` (its `listen` may use port 0).
 pub async fn start_listener(toml: &str, kernel: Option<Arc<Kernel>>) -> TestListener {
@@ -220,14 +209,7 @@ pub async fn start_listener_with(
     kernel: Option<Arc<Kernel>>,
     sessions: Arc<vtguard_agent::sessions::Sessions>,
 ) -> TestListener {
-    let (config, protected, acl) = crate::listener_parts(toml);
-    let l = &config.listeners[0];
-    let proxy =
-        Arc::new(MysqlProxy::new(l, kernel, protected, acl, sessions).expect("listener starts"));
-    let socket = proxy.bind(l.listen).await.expect("bind listener");
-    let addr = socket.local_addr().expect("addr");
-    let task = tokio::spawn(Arc::clone(&proxy).serve(socket));
-    TestListener { addr, proxy, task }
+    crate::start_test_listener(toml, kernel, sessions).await
 }
 
 /// A `[[listener]]` block: TLS with the PKI's "localhost" certificate, client certificates

@@ -142,6 +142,7 @@ async fn handshakes_without_a_good_certificate_are_refused_and_nothing_reaches_t
     ] {
         let failed = || {
             l.proxy
+                .core()
                 .stats
                 .handshakes_failed
                 .load(std::sync::atomic::Ordering::Relaxed)
@@ -549,7 +550,7 @@ async fn certificate_rotation_reaches_new_handshakes_and_open_streams_continue()
     // Rotate: write the new pair, as an operator's tooling would, then let the listener notice.
     std::fs::copy(pki.path("localhost-rotated.key"), &key).expect("rotate key");
     std::fs::copy(pki.path("localhost-rotated.pem"), &cert).expect("rotate cert");
-    l.proxy.reload_tls(false);
+    l.proxy.core().reload_tls(false);
     let after = served_serial(&pki, l.addr).await;
     assert_ne!(before, after, "new handshakes get the new certificate");
 
@@ -563,7 +564,7 @@ async fn certificate_rotation_reaches_new_handshakes_and_open_streams_continue()
     }
     // A half-written rotation (a key that does not match) keeps the working certificate.
     std::fs::copy(pki.path("vtgate-client-2.key"), &key).expect("bad key");
-    l.proxy.reload_tls(true);
+    l.proxy.core().reload_tls(true);
     assert_eq!(
         served_serial(&pki, l.addr).await,
         after,

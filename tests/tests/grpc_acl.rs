@@ -266,6 +266,7 @@ async fn dry_run_counts_would_be_denials_and_denies_nothing() {
     );
     assert_eq!(
         l.proxy
+            .core()
             .stats
             .acl_dry_run_denials
             .load(std::sync::atomic::Ordering::Relaxed),

@@ -39,8 +39,9 @@ async fn mariadb_cli_with_client_certificate_allowed_select_denied_update_sessio
     );
     assert_eq!(
         l.proxy
+            .core()
             .stats
-            .denied
+            .refused
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
@@ -153,7 +154,7 @@ async fn refusals_no_certificate_plaintext_user_not_cn_revoked() {
         .await
         .expect("cli");
     assert_eq!((code, out.as_str()), (0, "in\n"), "{err}");
-    let s = &l.proxy.stats;
+    let s = &l.proxy.core().stats;
     assert_eq!(
         s.handshakes_failed
             .load(std::sync::atomic::Ordering::Relaxed),
@@ -387,6 +388,7 @@ async fn two_hundred_concurrent_connections_each_get_their_own_answers() {
     }
     assert_eq!(
         l.proxy
+            .core()
             .stats
             .logins
             .load(std::sync::atomic::Ordering::Relaxed),

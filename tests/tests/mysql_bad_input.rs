@@ -149,7 +149,14 @@ async fn bad_packets_end_only_their_own_connection() {
         db.root_sql("select count(*) from vt.vt_insert_test where id = 9"),
         "0\n"
     );
-    assert!(l.proxy.stats.handshakes_failed.load(Ordering::Relaxed) >= 4);
+    assert!(
+        l.proxy
+            .core()
+            .stats
+            .handshakes_failed
+            .load(Ordering::Relaxed)
+            >= 4
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +285,7 @@ async fn field_list_init_db_prepare_and_multi_statements_are_checked() {
         raw_query(&mut s, "select msg from vt_insert_test where id = 3").await,
         Ok("three".into())
     );
-    assert_eq!(l.proxy.stats.denied.load(Ordering::Relaxed), 3);
+    assert_eq!(l.proxy.core().stats.refused.load(Ordering::Relaxed), 3);
 }
 
 /// Certificates are replaced without a restart (new handshakes get the new pair; a bad pair is
@@ -323,7 +330,7 @@ async fn certificate_reload_and_minimum_tls_version() {
 
     std::fs::copy(pki.path("localhost-rotated.key"), &key).expect("rotate key");
     std::fs::copy(pki.path("localhost-rotated.pem"), &cert).expect("rotate cert");
-    l.proxy.reload_tls(false);
+    l.proxy.core().reload_tls(false);
     let after = login(false)
         .await
         .expect("task")
@@ -331,7 +338,7 @@ async fn certificate_reload_and_minimum_tls_version() {
     assert_ne!(before, after, "new handshakes get the new certificate");
 
     std::fs::copy(pki.path("vtgate-client-2.key"), &key).expect("bad key");
-    l.proxy.reload_tls(true);
+    l.proxy.core().reload_tls(true);
     let still = login(false)
         .await
         .expect("task")

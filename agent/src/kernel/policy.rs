@@ -2,7 +2,7 @@
 //! generations so that a swap is seen whole or not at all.
 
 use std::{
-    collections::{BTreeSet, HashMap as StdHashMap},
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     path::Path,
     sync::Mutex,
     time::{Duration, Instant},
@@ -12,7 +12,26 @@ use aya::maps::{Array, HashMap, MapData};
 use vtguard_common::{maps as map_names, protected_slot, AccessKey};
 
 use super::{open_map, Error};
-use crate::config::KernelPolicy;
+
+/// Which ports only vtguard may reach, and which identities its sockets may carry there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelPolicy {
+    /// Ports that only sockets registered by vtguard may connect to.
+    pub protected_ports: BTreeSet<u16>,
+    /// For each protected port, the identities whose sockets may reach it.
+    pub access: BTreeMap<u16, BTreeSet<String>>,
+}
+
+impl KernelPolicy {
+    /// Whether `identity` may reach `port` under this policy.
+    pub fn allows(&self, identity: &str, port: u16) -> bool {
+        self.protected_ports.contains(&port)
+            && self
+                .access
+                .get(&port)
+                .is_some_and(|ids| ids.contains(identity))
+    }
+}
 
 /// How long a retired generation stays untouched after a flip. A program that read the old
 /// generation number just before the flip finishes its lookups long before this; only then may

@@ -7,14 +7,10 @@ pub mod methods;
 pub mod wire;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
     convert::Infallible,
-    io,
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -25,231 +21,175 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use rustls::pki_types::ServerName;
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::Mutex as AsyncMutex,
-};
+use tokio::{net::TcpStream, sync::Mutex as AsyncMutex};
+use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 use vtguard_proto::{query, vtrpc};
 
-use self::{
-    frame::Refusal,
-    methods::{code, Method, Rewrite, Route, Sql},
+use self::methods::{Method, Rewrite, Route, Sql};
+use super::{
+    listener::{self, Core, Deps, DialError, ListenerConfig, Outcome, Protocol, TlsRefusal},
+    AsyncReadWrite,
 };
-use super::AsyncReadWrite;
 use crate::{
-    acl::{Decision, Enforcer},
-    config::{
-        EffectiveCallerId, GrpcListener, GrpcService, ListenerConfig, Protocol,
-        VTTABLET_OTHER_SERVICES,
-    },
-    identity::{self, Identity},
-    kernel::Kernel,
-    sessions::Sessions,
-    tls::{self, Reloadable},
+    acl::Decision,
+    identity::{self, EffectiveCallerId, Identity},
+    tls::{self, ServerTls, UpstreamTls},
 };
 
-/// What stops a listener from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("listener {listener}: {source}")]
-    Tls {
-        listener: String,
-        source: tls::Error,
-    },
-    #[error("listener {listener}: binding {addr}: {source}")]
-    Bind {
-        listener: String,
-        addr: SocketAddr,
-        source: io::Error,
-    },
-    #[error("listener {0}: not a gRPC listener")]
-    NotGrpc(String),
+/// Which Vitess gRPC service sits behind a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrpcService {
+    /// vttablet: queryservice.Query (and TabletManager, UpdateStream, Throttler).
+    Vttablet,
+    /// vtgate: vtgateservice.Vitess.
+    Vtgate,
+}
+
+impl GrpcService {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Vttablet => "vttablet",
+            Self::Vtgate => "vtgate",
+        }
+    }
+}
+
+/// The non-query services a vttablet port also serves; table ACLs do not cover them.
+pub const VTTABLET_OTHER_SERVICES: [&str; 3] = [
+    "tabletmanagerservice.TabletManager",
+    "binlogservice.UpdateStream",
+    "throttlerservice.Throttler",
+];
+
+/// Vitess's default `grpc-max-message-size`.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+/// What a gRPC listener does beyond what every listener does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcConfig {
+    pub service: GrpcService,
+    /// `None`: plaintext (only with `insecure-plaintext = true`).
+    pub tls: Option<ServerTls>,
+    pub effective_callerid: EffectiveCallerId,
+    pub upstream_tls: Option<UpstreamTls>,
+    pub handshake_timeout: Duration,
+    pub max_message_size: usize,
+    pub query_log: bool,
+    /// Non-query services (vttablet only) and the identities (user or group) allowed on each.
+    pub services: BTreeMap<String, BTreeSet<String>>,
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
 type UpstreamIo = Box<dyn AsyncReadWrite>;
 
-/// Counters of one listener.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub connections: AtomicU64,
-    pub handshakes_failed: AtomicU64,
-    pub requests: AtomicU64,
-    pub refused: AtomicU64,
-    /// Requests a dry-run table ACL would have denied.
-    pub acl_dry_run_denials: AtomicU64,
-}
-
 /// A gRPC listener, ready to serve.
 pub struct GrpcProxy {
-    name: String,
-    /// The name again, shared with every session of the listener.
-    label: Arc<str>,
-    sessions: Arc<Sessions>,
-    cfg: GrpcListener,
-    listen: SocketAddr,
-    upstream: SocketAddr,
-    tls: Option<Arc<Reloadable>>,
+    core: Core,
+    cfg: GrpcConfig,
     upstream_tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
-    kernel: Option<Arc<Kernel>>,
-    acl: Option<Arc<Enforcer>>,
-    pub stats: Stats,
 }
 
 impl GrpcProxy {
-    /// Loads the listener's certificates; `kernel`, when present, opens the upstream sockets.
+    /// Loads the listener's certificates and those it dials the upstream with.
     pub fn new(
         listener: &ListenerConfig,
-        kernel: Option<Arc<Kernel>>,
-        protected: bool,
-        acl: Option<Arc<Enforcer>>,
-        sessions: Arc<Sessions>,
-    ) -> Result<Self, Error> {
-        let Protocol::Grpc(cfg) = &listener.protocol else {
-            return Err(Error::NotGrpc(listener.name.clone()));
-        };
-        let tls_err = |source| Error::Tls {
-            listener: listener.name.clone(),
-            source,
-        };
-        let tls = match &cfg.tls {
-            Some(t) => Some(Arc::new(Reloadable::new(t.clone()).map_err(tls_err)?)),
-            None => None,
-        };
+        cfg: &GrpcConfig,
+        deps: Deps,
+    ) -> Result<Self, listener::Error> {
+        let core = Core::new(listener, "grpc", cfg.tls.as_ref(), |e| e, deps)?;
         let prefix = match cfg.service {
             GrpcService::Vttablet => "tablet-grpc",
             GrpcService::Vtgate => "vtgate-grpc",
         };
-        let upstream_tls = match &cfg.upstream_tls {
-            Some(u) => {
-                let (c, name) = tls::client_config(u, &listener.upstream.ip().to_string(), prefix)
-                    .map_err(tls_err)?;
-                Some((Arc::new(c), name))
-            }
-            None => None,
-        };
+        let upstream_tls = cfg
+            .upstream_tls
+            .as_ref()
+            .map(|u| {
+                tls::client_config(u, &listener.upstream.ip().to_string(), prefix)
+                    .map(|(c, name)| (Arc::new(c), name))
+            })
+            .transpose()
+            .map_err(|source| listener::Error::Tls {
+                listener: listener.name.clone(),
+                source,
+            })?;
         if cfg.tls.is_none() {
             warn!(listener = %listener.name, listen = %listener.listen, "serving plaintext (insecure-plaintext = true): callers have no certificate to prove who they are");
         }
         if cfg.effective_callerid != EffectiveCallerId::Off {
             let port = listener.upstream.port();
-            if protected {
+            if core.protected {
                 warn!(listener = %listener.name, "grpc-use-effective-callerid: callers without a verified certificate name themselves in the request, which is not secure; upstream port {port} is kernel-protected, so this listener is the only way to it and the identity it forwards is the one vtguard decided");
             } else {
                 warn!(listener = %listener.name, "grpc-use-effective-callerid is not secure: any client can put any principal in the request, and upstream port {port} is not kernel-protected, so clients can also bypass vtguard: add it to [kernel] protected-ports");
             }
         }
         Ok(Self {
-            name: listener.name.clone(),
-            label: Arc::from(listener.name.as_str()),
-            sessions,
+            core,
             cfg: cfg.clone(),
-            listen: listener.listen,
-            upstream: listener.upstream,
-            tls,
             upstream_tls,
-            kernel,
-            acl,
-            stats: Stats::default(),
         })
     }
 
-    /// The listener's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Re-reads the certificate files (when changed, or always with `force`).
-    pub fn reload_tls(&self, force: bool) {
-        super::reload_tls(&self.name, self.tls.as_deref(), force);
-    }
-
-    /// Binds the listening socket.
-    pub async fn bind(&self, addr: SocketAddr) -> Result<TcpListener, Error> {
-        TcpListener::bind(addr).await.map_err(|source| Error::Bind {
-            listener: self.name.clone(),
-            addr,
-            source,
-        })
-    }
-
-    /// Accepts connections until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        let name = self.name.clone();
-        super::accept_loop(&name, listener, move |tcp, peer| {
-            Arc::clone(&self).connection(tcp, peer)
-        })
-        .await;
-    }
-
-    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
-        let _ = tcp.set_nodelay(true);
-        self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        let m = crate::metrics::metrics();
-        m.connection(&self.name, "grpc");
-        let (io, identity): (Box<dyn AsyncReadWrite>, Option<Identity>) = match &self.tls {
-            None => (Box::new(tcp), None),
-            Some(t) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(t.current());
-                let tls = match tokio::time::timeout(
-                    self.cfg.handshake_timeout,
-                    acceptor.accept(tcp),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => {
-                        m.handshake(&self.name, "ok");
-                        s
-                    }
-                    Ok(Err(e)) => {
-                        self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                        m.handshake(&self.name, "refused");
-                        info!(listener = %self.name, %peer, error = %e, "TLS handshake refused");
-                        return;
-                    }
-                    Err(_) => {
-                        self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                        m.handshake(&self.name, "timeout");
-                        info!(listener = %self.name, %peer, timeout = ?self.cfg.handshake_timeout, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                // Only a certificate the verifier checked against grpc-ca names the caller.
-                let cert_identity = if self.cfg.tls.as_ref().is_some_and(|t| t.ca.is_some()) {
-                    match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                        Some(der) => match identity::from_certificate(der) {
-                            Ok(id) => Some(id),
-                            Err(e) => {
-                                info!(listener = %self.name, %peer, error = %e, "client certificate refused");
-                                return;
-                            }
-                        },
-                        None => None,
-                    }
-                } else {
-                    None
-                };
-                (Box::new(tls), cert_identity)
+    /// The TLS handshake, within the listener's timeout, and the identity of the caller's
+    /// certificate; `None` when the connection is refused (counted and logged here).
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(Box<dyn AsyncReadWrite>, Option<Identity>)> {
+        if !self.core.serves_tls() {
+            return Some((Box::new(tcp), None));
+        }
+        let (name, timeout) = (&self.core.name, self.cfg.handshake_timeout);
+        match tokio::time::timeout(timeout, self.core.accept_tls(tcp)).await {
+            Ok(Ok((tls, identity))) => {
+                self.core.handshake_ended(Outcome::Ok);
+                Some((Box::new(tls), identity))
             }
+            Ok(Err(e)) => {
+                self.core.handshake_ended(Outcome::Refused);
+                match e {
+                    TlsRefusal::Handshake(e) => {
+                        info!(listener = %name, %peer, error = %e, "TLS handshake refused")
+                    }
+                    TlsRefusal::Certificate(e) => {
+                        info!(listener = %name, %peer, error = %e, "client certificate refused")
+                    }
+                }
+                None
+            }
+            Err(_) => {
+                self.core.handshake_ended(Outcome::Timeout);
+                info!(listener = %name, %peer, ?timeout, "TLS handshake timed out");
+                None
+            }
+        }
+    }
+
+    /// One downstream connection: HTTP/2 over it until it ends, or until policy takes the
+    /// identity of its certificate away.
+    async fn serve_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        let Some((io, identity)) = self.handshake(tcp, peer).await else {
+            return;
         };
-        // A certificate identity is the connection's: policy that takes it away closes it.
+        let name = self.core.name.clone();
         let mut session = match &identity {
             Some(id) => {
-                info!(listener = %self.name, %peer, identity = %id, "accepted");
-                Some(
-                    self.sessions
-                        .open(&self.label, self.upstream.port(), &id.username),
-                )
+                info!(listener = %name, %peer, identity = %id, "accepted");
+                Some(self.core.client_session(&id.username))
             }
             None => {
-                debug!(listener = %self.name, %peer, "accepted without a certificate identity");
+                debug!(listener = %name, %peer, "accepted without a certificate identity");
                 None
             }
         };
         let who = identity.as_ref().map(|i| i.username.clone());
         let conn = Arc::new(Conn {
-            proxy: Arc::clone(&self),
+            proxy: self,
             identity,
             upstreams: AsyncMutex::new(HashMap::new()),
         });
@@ -268,31 +208,52 @@ impl GrpcProxy {
         };
         tokio::select! {
             res = serve => if let Err(e) = res {
-                debug!(listener = %self.name, %peer, error = %e, "connection ended with an error");
+                debug!(listener = %name, %peer, error = %e, "connection ended with an error");
             },
             () = cut => {
-                info!(listener = %self.name, %peer, identity = who.as_deref().unwrap_or(""), "connection closed: policy no longer lets this identity reach the upstream");
+                info!(listener = %name, %peer, identity = who.as_deref().unwrap_or(""), "connection closed: policy no longer lets this identity reach the upstream");
+            }
+        }
+    }
+
+    /// Opens a connection to the upstream for `username`: through the kernel's registered
+    /// socket path when the agent enforces in the kernel, then TLS when configured.
+    async fn dial(&self, username: &str) -> Result<UpstreamIo, Status> {
+        let upstream = self.core.upstream;
+        let unavailable = |e: String| {
+            Status::unavailable(format!("vtguard: upstream {upstream} unavailable: {e}"))
+        };
+        let tcp = self.core.dial(username).await.map_err(|e| match e {
+            DialError::KernelRefused { .. } | DialError::PolicyRemoved { .. } => {
+                Status::permission_denied(format!("vtguard: {e}"))
+            }
+            DialError::Unavailable { detail, .. } => unavailable(detail),
+        })?;
+        match &self.upstream_tls {
+            None => Ok(tcp),
+            Some((config, name)) => {
+                let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+                let s = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| unavailable(format!("TLS: {e}")))?;
+                Ok(Box::new(s))
             }
         }
     }
 }
 
-impl crate::admin::ListenerStatus for GrpcProxy {
-    fn status(&self) -> serde_json::Value {
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "name": self.name,
-            "protocol": "grpc",
-            "service": self.cfg.service.as_str(),
-            "listen": self.listen.to_string(),
-            "upstream": self.upstream.to_string(),
-            "tls": self.tls.is_some(),
-            "connections": n(&self.stats.connections),
-            "handshakes_failed": n(&self.stats.handshakes_failed),
-            "requests": n(&self.stats.requests),
-            "refused": n(&self.stats.refused),
-            "acl_dry_run_denials": n(&self.stats.acl_dry_run_denials),
-        })
+impl Protocol for GrpcProxy {
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
+    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        self.serve_connection(tcp, peer).await
+    }
+
+    fn status_extra(&self, status: &mut serde_json::Map<String, serde_json::Value>) {
+        status.insert("service".into(), self.cfg.service.as_str().into());
     }
 }
 
@@ -315,11 +276,41 @@ struct Inspected {
     message_tables: Vec<String>,
 }
 
+/// A request on its way upstream: the upstream's response, and whose it is.
+struct Forwarded {
+    response: Response<Incoming>,
+    identity: Identity,
+    inspected: Inspected,
+}
+
+/// A request vtguard answers itself, and what it knew of it by then.
+struct Refused {
+    status: Status,
+    /// Answer as vtgate does for unary calls: an OK status with the error inside the response
+    /// message (field 1, vtrpc.RPCError).
+    in_body: bool,
+    identity: Option<Identity>,
+    inspected: Inspected,
+}
+
+impl Refused {
+    /// Boxed: a refusal is the rare path, and large next to what the common path returns.
+    fn new(status: Status, identity: Option<Identity>, inspected: Inspected) -> Box<Self> {
+        Box::new(Self {
+            status,
+            in_body: false,
+            identity,
+            inspected,
+        })
+    }
+}
+
 impl Conn {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let start = Instant::now();
         let p = &self.proxy;
-        p.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let name = &p.core.name;
+        p.core.stats.requests.fetch_add(1, Ordering::Relaxed);
         let path = req.uri().path().to_owned();
         let route = methods::route(p.cfg.service, &path, &VTTABLET_OTHER_SERVICES);
         let result = self.forward(req, &route).await;
@@ -327,184 +318,195 @@ impl Conn {
         // A bounded label: the method path only for methods the listener knows.
         let method = match &route {
             Route::Query(_) | Route::Other { .. } => path.as_str(),
-            Route::Refused { .. } => "unknown",
+            Route::Refused(_) => "unknown",
         };
         let decision = if result.is_ok() {
             "forwarded"
         } else {
             "refused"
         };
-        crate::metrics::metrics().request(&p.name, method, decision, latency);
+        crate::metrics::metrics().request(name, method, decision, latency);
         match result {
-            Ok((response, id, ins)) => {
+            Ok(f) => {
                 if !p.cfg.query_log {
-                    return response.map(|b| b.boxed());
+                    return f.response.map(|b| b.boxed());
                 }
                 // Logged when the response ends (or the caller goes away), with its status.
-                let status = grpc_status(response.headers());
-                response.map(|inner| {
+                let status = grpc_status(f.response.headers());
+                f.response.map(|inner| {
                     Logged {
                         inner,
                         status,
                         finished: false,
                         entry: Some(LogEntry {
-                            listener: p.name.clone(),
+                            listener: name.clone(),
                             method: path,
-                            identity: id,
-                            inspected: ins,
+                            identity: f.identity,
+                            inspected: f.inspected,
                             start,
                         }),
                     }
                     .boxed()
                 })
             }
-            Err((refusal, id, ins)) => {
-                p.stats.refused.fetch_add(1, Ordering::Relaxed);
+            Err(r) => {
+                p.core.stats.refused.fetch_add(1, Ordering::Relaxed);
+                let code = r.status.code() as u16;
                 if p.cfg.query_log {
                     query_log(
-                        &p.name,
+                        name,
                         &path,
-                        id.as_ref(),
-                        &ins,
+                        r.identity.as_ref(),
+                        &r.inspected,
                         "refused",
-                        Some(refusal.code),
+                        Some(code),
                         latency,
                     );
                 }
-                debug!(listener = %p.name, path = %path, code = refusal.code, message = %refusal.message, "refused");
-                if refusal.in_body {
-                    vtgate_error(refusal.code, &refusal.message)
+                debug!(listener = %name, path = %path, code, message = %r.status.message(), "refused");
+                if r.in_body {
+                    vtgate_error(&r.status)
                 } else {
-                    grpc_error(refusal.code, &refusal.message)
+                    r.status.into_http()
                 }
             }
         }
     }
 
-    #[allow(clippy::type_complexity)]
+    /// Reads, checks and forwards one request.
     async fn forward(
         &self,
         req: Request<Incoming>,
         route: &Route,
-    ) -> Result<(Response<Incoming>, Identity, Inspected), (Refusal, Option<Identity>, Inspected)>
-    {
-        let p = &self.proxy;
-        let max = p.cfg.max_message_size;
-        let refuse = |r: Refusal| (r, self.identity.clone(), Inspected::default());
-        if let Route::Refused { code, message } = route {
-            return Err(refuse(Refusal::new(*code, message.clone())));
+    ) -> Result<Forwarded, Box<Refused>> {
+        let refused = |status| Refused::new(status, self.identity.clone(), Inspected::default());
+        if let Route::Refused(status) = route {
+            return Err(refused(status.clone()));
         }
         let (parts, body) = req.into_parts();
-        // Requests are unary: read the whole message (bounded), inspect it, then forward.
+        let msg = self
+            .read_message(&parts.headers, body)
+            .await
+            .map_err(refused)?;
+        let fields = wire::fields(&msg).map_err(|e| {
+            refused(Status::invalid_argument(format!(
+                "vtguard: request is not valid protobuf: {e}"
+            )))
+        })?;
+        let (outgoing, identity, inspected) = match route {
+            Route::Query(m) => self.authorize_query(m, &msg, &fields)?,
+            Route::Other { service } => {
+                let identity = self.authorize_service(service)?;
+                (msg.clone(), identity, Inspected::default())
+            }
+            Route::Refused(_) => unreachable!("handled above"),
+        };
+        match self.send(parts, outgoing, &identity).await {
+            Ok(response) => Ok(Forwarded {
+                response,
+                identity,
+                inspected,
+            }),
+            Err(status) => Err(Refused::new(status, Some(identity), inspected)),
+        }
+    }
+
+    /// The request's one message, read whole (bounded by grpc-max-message-size) and
+    /// decompressed: requests are unary.
+    async fn read_message(&self, headers: &HeaderMap, body: Incoming) -> Result<Vec<u8>, Status> {
+        let max = self.proxy.cfg.max_message_size;
         let body = match Limited::new(body, max + 5).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e)
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some() =>
             {
-                return Err(refuse(frame::too_large(max + 5, max)));
+                return Err(frame::too_large(max + 5, max));
             }
             Err(e) => {
-                return Err(refuse(Refusal::new(
-                    code::INVALID_ARGUMENT,
-                    format!("vtguard: reading the request body: {e}"),
-                )));
+                return Err(Status::invalid_argument(format!(
+                    "vtguard: reading the request body: {e}"
+                )))
             }
         };
-        let frames = frame::split(&body, max).map_err(refuse)?;
+        let frames = frame::split(&body, max)?;
         let [only] = frames.as_slice() else {
-            return Err(refuse(Refusal::new(
-                code::INVALID_ARGUMENT,
-                format!(
-                    "vtguard: expected one request message, got {}",
-                    frames.len()
-                ),
+            return Err(Status::invalid_argument(format!(
+                "vtguard: expected one request message, got {}",
+                frames.len()
             )));
         };
-        let encoding = parts
-            .headers
-            .get("grpc-encoding")
-            .and_then(|v| v.to_str().ok());
-        let msg = frame::decompress(only, encoding, max).map_err(refuse)?;
-        let fields = wire::fields(&msg).map_err(|e| {
-            refuse(Refusal::new(
-                code::INVALID_ARGUMENT,
-                format!("vtguard: request is not valid protobuf: {e}"),
-            ))
-        })?;
+        let encoding = headers.get("grpc-encoding").and_then(|v| v.to_str().ok());
+        frame::decompress(only, encoding, max)
+    }
 
-        let (outgoing, identity, inspected) = match route {
-            Route::Query(m) => {
-                let ins = inspect(m, &msg, &fields).map_err(refuse)?;
-                let identity = self.caller(ins.effective.as_ref());
-                if let Some(acl) = &p.acl {
-                    for table in &ins.message_tables {
-                        let d = acl.check_table(
-                            &identity.username,
-                            &identity.groups,
-                            m.name,
-                            crate::acl::Role::Writer,
-                            table,
-                        );
-                        super::account(
-                            &p.name,
-                            &identity.username,
-                            &d,
-                            &p.stats.acl_dry_run_denials,
-                        );
-                        if let Decision::Deny { message, .. } = d {
-                            return Err((
-                                Refusal::new(code::PERMISSION_DENIED, message),
-                                Some(identity),
-                                ins,
-                            ));
-                        }
-                    }
-                    for sql in &ins.sql {
-                        let decision = acl.check(&identity.username, &identity.groups, sql);
-                        super::account(
-                            &p.name,
-                            &identity.username,
-                            &decision,
-                            &p.stats.acl_dry_run_denials,
-                        );
-                        if let Decision::Deny { message, .. } = decision {
-                            let mut r = Refusal::new(code::PERMISSION_DENIED, message);
-                            r.in_body = p.cfg.service == GrpcService::Vtgate
-                                && VTGATE_UNARY.contains(&m.name);
-                            return Err((r, Some(identity), ins));
-                        }
-                    }
+    /// A query-service request: the caller, the table-ACL decision on every table it names,
+    /// and the message with the caller ID vtguard owns rewritten.
+    fn authorize_query(
+        &self,
+        m: &Method,
+        msg: &[u8],
+        fields: &[wire::Field],
+    ) -> Result<(Vec<u8>, Identity, Inspected), Box<Refused>> {
+        let p = &self.proxy;
+        let ins = inspect(m, msg, fields)
+            .map_err(|s| Refused::new(s, self.identity.clone(), Inspected::default()))?;
+        let identity = self.caller(ins.effective.as_ref());
+        if let Some(acl) = &p.core.acl {
+            let tables = ins.message_tables.iter().map(|table| {
+                acl.check_table(
+                    &identity.username,
+                    &identity.groups,
+                    m.name,
+                    crate::acl::Role::Writer,
+                    table,
+                )
+            });
+            let statements = ins
+                .sql
+                .iter()
+                .map(|sql| acl.check(&identity.username, &identity.groups, sql));
+            for decision in tables.chain(statements) {
+                p.core.account(&identity.username, &decision);
+                if let Decision::Deny { message, .. } = decision {
+                    let mut r =
+                        Refused::new(Status::permission_denied(message), Some(identity), ins);
+                    r.in_body =
+                        p.cfg.service == GrpcService::Vtgate && VTGATE_UNARY.contains(&m.name);
+                    return Err(r);
                 }
-                let out = rewrite(m, &msg, &fields, &identity, ins.effective.as_ref());
-                (out, identity, ins)
             }
-            Route::Other { service } => {
-                let identity = self.caller(None);
-                let allowed = p.cfg.services.get(service);
-                let member = allowed.is_some_and(|ids| {
-                    ids.contains(&identity.username)
-                        || identity.groups.iter().any(|g| ids.contains(g))
-                });
-                if !member {
-                    return Err((
-                        Refusal::new(
-                            code::PERMISSION_DENIED,
-                            format!("vtguard: identity {:?} may not call {service} on listener {} (list it under [listener.services])", identity.username, p.name),
-                        ),
-                        Some(identity),
-                        Inspected::default(),
-                    ));
-                }
-                (msg.clone(), identity, Inspected::default())
-            }
-            Route::Refused { .. } => unreachable!("handled above"),
-        };
+        }
+        let out = rewrite(m, msg, fields, &identity, ins.effective.as_ref());
+        Ok((out, identity, ins))
+    }
 
-        let mut sender = match self.upstream(&identity).await {
-            Ok(s) => s,
-            Err(r) => return Err((r, Some(identity), inspected)),
-        };
+    /// A non-query service (TabletManager, ...): open only to the identities listed for it.
+    fn authorize_service(&self, service: &str) -> Result<Identity, Box<Refused>> {
+        let p = &self.proxy;
+        let identity = self.caller(None);
+        let member = p.cfg.services.get(service).is_some_and(|ids| {
+            ids.contains(&identity.username) || identity.groups.iter().any(|g| ids.contains(g))
+        });
+        if member {
+            return Ok(identity);
+        }
+        let status = Status::permission_denied(format!(
+            "vtguard: identity {:?} may not call {service} on listener {} (list it under [listener.services])",
+            identity.username, p.core.name
+        ));
+        Err(Refused::new(status, Some(identity), Inspected::default()))
+    }
+
+    /// Sends the checked message upstream on `identity`'s connection, headers as they came.
+    async fn send(
+        &self,
+        parts: http::request::Parts,
+        outgoing: Vec<u8>,
+        identity: &Identity,
+    ) -> Result<Response<Incoming>, Status> {
+        let p = &self.proxy;
+        let mut sender = self.upstream(identity).await?;
         let scheme = if p.upstream_tls.is_some() {
             "https"
         } else {
@@ -512,7 +514,7 @@ impl Conn {
         };
         let uri = format!(
             "{scheme}://{}{}",
-            p.upstream,
+            p.core.upstream,
             parts.uri.path_and_query().map_or("/", |x| x.as_str())
         );
         let mut up = Request::builder().method(parts.method).uri(uri);
@@ -521,31 +523,19 @@ impl Conn {
                 up = up.header(k, v);
             }
         }
-        let up = match up.body(Full::new(Bytes::from(frame::encode(&outgoing)))) {
-            Ok(r) => r,
-            Err(e) => {
-                return Err((
-                    Refusal::new(
-                        code::INTERNAL,
-                        format!("vtguard: building the upstream request: {e}"),
-                    ),
-                    Some(identity),
-                    inspected,
-                ))
-            }
-        };
+        let up = up
+            .body(Full::new(Bytes::from(frame::encode(&outgoing))))
+            .map_err(|e| {
+                Status::internal(format!("vtguard: building the upstream request: {e}"))
+            })?;
         match sender.send_request(up).await {
-            Ok(resp) => Ok((resp, identity, inspected)),
+            Ok(resp) => Ok(resp),
             Err(e) => {
                 self.upstreams.lock().await.remove(&identity.username);
-                Err((
-                    Refusal::new(
-                        code::UNAVAILABLE,
-                        format!("vtguard: upstream {} failed: {e}", p.upstream),
-                    ),
-                    Some(identity),
-                    inspected,
-                ))
+                Err(Status::unavailable(format!(
+                    "vtguard: upstream {} failed: {e}",
+                    p.core.upstream
+                )))
             }
         }
     }
@@ -565,7 +555,7 @@ impl Conn {
     async fn upstream(
         &self,
         identity: &Identity,
-    ) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, Refusal> {
+    ) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, Status> {
         let mut map = self.upstreams.lock().await;
         if let Some(s) = map.get(&identity.username) {
             if !s.is_closed() {
@@ -578,18 +568,13 @@ impl Conn {
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                 .await
                 .map_err(|e| {
-                    Refusal::new(
-                        code::UNAVAILABLE,
-                        format!(
-                            "vtguard: upstream {} HTTP/2 handshake failed: {e}",
-                            p.upstream
-                        ),
-                    )
+                    Status::unavailable(format!(
+                        "vtguard: upstream {} HTTP/2 handshake failed: {e}",
+                        p.core.upstream
+                    ))
                 })?;
-        let listener = p.name.clone();
-        let mut session = p
-            .sessions
-            .open_upstream(&p.label, p.upstream.port(), &identity.username);
+        let listener = p.core.name.clone();
+        let mut session = p.core.upstream_session(&identity.username);
         let username = identity.username.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -606,54 +591,14 @@ impl Conn {
     }
 }
 
-impl GrpcProxy {
-    /// Opens a connection to the upstream for `username`: through the kernel's registered
-    /// socket path when the agent enforces in the kernel, then TLS when configured.
-    async fn dial(&self, username: &str) -> Result<UpstreamIo, Refusal> {
-        let unavailable = |e: String| {
-            Refusal::new(
-                code::UNAVAILABLE,
-                format!("vtguard: upstream {} unavailable: {e}", self.upstream),
-            )
-        };
-        let tcp = super::dial(
-            self.kernel.as_deref(),
-            &self.sessions,
-            username,
-            self.upstream,
-        )
-        .await
-        .map_err(|e| match e {
-            super::DialError::KernelRefused { .. } | super::DialError::PolicyRemoved { .. } => {
-                Refusal::new(code::PERMISSION_DENIED, format!("vtguard: {e}"))
-            }
-            super::DialError::Unavailable { detail, .. } => unavailable(detail),
-        })?;
-        match &self.upstream_tls {
-            None => Ok(tcp),
-            Some((config, name)) => {
-                let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
-                let s = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| unavailable(format!("TLS: {e}")))?;
-                Ok(Box::new(s))
-            }
-        }
-    }
-}
-
 /// Reads the effective caller, target and SQL of a request; a field that does not decode as
 /// what Vitess puts there refuses the request.
-fn inspect(m: &Method, msg: &[u8], fields: &[wire::Field]) -> Result<Inspected, Refusal> {
+fn inspect(m: &Method, msg: &[u8], fields: &[wire::Field]) -> Result<Inspected, Status> {
     let bad = |field: u32, what: &str, e: String| {
-        Refusal::new(
-            code::INVALID_ARGUMENT,
-            format!(
-                "vtguard: {} request field {field} is not a valid {what}: {e}",
-                m.name
-            ),
-        )
+        Status::invalid_argument(format!(
+            "vtguard: {} request field {field} is not a valid {what}: {e}",
+            m.name
+        ))
     };
     let mut ins = Inspected::default();
     if let Some(n) = m.effective {
@@ -734,11 +679,11 @@ fn rewrite(
 const VTGATE_UNARY: [&str; 4] = ["Execute", "ExecuteMulti", "ExecuteBatch", "Prepare"];
 
 /// An OK response whose message carries only `error` (field 1): how vtgate reports a failed
-/// unary call.
-fn vtgate_error(code: u16, message: &str) -> Response<Body> {
+/// unary call (vtrpc.Code numbers are gRPC's).
+fn vtgate_error(status: &Status) -> Response<Body> {
     let err = vtrpc::RpcError {
-        message: message.to_owned(),
-        code: i32::from(code),
+        message: status.message().to_owned(),
+        code: status.code() as i32,
     };
     let mut msg = Vec::new();
     wire::put_varint(&mut msg, (1 << 3) | u64::from(wire::LEN));
@@ -746,7 +691,7 @@ fn vtgate_error(code: u16, message: &str) -> Response<Body> {
     wire::put_varint(&mut msg, e.len() as u64);
     msg.extend_from_slice(&e);
     let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    trailers.insert("grpc-status", HeaderValue::from(Code::Ok as i32));
     let frames: Vec<Result<hyper::body::Frame<Bytes>, hyper::Error>> = vec![
         Ok(hyper::body::Frame::data(Bytes::from(frame::encode(&msg)))),
         Ok(hyper::body::Frame::trailers(trailers)),
@@ -758,38 +703,6 @@ fn vtgate_error(code: u16, message: &str) -> Response<Body> {
         HeaderValue::from_static("application/grpc"),
     );
     r
-}
-
-/// A trailers-only gRPC error response.
-fn grpc_error(code: u16, message: &str) -> Response<Body> {
-    let mut r = Response::new(
-        Full::new(Bytes::new())
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    let h = r.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert("grpc-status", HeaderValue::from(code));
-    if let Ok(v) = HeaderValue::from_str(&percent_encode(message)) {
-        h.insert("grpc-message", v);
-    }
-    r
-}
-
-/// gRPC's grpc-message encoding: printable ASCII but '%' as is, the rest percent-encoded.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn grpc_status(h: &HeaderMap) -> Option<u16> {
@@ -923,12 +836,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grpc_messages_are_percent_encoded() {
-        assert_eq!(
-            percent_encode("Select denied for 'u' 100%"),
-            "Select denied for 'u' 100%25"
+    fn refusals_are_trailers_only_responses_with_an_encoded_message() {
+        let r: Response<Body> =
+            Status::permission_denied("Select denied for 'u' 100% é\n").into_http();
+        let h = r.headers();
+        assert_eq!(h["content-type"], "application/grpc");
+        assert_eq!(h["grpc-status"], "7");
+        let encoded = h["grpc-message"].to_str().expect("grpc-message is ASCII");
+        assert!(
+            encoded.contains("100%25") && encoded.contains("%C3%A9%0A"),
+            "{encoded}"
         );
-        assert_eq!(percent_encode("é\n"), "%C3%A9%0A");
+        let back = Status::from_header_map(h).expect("a status");
+        assert_eq!(back.message(), "Select denied for 'u' 100% é\n");
     }
 
     #[test]

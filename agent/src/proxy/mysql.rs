@@ -5,7 +5,7 @@
 //! # Where the upstream connection comes from, and whose it is
 //!
 //! The kernel authorizes a socket at connect() time by the identity it was registered under,
-//! and the policy grants identities per port (DESIGN.md: one upstream socket per authenticated
+//! and the policy grants identities per port (docs/DESIGN.md: one upstream socket per authenticated
 //! caller, registered under that caller's identity). The caller's identity is known only after
 //! the TLS handshake (clientcert) or the login packet (passthrough), both of which come after
 //! the server's greeting. So vtguard does not open the upstream before it knows who is
@@ -34,14 +34,15 @@ use std::{
     io,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering},
+        atomic::{AtomicU32, AtomicU8, Ordering},
         Arc, Mutex,
     },
+    time::Duration,
 };
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
 };
 use tracing::{debug, info, warn};
 
@@ -49,49 +50,45 @@ use self::{
     handshake::{cap, Greeting, Login},
     packet::Header,
 };
+use super::listener::{self, Core, Deps, DialError, ListenerConfig, Outcome, Protocol, TlsRefusal};
 use crate::{
-    acl::{Decision, Enforcer, Role},
-    config::{ListenerConfig, MysqlAuth, MysqlListener, Protocol},
-    identity::{self, Identity},
-    kernel::Kernel,
-    sessions::Sessions,
-    tls::{self, Reloadable},
+    acl::{Decision, Role},
+    identity::Identity,
+    tls::{self, ServerTls},
 };
 
-/// What stops a listener from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("listener {listener}: {source}")]
-    Tls {
-        listener: String,
-        source: tls::Error,
-    },
-    #[error("listener {listener}: binding {addr}: {source}")]
-    Bind {
-        listener: String,
-        addr: SocketAddr,
-        source: io::Error,
-    },
-    #[error("listener {0}: not a mysql listener")]
-    NotMysql(String),
+/// How a MySQL listener decides who the caller is (Vitess's `mysql-auth-server-impl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MysqlAuth {
+    /// `clientcert`: the MySQL user must equal the certificate CN; identity = CN, groups =
+    /// the certificate's DNS SANs.
+    ClientCert,
+    /// `passthrough`: identity = the MySQL user name (the upstream checks the password).
+    Passthrough,
 }
+
+/// What a MySQL listener (in front of vtgate's MySQL port or mysqld) does beyond what every
+/// listener does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MysqlConfig {
+    /// `mysql-server-ssl-*`; `None`: plaintext only (needs `insecure-plaintext = true`).
+    pub tls: Option<ServerTls>,
+    /// `mysql-server-require-secure-transport`: a plaintext login is refused.
+    pub require_secure_transport: bool,
+    pub auth: MysqlAuth,
+    /// `insecure-plaintext = true`: a passthrough login without TLS is accepted.
+    pub allow_plaintext: bool,
+    /// Greeting to authenticated session, including the upstream's part.
+    pub handshake_timeout: Duration,
+    /// `max-allowed-packet`: the largest command a client may send (bytes).
+    pub max_allowed_packet: usize,
+}
+
+/// Default `max-allowed-packet` (MariaDB's default, 16 MiB, is smaller; this leaves room).
+pub const DEFAULT_MAX_ALLOWED_PACKET: usize = 64 * 1024 * 1024;
 
 type Io = Box<dyn super::AsyncReadWrite>;
-
-/// Counters of one listener.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub connections: AtomicU64,
-    /// Connections that ended before their login succeeded upstream.
-    pub handshakes_failed: AtomicU64,
-    pub logins: AtomicU64,
-    /// Commands checked by the table ACL.
-    pub checked: AtomicU64,
-    /// Commands answered with an ERR by vtguard (ACL denials and refused commands).
-    pub denied: AtomicU64,
-    /// Commands a dry-run table ACL would have denied.
-    pub acl_dry_run_denials: AtomicU64,
-}
 
 /// Largest packet accepted before the login succeeded: logins carry at most 64 KiB of
 /// connection attributes, auth exchanges a few hundred bytes.
@@ -150,48 +147,212 @@ const INFILE: u8 = 2;
 
 /// A MySQL listener, ready to serve.
 pub struct MysqlProxy {
-    name: String,
-    /// The name again, shared with every session of the listener.
-    label: Arc<str>,
-    sessions: Arc<Sessions>,
-    listen: SocketAddr,
-    cfg: MysqlListener,
-    upstream: SocketAddr,
-    tls: Option<Arc<Reloadable>>,
-    kernel: Option<Arc<Kernel>>,
-    acl: Option<Arc<Enforcer>>,
+    core: Core,
+    cfg: MysqlConfig,
     /// The last greeting the upstream sent: what the next client's greeting advertises.
     template: Mutex<Option<Greeting>>,
     next_connection_id: AtomicU32,
     /// Where challenges come from.
     crypto: Arc<rustls::crypto::CryptoProvider>,
-    pub stats: Stats,
 }
 
-/// A connection refused before its session began: the log line's reason.
-type Refused = String;
+/// Why a login ended before its session began: the log's reason, and what the client is told.
+#[derive(Debug, thiserror::Error)]
+enum LoginError {
+    #[error("client sent an SSLRequest, but this listener serves no TLS")]
+    NoTls,
+    #[error(transparent)]
+    Tls(TlsRefusal),
+    #[error("plaintext login refused (mysql-server-require-secure-transport)")]
+    PlaintextRequired,
+    #[error("plaintext login refused: this listener needs TLS (set insecure-plaintext = true to accept plaintext passthrough logins)")]
+    Plaintext,
+    #[error("{0}")]
+    Malformed(handshake::Malformed),
+    #[error("client asked for the compressed protocol, which vtguard does not relay")]
+    Compression,
+    #[error("client without CLIENT_PLUGIN_AUTH/CLIENT_SECURE_CONNECTION")]
+    NoPluginAuth,
+    #[error("user name is not valid UTF-8")]
+    UserNotUtf8,
+    #[error("MySQL user {user:?} is not the certificate's common name {cn:?} (mysql-auth-server-impl = clientcert)")]
+    UserNotCn { user: String, cn: String },
+    #[error("no verified client certificate (mysql-auth-server-impl = clientcert)")]
+    NoCertificate { user: String },
+    #[error("empty MySQL user name")]
+    EmptyUser,
+    #[error("{source}")]
+    Dial { user: String, source: DialError },
+    /// Too many connections, host blocked, ...: the upstream's own ERR, relayed as it is.
+    #[error("upstream refused the connection: {}", err_text(.err))]
+    UpstreamRefused { err: Vec<u8> },
+    #[error("upstream greeting: {0}")]
+    UpstreamGreeting(handshake::Malformed),
+    #[error("client capabilities {missing:#x} (MariaDB {missing_ext:#x}) are not the upstream's")]
+    CapabilitiesChanged { missing: u32, missing_ext: u32 },
+    #[error("auth response over 255 bytes without CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA")]
+    LongAuthResponse,
+    #[error("auth switch response has sequence {got}, expected {expected}")]
+    AuthSequence { got: u8, expected: u8 },
+    /// The upstream's ERR already went to the client.
+    #[error("upstream refused the login of {user:?}: {text}")]
+    UpstreamLogin { user: String, text: String },
+    #[error("{step}: {source}")]
+    Io {
+        step: &'static str,
+        source: packet::Error,
+    },
+}
+
+impl LoginError {
+    fn io(step: &'static str) -> impl FnOnce(io::Error) -> Self {
+        move |e| Self::Io {
+            step,
+            source: packet::Error::Io(e),
+        }
+    }
+
+    fn read(step: &'static str) -> impl FnOnce(packet::Error) -> Self {
+        move |source| Self::Io { step, source }
+    }
+
+    /// The ERR packet the client gets before the connection closes, if any.
+    fn reply(&self) -> Option<Vec<u8>> {
+        let denied = |user: &str| format!("Access denied for user '{user}'");
+        let (code, message) = match self {
+            Self::NoTls
+            | Self::Tls(_)
+            | Self::AuthSequence { .. }
+            | Self::UpstreamLogin { .. }
+            | Self::Io { .. } => return None,
+            Self::UpstreamRefused { err } => return Some(err.clone()),
+            Self::PlaintextRequired | Self::Plaintext => {
+                (er::SECURE_TRANSPORT_REQUIRED, INSECURE_TRANSPORT.to_owned())
+            }
+            Self::Malformed(_) | Self::LongAuthResponse => (er::HANDSHAKE, "Bad handshake".into()),
+            Self::Compression => (
+                er::NOT_SUPPORTED,
+                "vtguard does not support the compressed protocol: connect without compression"
+                    .into(),
+            ),
+            Self::NoPluginAuth => (
+                er::HANDSHAKE,
+                "vtguard needs a client with pluggable authentication (CLIENT_PLUGIN_AUTH)".into(),
+            ),
+            Self::UserNotUtf8 => (
+                er::ACCESS_DENIED,
+                "Access denied: vtguard accepts only UTF-8 user names".into(),
+            ),
+            Self::UserNotCn { user, .. } | Self::NoCertificate { user } => {
+                (er::ACCESS_DENIED, denied(user))
+            }
+            Self::EmptyUser => (er::ACCESS_DENIED, denied("")),
+            Self::Dial { user, source } => match source {
+                DialError::PolicyRemoved { .. } => (
+                    er::ACCESS_DENIED,
+                    format!(
+                        "{}: vtguard: this identity may no longer reach the upstream",
+                        denied(user)
+                    ),
+                ),
+                DialError::KernelRefused { .. } => (
+                    er::ACCESS_DENIED,
+                    format!(
+                        "{}: vtguard: the kernel refused this identity a connection to the upstream",
+                        denied(user)
+                    ),
+                ),
+                DialError::Unavailable { upstream, .. } => {
+                    (er::UPSTREAM, format!("vtguard: upstream {upstream} unavailable"))
+                }
+            },
+            Self::UpstreamGreeting(_) => (
+                er::UPSTREAM,
+                "vtguard: the upstream's greeting is not valid".into(),
+            ),
+            Self::CapabilitiesChanged { .. } => (
+                er::UPSTREAM,
+                "vtguard: the upstream's capabilities changed since this connection's greeting; reconnect".into(),
+            ),
+        };
+        Some(handshake::err(code.0, code.1, &message, true))
+    }
+}
+
+/// The client's side of a login once its login packet is in: the connection (inside TLS
+/// when it asked for it) and the sequence number vtguard's next packet to it carries.
+struct ClientLogin {
+    io: Io,
+    cert_identity: Option<Identity>,
+    /// The login packet's sequence number.
+    login_seq: u8,
+    login: Vec<u8>,
+    over_tls: bool,
+    /// The sequence number of vtguard's next packet to the client.
+    reply: u8,
+}
+
+/// A command vtguard answers itself instead of relaying.
+#[derive(Debug)]
+enum CommandRefusal {
+    ChangeUser,
+    Multi,
+    Replication,
+    /// The named part of the command is not UTF-8.
+    NotUtf8(&'static str),
+    /// The table ACL's denial.
+    Denied(String),
+}
+
+impl CommandRefusal {
+    /// The MySQL error code and SQLSTATE the client gets.
+    fn code(&self) -> (u16, &'static str) {
+        match self {
+            Self::ChangeUser | Self::Multi | Self::Replication => er::NOT_SUPPORTED,
+            Self::NotUtf8(_) | Self::Denied(_) => er::TABLEACCESS_DENIED,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Self::ChangeUser => "vtguard: COM_CHANGE_USER is refused: a connection's identity is fixed at login; open a new connection".into(),
+            Self::Multi => "vtguard: COM_MULTI is not supported".into(),
+            Self::Replication => {
+                "vtguard: replication commands are refused: table ACLs cannot check them".into()
+            }
+            Self::NotUtf8(what) => format!("vtguard: the {what} is not valid UTF-8"),
+            Self::Denied(message) => message.clone(),
+        }
+    }
+}
+
+/// Why a session's relay ended.
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("client: {0}")]
+    Client(packet::Error),
+    #[error("upstream: {0}")]
+    Upstream(io::Error),
+    #[error("writing upstream: {0}")]
+    WriteUpstream(io::Error),
+    #[error("writing to the client: {0}")]
+    WriteClient(io::Error),
+    #[error("client sent a packet with sequence {0} where a command (sequence 0) belongs")]
+    OutOfSequence(u8),
+    #[error("client sent an empty command packet")]
+    EmptyCommand,
+    #[error("client packet of {size} bytes or more is over max-allowed-packet ({max})")]
+    TooLarge { size: usize, max: usize },
+}
 
 impl MysqlProxy {
-    /// Loads the listener's certificates; `kernel`, when present, opens the upstream sockets.
+    /// Loads the listener's certificates.
     pub fn new(
         listener: &ListenerConfig,
-        kernel: Option<Arc<Kernel>>,
-        protected: bool,
-        acl: Option<Arc<Enforcer>>,
-        sessions: Arc<Sessions>,
-    ) -> Result<Self, Error> {
-        let Protocol::Mysql(cfg) = &listener.protocol else {
-            return Err(Error::NotMysql(listener.name.clone()));
-        };
-        let tls = match &cfg.tls {
-            Some(t) => Some(Arc::new(Reloadable::new(t.clone()).map_err(|e| {
-                Error::Tls {
-                    listener: listener.name.clone(),
-                    source: mysql_labels(e),
-                }
-            })?)),
-            None => None,
-        };
+        cfg: &MysqlConfig,
+        deps: Deps,
+    ) -> Result<Self, listener::Error> {
+        let core = Core::new(listener, "mysql", cfg.tls.as_ref(), mysql_labels, deps)?;
         info!(
             listener = %listener.name,
             tls = cfg.tls.is_some(),
@@ -202,104 +363,59 @@ impl MysqlProxy {
             auth = ?cfg.auth,
             max_allowed_packet = cfg.max_allowed_packet,
             handshake_timeout = ?cfg.handshake_timeout,
-            table_acl = acl.is_some(),
+            table_acl = core.acl.is_some(),
             "mysql listener config"
         );
         if cfg.allow_plaintext {
             warn!(listener = %listener.name, listen = %listener.listen, "insecure-plaintext = true: plaintext logins are accepted, and their identity is the MySQL user name they claim");
         }
-        if !protected {
+        if !core.protected {
             warn!(listener = %listener.name, upstream = %listener.upstream, "upstream port is not kernel-protected: clients can bypass vtguard; add it to [kernel] protected-ports");
         }
         Ok(Self {
-            name: listener.name.clone(),
-            label: Arc::from(listener.name.as_str()),
-            sessions,
-            listen: listener.listen,
+            core,
             cfg: cfg.clone(),
-            upstream: listener.upstream,
-            tls,
-            kernel,
-            acl,
             template: Mutex::new(None),
             next_connection_id: AtomicU32::new(1),
             crypto: tls::crypto_provider(),
-            stats: Stats::default(),
         })
     }
 
-    /// The listener's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Re-reads the certificate files (when changed, or always with `force`).
-    pub fn reload_tls(&self, force: bool) {
-        super::reload_tls(&self.name, self.tls.as_deref(), force);
-    }
-
-    /// Binds the listening socket.
-    pub async fn bind(&self, addr: SocketAddr) -> Result<TcpListener, Error> {
-        TcpListener::bind(addr).await.map_err(|source| Error::Bind {
-            listener: self.name.clone(),
-            addr,
-            source,
-        })
-    }
-
-    /// Accepts connections until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        let name = self.name.clone();
-        super::accept_loop(&name, listener, move |tcp, peer| {
-            Arc::clone(&self).connection(tcp, peer)
-        })
-        .await;
-    }
-
-    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
-        let _ = tcp.set_nodelay(true);
-        self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        let m = crate::metrics::metrics();
-        m.connection(&self.name, "mysql");
-        let timeout = self.cfg.handshake_timeout;
+    async fn serve_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        let (core, timeout) = (&self.core, self.cfg.handshake_timeout);
         let session = match tokio::time::timeout(timeout, self.handshake(tcp)).await {
             Ok(Ok(s)) => {
-                m.handshake(&self.name, "ok");
+                core.handshake_ended(Outcome::Ok);
                 s
             }
             Ok(Err(reason)) => {
-                m.handshake(&self.name, "refused");
-                self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                info!(listener = %self.name, %peer, reason = %reason, "connection refused");
+                core.handshake_ended(Outcome::Refused);
+                info!(listener = %core.name, %peer, reason = %reason, "connection refused");
                 return;
             }
             Err(_) => {
-                m.handshake(&self.name, "timeout");
-                self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                info!(listener = %self.name, %peer, ?timeout, "connection closed: handshake not finished within handshake-timeout-seconds");
+                core.handshake_ended(Outcome::Timeout);
+                info!(listener = %core.name, %peer, ?timeout, "connection closed: handshake not finished within handshake-timeout-seconds");
                 return;
             }
         };
-        self.stats.logins.fetch_add(1, Ordering::Relaxed);
-        info!(listener = %self.name, %peer, identity = %session.identity, tls = session.tls, "accepted");
+        core.stats.logins.fetch_add(1, Ordering::Relaxed);
+        info!(listener = %core.name, %peer, identity = %session.identity, tls = session.tls, "accepted");
         let identity = session.identity.clone();
         // Both ends carry the identity: policy that takes it away closes the connection.
-        let port = self.upstream.port();
-        let _client = self.sessions.open(&self.label, port, &identity.username);
-        let mut upstream = self
-            .sessions
-            .open_upstream(&self.label, port, &identity.username);
+        let _client = core.client_session(&identity.username);
+        let mut upstream = core.upstream_session(&identity.username);
         tokio::select! {
             r = self.relay(session) => match r {
                 Ok(()) => {
-                    debug!(listener = %self.name, %peer, identity = %identity, "connection ended")
+                    debug!(listener = %core.name, %peer, identity = %identity, "connection ended")
                 }
                 Err(reason) => {
-                    info!(listener = %self.name, %peer, identity = %identity, reason = %reason, "connection closed")
+                    info!(listener = %core.name, %peer, identity = %identity, reason = %reason, "connection closed")
                 }
             },
             () = upstream.cut_off() => {
-                info!(listener = %self.name, %peer, identity = %identity, "connection closed: policy no longer lets this identity reach the upstream");
+                info!(listener = %core.name, %peer, identity = %identity, "connection closed: policy no longer lets this identity reach the upstream");
             }
         }
     }
@@ -320,7 +436,7 @@ impl MysqlProxy {
         // Printable, never NUL (clients read the challenge as a C string).
         let salt: Vec<u8> = salt.iter().map(|b| b % 94 + 33).collect();
         let mut caps = template.capabilities & !(cap::COMPRESS | cap::ZSTD | cap::SSL);
-        if self.tls.is_some() {
+        if self.core.serves_tls() {
             caps |= cap::SSL;
         }
         Greeting {
@@ -335,205 +451,147 @@ impl MysqlProxy {
         }
     }
 
-    /// Greeting → (SSLRequest → TLS) → login → identity → upstream → authentication.
-    async fn handshake(&self, mut tcp: TcpStream) -> Result<Session, Refused> {
-        let greeting = self.greeting();
-        write_packet(&mut tcp, 0, &greeting.encode())
+    /// Greeting → (SSLRequest → TLS) → login → identity → upstream → authentication. A
+    /// refusal the client should hear of is sent to it here.
+    async fn handshake(&self, mut tcp: TcpStream) -> Result<Session, LoginError> {
+        write_packet(&mut tcp, 0, &self.greeting().encode())
             .await
-            .map_err(|e| format!("writing the greeting: {e}"))?;
+            .map_err(LoginError::io("writing the greeting"))?;
+        let mut c = self.client_login(tcp).await?;
+        match self.login(&mut c).await {
+            Ok((upstream, identity)) => Ok(Session {
+                client: c.io,
+                upstream,
+                identity,
+                tls: c.over_tls,
+            }),
+            Err(e) => {
+                if let Some(err) = e.reply() {
+                    let _ = write_packet(&mut c.io, c.reply, &err).await;
+                    let _ = c.io.shutdown().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads the client's login, switching to TLS first when it sends an SSLRequest.
+    async fn client_login(&self, mut tcp: TcpStream) -> Result<ClientLogin, LoginError> {
         let (seq, first) = packet::read(&mut tcp, HANDSHAKE_MAX_PACKET)
             .await
-            .map_err(|e| format!("reading the login: {e}"))?;
-        let (mut client, cert_identity, login_seq, payload, over_tls): (Io, _, _, _, _) =
-            if handshake::is_ssl_request(&first) {
-                let Some(t) = &self.tls else {
-                    return Err("client sent an SSLRequest, but this listener serves no TLS".into());
-                };
-                // packet::read stopped at the SSLRequest's last byte: a ClientHello sent in the
-                // same write is still in the socket, where the TLS acceptor reads it.
-                let acceptor = tokio_rustls::TlsAcceptor::from(t.current());
-                let tls = acceptor
-                    .accept(tcp)
-                    .await
-                    .map_err(|e| format!("TLS handshake refused: {e}"))?;
-                let cert_identity = if self.cfg.tls.as_ref().is_some_and(|t| t.ca.is_some()) {
-                    match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                        Some(der) => Some(
-                            identity::from_certificate(der)
-                                .map_err(|e| format!("client certificate refused: {e}"))?,
-                        ),
-                        None => None,
-                    }
-                } else {
-                    None
-                };
-                let mut io: Io = Box::new(tls);
-                let (seq, payload) = packet::read(&mut io, HANDSHAKE_MAX_PACKET)
-                    .await
-                    .map_err(|e| format!("reading the login inside TLS: {e}"))?;
-                (io, cert_identity, seq, payload, true)
-            } else {
-                (Box::new(tcp) as Io, None, seq, first, false)
-            };
-        let reply = login_seq.wrapping_add(1);
-        // The config allows plaintext only for passthrough, without require-secure-transport.
-        if !over_tls && !self.cfg.allow_plaintext {
-            let why = if self.cfg.require_secure_transport {
-                "plaintext login refused (mysql-server-require-secure-transport)"
-            } else {
-                "plaintext login refused: this listener needs TLS (set insecure-plaintext = true to accept plaintext passthrough logins)"
-            };
-            return refuse(
-                &mut client,
-                reply,
-                er::SECURE_TRANSPORT_REQUIRED,
-                INSECURE_TRANSPORT,
-                why,
-            )
-            .await;
+            .map_err(LoginError::read("reading the login"))?;
+        if !handshake::is_ssl_request(&first) {
+            return Ok(ClientLogin {
+                io: Box::new(tcp),
+                cert_identity: None,
+                login_seq: seq,
+                login: first,
+                over_tls: false,
+                reply: seq.wrapping_add(1),
+            });
         }
-        let login = match Login::parse(&payload) {
-            Ok(l) => l,
-            Err(e) => {
-                return refuse(
-                    &mut client,
-                    reply,
-                    er::HANDSHAKE,
-                    "Bad handshake",
-                    &e.to_string(),
-                )
-                .await
-            }
-        };
+        if !self.core.serves_tls() {
+            return Err(LoginError::NoTls);
+        }
+        // packet::read stopped at the SSLRequest's last byte: a ClientHello sent in the same
+        // write is still in the socket, where the TLS acceptor reads it.
+        let (tls, cert_identity) = self.core.accept_tls(tcp).await.map_err(LoginError::Tls)?;
+        let mut io: Io = Box::new(tls);
+        let (seq, login) = packet::read(&mut io, HANDSHAKE_MAX_PACKET)
+            .await
+            .map_err(LoginError::read("reading the login inside TLS"))?;
+        Ok(ClientLogin {
+            io,
+            cert_identity,
+            login_seq: seq,
+            login,
+            over_tls: true,
+            reply: seq.wrapping_add(1),
+        })
+    }
+
+    /// From the login packet to an authenticated upstream session.
+    async fn login(&self, c: &mut ClientLogin) -> Result<(Io, Identity), LoginError> {
+        let (login, identity) = self.identify(c)?;
+        let (mut upstream, greeting) = self.open_upstream(&identity).await?;
+        self.authenticate(c, &mut upstream, &login, &greeting)
+            .await?;
+        Ok((upstream, identity))
+    }
+
+    /// The login's checks, and who it proves the caller is.
+    fn identify(&self, c: &mut ClientLogin) -> Result<(Login, Identity), LoginError> {
+        // The config allows plaintext only for passthrough, without require-secure-transport.
+        if !c.over_tls && !self.cfg.allow_plaintext {
+            return Err(if self.cfg.require_secure_transport {
+                LoginError::PlaintextRequired
+            } else {
+                LoginError::Plaintext
+            });
+        }
+        let login = Login::parse(&c.login).map_err(LoginError::Malformed)?;
         if login.capabilities & (cap::COMPRESS | cap::ZSTD) != 0 {
-            return refuse(
-                &mut client,
-                reply,
-                er::NOT_SUPPORTED,
-                "vtguard does not support the compressed protocol: connect without compression",
-                "client asked for the compressed protocol, which vtguard does not relay",
-            )
-            .await;
+            return Err(LoginError::Compression);
         }
         if login.capabilities & cap::PLUGIN_AUTH == 0
             || login.capabilities & cap::SECURE_CONNECTION == 0
         {
-            return refuse(
-                &mut client,
-                reply,
-                er::HANDSHAKE,
-                "vtguard needs a client with pluggable authentication (CLIENT_PLUGIN_AUTH)",
-                "client without CLIENT_PLUGIN_AUTH/CLIENT_SECURE_CONNECTION",
-            )
-            .await;
+            return Err(LoginError::NoPluginAuth);
         }
-        let Ok(user) = String::from_utf8(login.user.clone()) else {
-            // The identity is this name: two byte strings must never map to one identity.
-            return refuse(
-                &mut client,
-                reply,
-                er::ACCESS_DENIED,
-                "Access denied: vtguard accepts only UTF-8 user names",
-                "user name is not valid UTF-8",
-            )
-            .await;
-        };
-        let denied = format!("Access denied for user '{user}'");
+        // The identity is this name: two byte strings must never map to one identity.
+        let user = String::from_utf8(login.user.clone()).map_err(|_| LoginError::UserNotUtf8)?;
         let identity = match self.cfg.auth {
-            MysqlAuth::ClientCert => match cert_identity {
+            MysqlAuth::ClientCert => match c.cert_identity.take() {
                 Some(id) if id.username == user => id,
                 Some(id) => {
-                    return refuse(
-                        &mut client,
-                        reply,
-                        er::ACCESS_DENIED,
-                        &denied,
-                        &format!(
-                            "MySQL user {user:?} is not the certificate's common name {:?} (mysql-auth-server-impl = clientcert)",
-                            id.username
-                        ),
-                    )
-                    .await
+                    return Err(LoginError::UserNotCn {
+                        user,
+                        cn: id.username,
+                    })
                 }
-                None => {
-                    return refuse(
-                        &mut client,
-                        reply,
-                        er::ACCESS_DENIED,
-                        &denied,
-                        "no verified client certificate (mysql-auth-server-impl = clientcert)",
-                    )
-                    .await
-                }
+                None => return Err(LoginError::NoCertificate { user }),
             },
             MysqlAuth::Passthrough => Identity {
-                username: user.clone(),
+                username: user,
                 groups: Vec::new(),
             },
         };
         if identity.username.is_empty() || identity.username.contains('\0') {
-            return refuse(
-                &mut client,
-                reply,
-                er::ACCESS_DENIED,
-                &denied,
-                "empty MySQL user name",
-            )
-            .await;
+            return Err(LoginError::EmptyUser);
         }
+        Ok((login, identity))
+    }
 
-        let mut upstream: Io = match super::dial(
-            self.kernel.as_deref(),
-            &self.sessions,
-            &identity.username,
-            self.upstream,
-        )
-        .await
-        {
-            Ok(u) => u,
-            Err(e) => {
-                let (code, message) = match e {
-                        super::DialError::PolicyRemoved { .. } => (
-                            er::ACCESS_DENIED,
-                            format!("{denied}: vtguard: this identity may no longer reach the upstream"),
-                        ),
-                        super::DialError::KernelRefused { .. } => (
-                            er::ACCESS_DENIED,
-                            format!("{denied}: vtguard: the kernel refused this identity a connection to the upstream"),
-                        ),
-                        super::DialError::Unavailable { upstream, .. } => (
-                            er::UPSTREAM,
-                            format!("vtguard: upstream {upstream} unavailable"),
-                        ),
-                    };
-                return refuse(&mut client, reply, code, &message, &e.to_string()).await;
-            }
-        };
+    /// The upstream connection under the caller's identity, and the upstream's greeting.
+    async fn open_upstream(&self, identity: &Identity) -> Result<(Io, Greeting), LoginError> {
+        let mut upstream =
+            self.core
+                .dial(&identity.username)
+                .await
+                .map_err(|source| LoginError::Dial {
+                    user: identity.username.clone(),
+                    source,
+                })?;
         let (_, ug) = packet::read(&mut upstream, HANDSHAKE_MAX_PACKET)
             .await
-            .map_err(|e| format!("reading the upstream greeting: {e}"))?;
+            .map_err(LoginError::read("reading the upstream greeting"))?;
         if ug.first() == Some(&0xff) {
-            // Too many connections, host blocked, ...: the upstream's own words.
-            let _ = write_packet(&mut client, reply, &ug).await;
-            return Err(format!(
-                "upstream refused the connection: {}",
-                err_text(&ug)
-            ));
+            return Err(LoginError::UpstreamRefused { err: ug });
         }
-        let ug = match Greeting::parse(&ug) {
-            Ok(g) => g,
-            Err(e) => {
-                return refuse(
-                    &mut client,
-                    reply,
-                    er::UPSTREAM,
-                    "vtguard: the upstream's greeting is not valid",
-                    &format!("upstream greeting: {e}"),
-                )
-                .await
-            }
-        };
+        let ug = Greeting::parse(&ug).map_err(LoginError::UpstreamGreeting)?;
         *self.template.lock().unwrap_or_else(|p| p.into_inner()) = Some(ug.clone());
+        Ok((upstream, ug))
+    }
+
+    /// The login forwarded upstream; the client answers the upstream's own challenge (through
+    /// an auth switch), and the upstream's replies go back until its OK or ERR.
+    async fn authenticate(
+        &self,
+        c: &mut ClientLogin,
+        upstream: &mut Io,
+        login: &Login,
+        ug: &Greeting,
+    ) -> Result<(), LoginError> {
         // The client chose from what vtguard advertised; a flag that changes the wire format
         // must be one the upstream also has (it does, unless the upstream just changed).
         const WIRE: u32 = cap::PROTOCOL_41
@@ -545,14 +603,10 @@ impl MysqlProxy {
         let missing = login.capabilities & !ug.capabilities & WIRE;
         let missing_ext = login.mariadb_ext & !ug.mariadb_ext;
         if missing != 0 || missing_ext != 0 {
-            return refuse(
-                &mut client,
-                reply,
-                er::UPSTREAM,
-                "vtguard: the upstream's capabilities changed since this connection's greeting; reconnect",
-                &format!("client capabilities {missing:#x} (MariaDB {missing_ext:#x}) are not the upstream's"),
-            )
-            .await;
+            return Err(LoginError::CapabilitiesChanged {
+                missing,
+                missing_ext,
+            });
         }
         let mut fwd = login.clone();
         fwd.capabilities =
@@ -561,34 +615,26 @@ impl MysqlProxy {
         if fwd.capabilities & cap::CONNECT_ATTRS == 0 {
             fwd.attributes = None;
         }
-        let mut last_client_seq = login_seq;
+        let mut last_client_seq = c.login_seq;
         if !login.auth_response.is_empty() {
             // The response answers vtguard's challenge: have the client answer the upstream's.
             write_packet(
-                &mut client,
-                reply,
+                &mut c.io,
+                c.reply,
                 &handshake::auth_switch(&ug.auth_plugin, &ug.salt),
             )
             .await
-            .map_err(|e| format!("writing the auth switch: {e}"))?;
-            let (seq, response) = packet::read(&mut client, HANDSHAKE_MAX_PACKET)
+            .map_err(LoginError::io("writing the auth switch"))?;
+            let (seq, response) = packet::read(&mut c.io, HANDSHAKE_MAX_PACKET)
                 .await
-                .map_err(|e| format!("reading the auth switch response: {e}"))?;
-            if seq != reply.wrapping_add(1) {
-                return Err(format!(
-                    "auth switch response has sequence {seq}, expected {}",
-                    reply.wrapping_add(1)
-                ));
+                .map_err(LoginError::read("reading the auth switch response"))?;
+            let expected = c.reply.wrapping_add(1);
+            if seq != expected {
+                return Err(LoginError::AuthSequence { got: seq, expected });
             }
+            c.reply = seq.wrapping_add(1);
             if response.len() > 255 && fwd.capabilities & cap::PLUGIN_AUTH_LENENC == 0 {
-                return refuse(
-                    &mut client,
-                    seq.wrapping_add(1),
-                    er::HANDSHAKE,
-                    "Bad handshake",
-                    "auth response over 255 bytes without CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA",
-                )
-                .await;
+                return Err(LoginError::LongAuthResponse);
             }
             fwd.auth_response = response;
             fwd.auth_plugin = Some(ug.auth_plugin.clone());
@@ -596,46 +642,43 @@ impl MysqlProxy {
         }
         // Upstream sequence n is client sequence n + delta.
         let delta = last_client_seq.wrapping_sub(1);
-        write_packet(&mut upstream, 1, &fwd.encode())
+        write_packet(upstream, 1, &fwd.encode())
             .await
-            .map_err(|e| format!("writing the login upstream: {e}"))?;
+            .map_err(LoginError::io("writing the login upstream"))?;
         loop {
-            let (seq, p) = packet::read(&mut upstream, HANDSHAKE_MAX_PACKET)
+            let (seq, p) =
+                packet::read(upstream, HANDSHAKE_MAX_PACKET)
+                    .await
+                    .map_err(LoginError::read(
+                        "reading the upstream's authentication reply",
+                    ))?;
+            write_packet(&mut c.io, seq.wrapping_add(delta), &p)
                 .await
-                .map_err(|e| format!("reading the upstream's authentication reply: {e}"))?;
-            write_packet(&mut client, seq.wrapping_add(delta), &p)
-                .await
-                .map_err(|e| format!("writing the authentication reply: {e}"))?;
+                .map_err(LoginError::io("writing the authentication reply"))?;
             match p.first() {
-                Some(0x00) => break,
+                Some(0x00) => return Ok(()),
                 Some(0xff) => {
-                    return Err(format!(
-                        "upstream refused the login of {user:?}: {}",
-                        err_text(&p)
-                    ))
+                    return Err(LoginError::UpstreamLogin {
+                        user: String::from_utf8_lossy(&login.user).into_owned(),
+                        text: err_text(&p),
+                    })
                 }
                 // caching_sha2_password's "fast auth succeeded": the OK follows.
                 Some(0x01) if p == [0x01, 0x03] => continue,
                 _ => {
-                    let (cseq, cp) = packet::read(&mut client, HANDSHAKE_MAX_PACKET)
+                    let (cseq, cp) = packet::read(&mut c.io, HANDSHAKE_MAX_PACKET)
                         .await
-                        .map_err(|e| format!("reading the client's authentication data: {e}"))?;
-                    write_packet(&mut upstream, cseq.wrapping_sub(delta), &cp)
+                        .map_err(LoginError::read("reading the client's authentication data"))?;
+                    write_packet(upstream, cseq.wrapping_sub(delta), &cp)
                         .await
-                        .map_err(|e| format!("writing authentication data upstream: {e}"))?;
+                        .map_err(LoginError::io("writing authentication data upstream"))?;
                 }
             }
         }
-        Ok(Session {
-            client,
-            upstream,
-            identity,
-            tls: over_tls,
-        })
     }
 
     /// The command phase, until either side closes or a client packet is refused.
-    async fn relay(&self, s: Session) -> Result<(), String> {
+    async fn relay(&self, s: Session) -> Result<(), RelayError> {
         let (cr, cw) = tokio::io::split(s.client);
         let (ur, uw) = tokio::io::split(s.upstream);
         let cw = Arc::new(tokio::sync::Mutex::new(cw));
@@ -661,7 +704,7 @@ impl MysqlProxy {
         cw: &tokio::sync::Mutex<C>,
         state: &AtomicU8,
         id: &Identity,
-    ) -> Result<(), String>
+    ) -> Result<(), RelayError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -673,7 +716,7 @@ impl MysqlProxy {
             let h = match packet::read_header(&mut cr).await {
                 Ok(h) => h,
                 Err(packet::Error::Closed) => return Ok(()),
-                Err(e) => return Err(format!("client: {e}")),
+                Err(e) => return Err(RelayError::Client(e)),
             };
             if state.load(Ordering::Acquire) == INFILE {
                 // File data the upstream asked for; an empty packet ends it.
@@ -686,35 +729,16 @@ impl MysqlProxy {
             if h.seq != 0 {
                 // Continuations are read with their command, file data is handled above: a
                 // packet here would be a command the upstream might take without its check.
-                let _ = write_packet(
-                    &mut *cw.lock().await,
-                    h.seq.wrapping_add(1),
-                    &handshake::err(
-                        er::PACKETS_OUT_OF_ORDER.0,
-                        er::PACKETS_OUT_OF_ORDER.1,
-                        "Got packets out of order",
-                        true,
-                    ),
-                )
-                .await;
-                return Err(format!(
-                    "client sent a packet with sequence {} where a command (sequence 0) belongs",
-                    h.seq
-                ));
+                let (code, state) = er::PACKETS_OUT_OF_ORDER;
+                let err = handshake::err(code, state, "Got packets out of order", true);
+                let _ = write_packet(&mut *cw.lock().await, h.seq.wrapping_add(1), &err).await;
+                return Err(RelayError::OutOfSequence(h.seq));
             }
             if h.len == 0 {
-                let _ = write_packet(
-                    &mut *cw.lock().await,
-                    1,
-                    &handshake::err(
-                        er::UNKNOWN_COM.0,
-                        er::UNKNOWN_COM.1,
-                        "vtguard: empty command packet",
-                        true,
-                    ),
-                )
-                .await;
-                return Err("client sent an empty command packet".into());
+                let (code, state) = er::UNKNOWN_COM;
+                let err = handshake::err(code, state, "vtguard: empty command packet", true);
+                let _ = write_packet(&mut *cw.lock().await, 1, &err).await;
+                return Err(RelayError::EmptyCommand);
             }
             if h.len > max {
                 return too_large(cw, 1, h.len, max).await;
@@ -725,7 +749,7 @@ impl MysqlProxy {
                 Err(packet::Error::TooLarge { size, max }) => {
                     return too_large(cw, 1, size, max).await
                 }
-                Err(e) => return Err(format!("client: {e}")),
+                Err(e) => return Err(RelayError::Client(e)),
             }
             let command = payload[0];
             let refusal = self.refusal(command, &payload, id);
@@ -735,29 +759,20 @@ impl MysqlProxy {
                 } else {
                     "forwarded"
                 };
-                crate::metrics::metrics().command(&self.name, name, decision);
+                crate::metrics::metrics().command(&self.core.name, name, decision);
             }
-            if let Some(message) = refusal {
-                self.stats.denied.fetch_add(1, Ordering::Relaxed);
-                info!(listener = %self.name, identity = %id, command = format!("{command:#04x}"), message = %message, "denied");
-                let (code, sqlstate) = if command == com::CHANGE_USER
-                    || command == com::MULTI
-                    || command == com::BINLOG_DUMP
-                    || command == com::BINLOG_DUMP_GTID
-                    || command == com::REGISTER_SLAVE
-                    || command == com::TABLE_DUMP
-                {
-                    er::NOT_SUPPORTED
-                } else {
-                    er::TABLEACCESS_DENIED
-                };
+            if let Some(refusal) = refusal {
+                self.core.stats.refused.fetch_add(1, Ordering::Relaxed);
+                let message = refusal.message();
+                info!(listener = %self.core.name, identity = %id, command = format!("{command:#04x}"), message = %message, "denied");
+                let (code, sqlstate) = refusal.code();
                 write_packet(
                     &mut *cw.lock().await,
                     1,
                     &handshake::err(code, sqlstate, &message, true),
                 )
                 .await
-                .map_err(|e| format!("writing to the client: {e}"))?;
+                .map_err(RelayError::WriteClient)?;
                 continue;
             }
             if command == com::QUERY {
@@ -767,42 +782,35 @@ impl MysqlProxy {
             packet::encode(&mut out, 0, &payload);
             uw.write_all(&out)
                 .await
-                .map_err(|e| format!("writing upstream: {e}"))?;
+                .map_err(RelayError::WriteUpstream)?;
         }
     }
 
     /// Why vtguard answers this command itself, if it does.
-    fn refusal(&self, command: u8, payload: &[u8], id: &Identity) -> Option<String> {
+    fn refusal(&self, command: u8, payload: &[u8], id: &Identity) -> Option<CommandRefusal> {
         let text = || std::str::from_utf8(&payload[1..]);
         let decision = match command {
-            com::CHANGE_USER => {
-                return Some(
-                    "vtguard: COM_CHANGE_USER is refused: a connection's identity is fixed at login; open a new connection".into(),
-                )
-            }
-            com::MULTI => return Some("vtguard: COM_MULTI is not supported".into()),
+            com::CHANGE_USER => return Some(CommandRefusal::ChangeUser),
+            com::MULTI => return Some(CommandRefusal::Multi),
             com::BINLOG_DUMP | com::BINLOG_DUMP_GTID | com::REGISTER_SLAVE | com::TABLE_DUMP => {
-                return Some(
-                    "vtguard: replication commands are refused: table ACLs cannot check them"
-                        .into(),
-                )
+                return Some(CommandRefusal::Replication)
             }
-            _ if self.acl.is_none() => return None,
+            _ if self.core.acl.is_none() => return None,
             com::QUERY | com::STMT_PREPARE => match text() {
                 Ok(sql) => self.check(id, sql),
-                Err(_) => return Some("vtguard: the statement is not valid UTF-8".into()),
+                Err(_) => return Some(CommandRefusal::NotUtf8("statement")),
             },
             com::INIT_DB => match text() {
                 Ok(db) => self.check(id, &format!("use `{}`", db.replace('`', "``"))),
-                Err(_) => return Some("vtguard: the database name is not valid UTF-8".into()),
+                Err(_) => return Some(CommandRefusal::NotUtf8("database name")),
             },
             com::FIELD_LIST => {
                 let rest = &payload[1..];
                 let table = &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())];
                 match std::str::from_utf8(table) {
                     Ok(t) => {
-                        self.stats.checked.fetch_add(1, Ordering::Relaxed);
-                        self.acl.as_ref()?.check_table(
+                        self.core.stats.requests.fetch_add(1, Ordering::Relaxed);
+                        self.core.acl.as_ref()?.check_table(
                             &id.username,
                             &id.groups,
                             "Select",
@@ -810,26 +818,21 @@ impl MysqlProxy {
                             t,
                         )
                     }
-                    Err(_) => return Some("vtguard: the table name is not valid UTF-8".into()),
+                    Err(_) => return Some(CommandRefusal::NotUtf8("table name")),
                 }
             }
             _ => return None,
         };
-        super::account(
-            &self.name,
-            &id.username,
-            &decision,
-            &self.stats.acl_dry_run_denials,
-        );
+        self.core.account(&id.username, &decision);
         match decision {
-            Decision::Deny { message, .. } => Some(message),
+            Decision::Deny { message, .. } => Some(CommandRefusal::Denied(message)),
             Decision::Allow { .. } => None,
         }
     }
 
     fn check(&self, id: &Identity, sql: &str) -> Decision {
-        self.stats.checked.fetch_add(1, Ordering::Relaxed);
-        match &self.acl {
+        self.core.stats.requests.fetch_add(1, Ordering::Relaxed);
+        match &self.core.acl {
             Some(acl) => acl.check(&id.username, &id.groups, sql),
             None => Decision::Allow {
                 reason: "no table ACL".into(),
@@ -838,22 +841,18 @@ impl MysqlProxy {
     }
 }
 
-impl crate::admin::ListenerStatus for MysqlProxy {
-    fn status(&self) -> serde_json::Value {
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "name": self.name,
-            "protocol": "mysql",
-            "listen": self.listen.to_string(),
-            "upstream": self.upstream.to_string(),
-            "tls": self.tls.is_some(),
-            "connections": n(&self.stats.connections),
-            "handshakes_failed": n(&self.stats.handshakes_failed),
-            "logins": n(&self.stats.logins),
-            "requests": n(&self.stats.checked),
-            "refused": n(&self.stats.denied),
-            "acl_dry_run_denials": n(&self.stats.acl_dry_run_denials),
-        })
+impl Protocol for MysqlProxy {
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
+    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        self.serve_connection(tcp, peer).await
+    }
+
+    fn status_extra(&self, status: &mut serde_json::Map<String, serde_json::Value>) {
+        let logins = self.core.stats.logins.load(Ordering::Relaxed);
+        status.insert("logins".into(), logins.into());
     }
 }
 
@@ -933,26 +932,13 @@ async fn write_packet<W: AsyncWrite + Unpin + ?Sized>(
     w.flush().await
 }
 
-/// Sends the client an ERR and ends the handshake with `reason`.
-async fn refuse<T>(
-    client: &mut Io,
-    seq: u8,
-    (code, sqlstate): (u16, &str),
-    message: &str,
-    reason: &str,
-) -> Result<T, Refused> {
-    let _ = write_packet(client, seq, &handshake::err(code, sqlstate, message, true)).await;
-    let _ = client.shutdown().await;
-    Err(reason.to_owned())
-}
-
 /// ERR 1153 to the client, then the connection ends.
 async fn too_large<C: AsyncWrite + Unpin>(
     cw: &tokio::sync::Mutex<C>,
     seq: u8,
     size: usize,
     max: usize,
-) -> Result<(), String> {
+) -> Result<(), RelayError> {
     let message = format!("Got a packet bigger than 'max_allowed_packet' bytes ({size} > {max})");
     let mut w = cw.lock().await;
     let _ = write_packet(
@@ -967,9 +953,7 @@ async fn too_large<C: AsyncWrite + Unpin>(
     )
     .await;
     let _ = w.shutdown().await;
-    Err(format!(
-        "client packet of {size} bytes or more is over max-allowed-packet ({max})"
-    ))
+    Err(RelayError::TooLarge { size, max })
 }
 
 /// The message of an ERR payload.
@@ -984,30 +968,35 @@ fn err_text(p: &[u8]) -> String {
 }
 
 /// Forwards one packet (header and payload) without holding it whole.
-async fn copy_packet<R, W>(r: &mut R, w: &mut W, h: Header, buf: &mut [u8]) -> Result<(), String>
+async fn copy_packet<R, W>(
+    r: &mut R,
+    w: &mut W,
+    h: Header,
+    buf: &mut [u8],
+) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     w.write_all(&h.encode())
         .await
-        .map_err(|e| format!("writing upstream: {e}"))?;
+        .map_err(RelayError::WriteUpstream)?;
     let mut left = h.len;
     while left > 0 {
         let n = left.min(buf.len());
         let got = r
             .read(&mut buf[..n])
             .await
-            .map_err(|e| format!("client: {e}"))?;
+            .map_err(|e| RelayError::Client(packet::Error::Io(e)))?;
         if got == 0 {
-            return Err(format!(
-                "client: connection closed inside a packet ({} of {} bytes missing)",
-                left, h.len
-            ));
+            return Err(RelayError::Client(packet::Error::Truncated {
+                got: h.len - left,
+                want: h.len,
+            }));
         }
         w.write_all(&buf[..got])
             .await
-            .map_err(|e| format!("writing upstream: {e}"))?;
+            .map_err(RelayError::WriteUpstream)?;
         left -= got;
     }
     Ok(())
@@ -1019,7 +1008,7 @@ async fn upstream_to_client<R, C>(
     mut ur: R,
     cw: &tokio::sync::Mutex<C>,
     state: &AtomicU8,
-) -> Result<(), String>
+) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin,
     C: AsyncWrite + Unpin,
@@ -1027,10 +1016,7 @@ where
     let mut buf = vec![0u8; RELAY_BUFFER];
     let mut tracker = packet::Tracker::default();
     loop {
-        let n = ur
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("upstream: {e}"))?;
+        let n = ur.read(&mut buf).await.map_err(RelayError::Upstream)?;
         if n == 0 {
             let _ = cw.lock().await.shutdown().await;
             return Ok(());
@@ -1044,10 +1030,8 @@ where
         let mut w = cw.lock().await;
         w.write_all(&buf[..n])
             .await
-            .map_err(|e| format!("writing to the client: {e}"))?;
-        w.flush()
-            .await
-            .map_err(|e| format!("writing to the client: {e}"))?;
+            .map_err(RelayError::WriteClient)?;
+        w.flush().await.map_err(RelayError::WriteClient)?;
     }
 }
 
@@ -1065,12 +1049,28 @@ mod tests {
     }
 
     fn proxy() -> MysqlProxy {
-        let config = crate::config::Config::parse(
-            std::path::Path::new("t.toml"),
-            "[[listener]]\nname = \"m\"\nprotocol = \"mysql\"\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\ninsecure-plaintext = true\nmysql-auth-server-impl = \"passthrough\"\n",
-        )
-        .expect("config");
-        MysqlProxy::new(&config.listeners[0], None, true, None, Default::default()).expect("proxy")
+        let cfg = MysqlConfig {
+            tls: None,
+            require_secure_transport: false,
+            auth: MysqlAuth::Passthrough,
+            allow_plaintext: true,
+            handshake_timeout: Duration::from_secs(1),
+            max_allowed_packet: DEFAULT_MAX_ALLOWED_PACKET,
+        };
+        let listener = ListenerConfig {
+            name: "m".into(),
+            listen: "127.0.0.1:1".parse().expect("address"),
+            upstream: "127.0.0.1:2".parse().expect("address"),
+            protocol: super::listener::ProtocolConfig::Mysql(cfg.clone()),
+            identities: None,
+        };
+        let deps = Deps {
+            kernel: None,
+            protected: true,
+            acl: None,
+            sessions: Default::default(),
+        };
+        MysqlProxy::new(&listener, &cfg, deps).expect("proxy")
     }
 
     fn frame(seq: u8, payload: &[u8]) -> Vec<u8> {

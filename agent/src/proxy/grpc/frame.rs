@@ -3,27 +3,7 @@
 
 use std::io::Read;
 
-use super::methods::code;
-
-/// A request that cannot be inspected: the gRPC status it gets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: u16,
-    pub message: String,
-    /// Answer as vtgate does for unary calls: an OK status with the error inside the response
-    /// message (field 1, vtrpc.RPCError).
-    pub in_body: bool,
-}
-
-impl Refusal {
-    pub fn new(code: u16, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            in_body: false,
-        }
-    }
-}
+use tonic::{Code, Status};
 
 /// One framed message: compressed flag and payload.
 #[derive(Debug, PartialEq, Eq)]
@@ -33,20 +13,20 @@ pub struct Frame<'a> {
 }
 
 /// Splits a request body into its messages; a body that ends inside a frame is refused.
-pub fn split(body: &[u8], max: usize) -> Result<Vec<Frame<'_>>, Refusal> {
+pub fn split(body: &[u8], max: usize) -> Result<Vec<Frame<'_>>, Status> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < body.len() {
         if body.len() - at < 5 {
-            return Err(Refusal::new(
-                code::INVALID_ARGUMENT,
+            return Err(Status::new(
+                Code::InvalidArgument,
                 format!("vtguard: request body ends inside a gRPC frame header (byte {at})"),
             ));
         }
         let flag = body[at];
         if flag > 1 {
-            return Err(Refusal::new(
-                code::INVALID_ARGUMENT,
+            return Err(Status::new(
+                Code::InvalidArgument,
                 format!(
                     "vtguard: gRPC frame at byte {at} has compressed flag {flag} (must be 0 or 1)"
                 ),
@@ -59,8 +39,8 @@ pub fn split(body: &[u8], max: usize) -> Result<Vec<Frame<'_>>, Refusal> {
         }
         let start = at + 5;
         if body.len() - start < len {
-            return Err(Refusal::new(
-                code::INVALID_ARGUMENT,
+            return Err(Status::new(
+                Code::InvalidArgument,
                 format!(
                     "vtguard: gRPC frame at byte {at} declares {len} bytes but the body holds {}",
                     body.len() - start
@@ -77,9 +57,9 @@ pub fn split(body: &[u8], max: usize) -> Result<Vec<Frame<'_>>, Refusal> {
 }
 
 /// The RESOURCE_EXHAUSTED refusal for a message over the limit.
-pub fn too_large(len: usize, max: usize) -> Refusal {
-    Refusal::new(
-        code::RESOURCE_EXHAUSTED,
+pub fn too_large(len: usize, max: usize) -> Status {
+    Status::new(
+        Code::ResourceExhausted,
         format!(
             "vtguard: request message of {len} bytes is larger than grpc-max-message-size {max}"
         ),
@@ -92,7 +72,7 @@ pub fn decompress(
     frame: &Frame<'_>,
     encoding: Option<&str>,
     max: usize,
-) -> Result<Vec<u8>, Refusal> {
+) -> Result<Vec<u8>, Status> {
     if !frame.compressed {
         return Ok(frame.payload.to_vec());
     }
@@ -102,21 +82,21 @@ pub fn decompress(
         Some("gzip") => flate2::read::GzDecoder::new(frame.payload).take(limit).read_to_end(&mut out),
         Some("snappy") => snap::read::FrameDecoder::new(frame.payload).take(limit).read_to_end(&mut out),
         Some("identity") | None => {
-            return Err(Refusal::new(
-                code::INVALID_ARGUMENT,
+            return Err(Status::new(
+                Code::InvalidArgument,
                 "vtguard: message is flagged compressed but the request names no grpc-encoding",
             ))
         }
         Some(other) => {
-            return Err(Refusal::new(
-                code::UNIMPLEMENTED,
+            return Err(Status::new(
+                Code::Unimplemented,
                 format!("vtguard: grpc-encoding {other:?} is not supported (vtguard inspects gzip, snappy or uncompressed requests)"),
             ))
         }
     };
     if let Err(e) = result {
-        return Err(Refusal::new(
-            code::INVALID_ARGUMENT,
+        return Err(Status::new(
+            Code::InvalidArgument,
             format!(
                 "vtguard: request message does not decompress as {}: {e}",
                 encoding.unwrap_or("")
@@ -124,8 +104,8 @@ pub fn decompress(
         ));
     }
     if out.len() > max {
-        return Err(Refusal::new(
-            code::RESOURCE_EXHAUSTED,
+        return Err(Status::new(
+            Code::ResourceExhausted,
             format!(
                 "vtguard: request message decompresses to more than grpc-max-message-size {max}"
             ),
@@ -167,24 +147,25 @@ mod tests {
             ]
         );
         let e = split(&body[..6], 100).expect_err("truncated");
-        assert_eq!(e.code, code::INVALID_ARGUMENT);
+        assert_eq!(e.code(), Code::InvalidArgument);
         assert!(
-            e.message.contains("declares 3 bytes but the body holds 1"),
+            e.message()
+                .contains("declares 3 bytes but the body holds 1"),
             "{}",
-            e.message
+            e.message()
         );
         assert!(split(&[0, 0, 0], 100)
             .expect_err("short header")
-            .message
+            .message()
             .contains("inside a gRPC frame header"));
         assert!(split(&[7, 0, 0, 0, 0], 100)
             .expect_err("bad flag")
-            .message
+            .message()
             .contains("compressed flag 7"));
         let e = split(&encode(&[0; 11]), 10).expect_err("too large");
-        assert_eq!(e.code, code::RESOURCE_EXHAUSTED);
+        assert_eq!(e.code(), Code::ResourceExhausted);
         assert!(e
-            .message
+            .message()
             .contains("11 bytes is larger than grpc-max-message-size 10"));
     }
 
@@ -209,17 +190,19 @@ mod tests {
             plain
         );
         let e = decompress(&f(gz), Some("gzip"), 100).expect_err("bomb");
-        assert_eq!(e.code, code::RESOURCE_EXHAUSTED);
+        assert_eq!(e.code(), Code::ResourceExhausted);
         let e = decompress(&f(b"not gzip"), Some("gzip"), 100).expect_err("garbage");
-        assert_eq!(e.code, code::INVALID_ARGUMENT);
+        assert_eq!(e.code(), Code::InvalidArgument);
         let e = decompress(&f(gz), Some("br"), 1000).expect_err("unknown");
-        assert_eq!(e.code, code::UNIMPLEMENTED);
-        assert!(e.message.contains("grpc-encoding \"br\" is not supported"));
+        assert_eq!(e.code(), Code::Unimplemented);
+        assert!(e
+            .message()
+            .contains("grpc-encoding \"br\" is not supported"));
         assert_eq!(
             decompress(&f(gz), None, 1000)
                 .expect_err("no encoding")
-                .code,
-            code::INVALID_ARGUMENT
+                .code(),
+            Code::InvalidArgument
         );
         let plain_frame = Frame {
             compressed: false,

@@ -1,7 +1,9 @@
 //! The RPCs each listener knows, where their caller IDs and SQL sit, and what vtguard does
 //! with each. An RPC not listed is refused (fail closed).
 
-use crate::config::GrpcService;
+use tonic::{Code, Status};
+
+use super::GrpcService;
 
 /// Which caller-ID field vtguard writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +78,14 @@ pub const QUERYSERVICE: &[Method] = &[
     tablet("ConcludeTransaction", &[]),
     tablet("ReadTransaction", &[]),
     tablet("UnresolvedTransactions", &[]),
-    tablet("BeginExecute", &[Sql::Bound(4), Sql::Text(7)]),
-    tablet("BeginStreamExecute", &[Sql::Bound(4), Sql::Text(7)]),
+    tablet("BeginExecute", &[Sql::Bound(4), Sql::Text(6), Sql::Text(7)]),
+    // BeginStreamExecuteRequest numbers pre_queries 6 and reserved_id 7, the other way round
+    // from BeginExecuteRequest; string fields 6 and 7 are both read, so that neither
+    // numbering lets pre-queries through unchecked (an integer field holds no strings).
+    tablet(
+        "BeginStreamExecute",
+        &[Sql::Bound(4), Sql::Text(6), Sql::Text(7)],
+    ),
     tablet("MessageStream", &[Sql::MessageTable(4)]),
     tablet("MessageAck", &[]),
     tablet("ReserveExecute", &[Sql::Bound(4), Sql::Text(7)]),
@@ -124,34 +132,23 @@ pub const VTGATESERVICE: &[Method] = &[
 ];
 
 /// What a request path leads to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Route {
     /// A query RPC: inspected and rewritten.
     Query(&'static Method),
     /// A non-query service this listener may open to named identities (forwarded unchanged).
     Other { service: String },
-    /// Refused: gRPC code and message.
-    Refused { code: u16, message: String },
-}
-
-/// gRPC status codes used here.
-pub mod code {
-    pub const INVALID_ARGUMENT: u16 = 3;
-    pub const PERMISSION_DENIED: u16 = 7;
-    pub const RESOURCE_EXHAUSTED: u16 = 8;
-    pub const UNIMPLEMENTED: u16 = 12;
-    pub const INTERNAL: u16 = 13;
-    pub const UNAVAILABLE: u16 = 14;
-    pub const UNAUTHENTICATED: u16 = 16;
+    /// Refused, with the status the caller gets.
+    Refused(Status),
 }
 
 /// Routes `path` (`/package.Service/Method`) for a listener in front of `service`.
 pub fn route(service: GrpcService, path: &str, other_services: &[&str]) -> Route {
     let Some((svc, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
-        return Route::Refused {
-            code: code::UNIMPLEMENTED,
-            message: format!("vtguard: {path:?} is not a gRPC method path"),
-        };
+        return Route::Refused(Status::new(
+            Code::Unimplemented,
+            format!("vtguard: {path:?} is not a gRPC method path"),
+        ));
     };
     let (query_service, table) = match service {
         GrpcService::Vttablet => ("queryservice.Query", QUERYSERVICE),
@@ -160,12 +157,12 @@ pub fn route(service: GrpcService, path: &str, other_services: &[&str]) -> Route
     if svc == query_service {
         return match table.iter().find(|m| m.name == method) {
             Some(m) => Route::Query(m),
-            None => Route::Refused {
-                code: code::UNIMPLEMENTED,
-                message: format!(
+            None => Route::Refused(Status::new(
+                Code::Unimplemented,
+                format!(
                     "vtguard: {svc}/{method} is not a method this listener knows, so it is refused"
                 ),
-            },
+            )),
         };
     }
     if service == GrpcService::Vttablet && other_services.contains(&svc) {
@@ -173,19 +170,19 @@ pub fn route(service: GrpcService, path: &str, other_services: &[&str]) -> Route
             service: svc.to_owned(),
         };
     }
-    Route::Refused {
-        code: code::PERMISSION_DENIED,
-        message: format!(
+    Route::Refused(Status::new(
+        Code::PermissionDenied,
+        format!(
             "vtguard: service {svc} is not served by this {} listener",
             service.as_str()
         ),
-    }
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::VTTABLET_OTHER_SERVICES;
+    use crate::proxy::grpc::VTTABLET_OTHER_SERVICES;
 
     #[test]
     fn routes() {
@@ -199,46 +196,44 @@ mod tests {
         assert!(
             matches!(r(GrpcService::Vtgate, "/vtgateservice.Vitess/ExecuteBatch"), Route::Query(m) if m.rewrite == Rewrite::EffectiveCaller)
         );
-        assert_eq!(
+        assert!(matches!(
             r(
                 GrpcService::Vttablet,
                 "/tabletmanagerservice.TabletManager/ExecuteFetchAsDba"
             ),
-            Route::Other {
-                service: "tabletmanagerservice.TabletManager".into()
-            }
-        );
-        let Route::Refused { code, message } = r(GrpcService::Vttablet, "/queryservice.Query/Nope")
-        else {
+            Route::Other { service } if service == "tabletmanagerservice.TabletManager"
+        ));
+        let Route::Refused(status) = r(GrpcService::Vttablet, "/queryservice.Query/Nope") else {
             panic!("unknown method must be refused")
         };
-        assert_eq!(code, code::UNIMPLEMENTED);
-        assert!(message.contains("queryservice.Query/Nope is not a method this listener knows"));
-        let Route::Refused { code, .. } = r(GrpcService::Vtgate, "/queryservice.Query/Execute")
-        else {
+        assert_eq!(status.code(), Code::Unimplemented);
+        assert!(status
+            .message()
+            .contains("queryservice.Query/Nope is not a method this listener knows"));
+        let Route::Refused(status) = r(GrpcService::Vtgate, "/queryservice.Query/Execute") else {
             panic!("vttablet service on a vtgate listener must be refused")
         };
-        assert_eq!(code, code::PERMISSION_DENIED);
+        assert_eq!(status.code(), Code::PermissionDenied);
         assert!(matches!(
             r(
                 GrpcService::Vtgate,
                 "/tabletmanagerservice.TabletManager/Ping"
             ),
-            Route::Refused { .. }
+            Route::Refused(_)
         ));
         assert!(matches!(
             r(GrpcService::Vttablet, "/grpc.health.v1.Health/Check"),
-            Route::Refused { .. }
+            Route::Refused(_)
         ));
         assert!(matches!(
             r(GrpcService::Vttablet, "garbage"),
-            Route::Refused { .. }
+            Route::Refused(_)
         ));
     }
 
     #[test]
     fn every_vitess_queryservice_method_is_known() {
-        // The list in ../shared/VITESS.md §2.
+        // The list in docs/VITESS.md §2.
         let vitess = "Execute, StreamExecute, Begin, Commit, Rollback, Prepare, CommitPrepared, RollbackPrepared, CreateTransaction, StartCommit, SetRollback, ConcludeTransaction, ReadTransaction, UnresolvedTransactions, BeginExecute, BeginStreamExecute, MessageStream, MessageAck, ReserveExecute, ReserveBeginExecute, ReserveStreamExecute, ReserveBeginStreamExecute, Release, StreamHealth, VStream, VStreamRows, VStreamTables, VStreamResults, GetSchema";
         for m in vitess.split(", ") {
             assert!(QUERYSERVICE.iter().any(|x| x.name == m), "{m}");

@@ -1,0 +1,425 @@
+//! What every listener does, whatever protocol it speaks: bind and accept, TLS with
+//! certificate reload, the identity a verified client certificate proves, counters and status,
+//! registering connections with the session registry, and opening the upstream connection
+//! through the kernel's registered-socket path.
+//!
+//! A protocol (gRPC, MySQL) implements [`Protocol`]: it serves one accepted connection with
+//! the [`Core`] it is built on. The agent holds every listener as a [`Listener`] trait object.
+
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+};
+use tokio_rustls::server::TlsStream;
+use tracing::{info, warn};
+
+use super::{
+    grpc::{GrpcConfig, GrpcProxy},
+    mysql::{MysqlConfig, MysqlProxy},
+    AsyncReadWrite,
+};
+use crate::{
+    acl::{Decision, Enforcer},
+    identity::{self, Identity},
+    kernel::{self, Kernel},
+    sessions::{Session, Sessions},
+    tls::{self, Reloadable, ServerTls},
+};
+
+/// Default TLS (gRPC) or login (MySQL) handshake timeout.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One `[[listener]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub upstream: SocketAddr,
+    pub protocol: ProtocolConfig,
+    /// The identities whose connections may reach the upstream at all (`identities`): merged
+    /// into the kernel's access list for the upstream port. `None`: the listener adds none.
+    pub identities: Option<BTreeSet<String>>,
+}
+
+/// What a listener speaks, and that protocol's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtocolConfig {
+    Grpc(GrpcConfig),
+    Mysql(MysqlConfig),
+}
+
+/// What stops a listener from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("listener {listener}: {source}")]
+    Tls {
+        listener: String,
+        source: tls::Error,
+    },
+    #[error("listener {listener}: binding {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Why the upstream connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// A policy that removes this identity is being applied; vtguard refuses it meanwhile.
+    #[error("identity {identity:?} may no longer reach upstream {upstream}: the policy that removed it is being applied")]
+    PolicyRemoved {
+        identity: String,
+        upstream: SocketAddr,
+    },
+    /// The kernel refused this identity the upstream's port (EPERM at connect()).
+    #[error("the kernel refused identity {identity:?} a connection to upstream {upstream}: grant it in [[kernel.access]] for port {}", upstream.port())]
+    KernelRefused {
+        identity: String,
+        upstream: SocketAddr,
+    },
+    #[error("upstream {upstream} unavailable: {detail}")]
+    Unavailable {
+        upstream: SocketAddr,
+        detail: String,
+    },
+}
+
+/// Why a TLS handshake did not give a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsRefusal {
+    #[error("TLS handshake refused: {0}")]
+    Handshake(std::io::Error),
+    #[error("client certificate refused: {0}")]
+    Certificate(identity::Error),
+}
+
+/// How a handshake ended (`vtguard_handshakes_total{outcome}`; on MySQL, the whole login).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Refused,
+    Timeout,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Refused => "refused",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// Counters of one listener.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections: AtomicU64,
+    /// Connections whose TLS handshake (MySQL: login) did not succeed.
+    pub handshakes_failed: AtomicU64,
+    /// MySQL sessions that logged in.
+    pub logins: AtomicU64,
+    /// gRPC requests; MySQL commands checked by the table ACL.
+    pub requests: AtomicU64,
+    /// Requests or commands answered with an error by vtguard.
+    pub refused: AtomicU64,
+    /// Requests a dry-run table ACL would have denied.
+    pub acl_dry_run_denials: AtomicU64,
+}
+
+/// What the agent hands every listener it starts.
+#[derive(Clone)]
+pub struct Deps {
+    /// Opens the upstream sockets when the agent enforces in the kernel.
+    pub kernel: Option<Arc<Kernel>>,
+    /// Whether the upstream port is kernel-protected (only for the warnings it decides).
+    pub protected: bool,
+    pub acl: Option<Arc<Enforcer>>,
+    pub sessions: Arc<Sessions>,
+}
+
+/// The part of a listener every protocol shares.
+pub struct Core {
+    pub name: String,
+    /// The name again, shared with every session of the listener.
+    label: Arc<str>,
+    pub listen: SocketAddr,
+    pub upstream: SocketAddr,
+    tls: Option<Arc<Reloadable>>,
+    /// Client certificates are verified against a CA: only then does one name the caller.
+    verifies_clients: bool,
+    pub kernel: Option<Arc<Kernel>>,
+    pub protected: bool,
+    pub acl: Option<Arc<Enforcer>>,
+    sessions: Arc<Sessions>,
+    protocol: &'static str,
+    pub stats: Stats,
+}
+
+impl Core {
+    /// Loads the listener's certificates. `relabel` renames TLS errors into the protocol's key
+    /// names.
+    pub fn new(
+        cfg: &ListenerConfig,
+        protocol: &'static str,
+        server_tls: Option<&ServerTls>,
+        relabel: fn(tls::Error) -> tls::Error,
+        deps: Deps,
+    ) -> Result<Self, Error> {
+        let tls = server_tls
+            .map(|t| Reloadable::new(t.clone()).map(Arc::new))
+            .transpose()
+            .map_err(|e| Error::Tls {
+                listener: cfg.name.clone(),
+                source: relabel(e),
+            })?;
+        Ok(Self {
+            name: cfg.name.clone(),
+            label: Arc::from(cfg.name.as_str()),
+            listen: cfg.listen,
+            upstream: cfg.upstream,
+            tls,
+            verifies_clients: server_tls.is_some_and(|t| t.ca.is_some()),
+            kernel: deps.kernel,
+            protected: deps.protected,
+            acl: deps.acl,
+            sessions: deps.sessions,
+            protocol,
+            stats: Stats::default(),
+        })
+    }
+
+    /// Whether the listener serves TLS.
+    pub fn serves_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Re-reads the certificate files (when changed, or always with `force`); a failed reload
+    /// keeps the previous certificates.
+    pub fn reload_tls(&self, force: bool) {
+        let Some(t) = &self.tls else { return };
+        match t.reload(force) {
+            Ok(true) => {
+                info!(listener = %self.name, "TLS certificates reloaded; new handshakes use them")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                warn!(listener = %self.name, error = %e, "TLS reload failed; the previous certificates stay in use")
+            }
+        }
+    }
+
+    /// Counts a new connection.
+    fn connected(&self) {
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::metrics().connection(&self.name, self.protocol);
+    }
+
+    /// Counts how a handshake ended.
+    pub fn handshake_ended(&self, outcome: Outcome) {
+        if outcome != Outcome::Ok {
+            self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        crate::metrics::metrics().handshake(&self.name, outcome.as_str());
+    }
+
+    /// The TLS handshake on `io` with the current certificates, and the identity of the
+    /// client certificate when the listener verifies client certificates.
+    ///
+    /// # Panics
+    /// Never: callers check [`Core::serves_tls`] first; without TLS this refuses.
+    pub async fn accept_tls<S>(&self, io: S) -> Result<(TlsStream<S>, Option<Identity>), TlsRefusal>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(t) = &self.tls else {
+            return Err(TlsRefusal::Handshake(std::io::Error::other(
+                "this listener serves no TLS",
+            )));
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(t.current());
+        let tls = acceptor.accept(io).await.map_err(TlsRefusal::Handshake)?;
+        // Only a certificate the verifier checked against the CA names the caller.
+        let identity = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+            Some(der) if self.verifies_clients => {
+                Some(identity::from_certificate(der).map_err(TlsRefusal::Certificate)?)
+            }
+            _ => None,
+        };
+        Ok((tls, identity))
+    }
+
+    /// Registers a client connection that carries `identity`: a policy that takes the
+    /// identity away closes it.
+    pub fn client_session(&self, identity: &str) -> Session {
+        self.sessions
+            .open(&self.label, self.upstream.port(), identity)
+    }
+
+    /// Registers an upstream connection opened for `identity`.
+    pub fn upstream_session(&self, identity: &str) -> Session {
+        self.sessions
+            .open_upstream(&self.label, self.upstream.port(), identity)
+    }
+
+    /// Opens a TCP connection to the upstream for `identity`: through the kernel's
+    /// registered-socket path when the agent enforces in the kernel, else a plain connect.
+    pub async fn dial(&self, identity: &str) -> Result<Box<dyn AsyncReadWrite>, DialError> {
+        let upstream = self.upstream;
+        if self.sessions.refuses(identity, upstream.port()) {
+            return Err(DialError::PolicyRemoved {
+                identity: identity.to_owned(),
+                upstream,
+            });
+        }
+        let unavailable = |detail: String| DialError::Unavailable { upstream, detail };
+        match &self.kernel {
+            Some(k) => match k.connect(identity, upstream).await {
+                Ok(s) => {
+                    let _ = s.get_ref().set_nodelay(true);
+                    Ok(Box::new(s))
+                }
+                Err(kernel::Error::Socket(e)) if e.raw_os_error() == Some(libc::EPERM) => {
+                    Err(DialError::KernelRefused {
+                        identity: identity.to_owned(),
+                        upstream,
+                    })
+                }
+                Err(e) => Err(unavailable(e.to_string())),
+            },
+            None => {
+                let s = TcpStream::connect(upstream)
+                    .await
+                    .map_err(|e| unavailable(e.to_string()))?;
+                let _ = s.set_nodelay(true);
+                Ok(Box::new(s))
+            }
+        }
+    }
+
+    /// Makes a table-ACL decision visible to operators: a denial is counted by table,
+    /// identity and reason; a dry-run would-be denial is logged and counted.
+    pub fn account(&self, identity: &str, d: &Decision) {
+        let m = crate::metrics::metrics();
+        if let Decision::Deny { table, .. } = d {
+            let reason = if table.is_some() { "acl" } else { "statement" };
+            m.acl_denial(&self.name, table.as_deref().unwrap_or(""), identity, reason);
+        } else if let Some(would) = d.would_deny() {
+            self.stats
+                .acl_dry_run_denials
+                .fetch_add(1, Ordering::Relaxed);
+            m.acl_denial(&self.name, "", identity, "dry_run");
+            warn!(listener = %self.name, identity = %identity, "table ACL dry run: {would}");
+        }
+    }
+
+    /// What `vtguard status` shows of every listener; the protocol adds its own keys.
+    pub fn status(&self) -> serde_json::Map<String, serde_json::Value> {
+        let n = |c: &AtomicU64| serde_json::Value::from(c.load(Ordering::Relaxed));
+        let mut m = serde_json::Map::new();
+        m.insert("name".into(), self.name.clone().into());
+        m.insert("protocol".into(), self.protocol.into());
+        m.insert("listen".into(), self.listen.to_string().into());
+        m.insert("upstream".into(), self.upstream.to_string().into());
+        m.insert("tls".into(), self.tls.is_some().into());
+        m.insert("connections".into(), n(&self.stats.connections));
+        m.insert("handshakes_failed".into(), n(&self.stats.handshakes_failed));
+        m.insert("requests".into(), n(&self.stats.requests));
+        m.insert("refused".into(), n(&self.stats.refused));
+        m.insert(
+            "acl_dry_run_denials".into(),
+            n(&self.stats.acl_dry_run_denials),
+        );
+        m
+    }
+}
+
+/// A protocol served on a [`Core`].
+pub trait Protocol: Send + Sync + 'static {
+    /// The listener's shared part.
+    fn core(&self) -> &Core;
+
+    /// Serves one accepted connection until it ends.
+    fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> impl Future<Output = ()> + Send + 'static;
+
+    /// The protocol's own keys in `vtguard status`.
+    fn status_extra(&self, _status: &mut serde_json::Map<String, serde_json::Value>) {}
+}
+
+/// A running listener of any protocol, as the agent holds it.
+pub trait Listener: Send + Sync {
+    fn core(&self) -> &Core;
+    /// What `vtguard status` shows of it.
+    fn status(&self) -> serde_json::Value;
+    /// Accepts connections until the task is dropped, each handled on a task of its own.
+    fn serve(self: Arc<Self>, socket: TcpListener) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+impl<P: Protocol> Listener for P {
+    fn core(&self) -> &Core {
+        Protocol::core(self)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let mut m = Protocol::core(self).status();
+        self.status_extra(&mut m);
+        serde_json::Value::Object(m)
+    }
+
+    fn serve(self: Arc<Self>, socket: TcpListener) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            loop {
+                match socket.accept().await {
+                    Ok((tcp, peer)) => {
+                        let _ = tcp.set_nodelay(true);
+                        Protocol::core(&*self).connected();
+                        tokio::spawn(Arc::clone(&self).connection(tcp, peer));
+                    }
+                    Err(e) => {
+                        // Out of descriptors and the like: back off rather than spin.
+                        warn!(listener = %Protocol::core(&*self).name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Builds the listener `cfg` describes (its certificates loaded), ready to bind and serve.
+pub fn build(cfg: &ListenerConfig, deps: Deps) -> Result<Arc<dyn Listener>, Error> {
+    Ok(match &cfg.protocol {
+        ProtocolConfig::Grpc(g) => Arc::new(GrpcProxy::new(cfg, g, deps)?),
+        ProtocolConfig::Mysql(m) => Arc::new(MysqlProxy::new(cfg, m, deps)?),
+    })
+}
+
+/// Binds a listener's socket.
+pub async fn bind(listener: &dyn Listener) -> Result<TcpListener, Error> {
+    let core = listener.core();
+    TcpListener::bind(core.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            listener: core.name.clone(),
+            addr: core.listen,
+            source,
+        })
+}
