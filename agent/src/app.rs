@@ -219,7 +219,7 @@ impl Agent {
             tokio::task::spawn_blocking(move || reload_kernel(&k, &source, &sessions));
         }
         if let (Some(e), Some(t)) = (&self.enforcer, &self.config.tableacl) {
-            t.reload(e, "SIGHUP");
+            t.reload(e);
         }
         for l in &self.listeners {
             l.core().reload_tls(true);

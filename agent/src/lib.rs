@@ -1,5 +1,5 @@
 //! vtguard: a node agent that enforces the Vitess transport security model, with the kernel's
-//! help. See DESIGN.md for the architecture; this crate is the userspace half.
+//! help. See docs/DESIGN.md for the architecture; this crate is the userspace half.
 
 pub mod acl;
 pub mod admin;

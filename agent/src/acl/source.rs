@@ -47,16 +47,19 @@ impl TableAclConfig {
     }
 
     /// Re-reads the file and puts it in force; a file that cannot be used leaves the ACL in
-    /// force as it is (as Vitess does). `why` says what asked for it, for the log.
-    pub fn reload(&self, enforcer: &Enforcer, why: &str) {
+    /// force as it is (as Vitess does).
+    pub fn reload(&self, enforcer: &Enforcer) {
+        self.reload_logged(enforcer, "table ACL reloaded");
+    }
+
+    /// [`TableAclConfig::reload`], logging `done` when the new ACL is in force.
+    fn reload_logged(&self, enforcer: &Enforcer, done: &str) {
         match TableAcl::load(&self.file) {
             Ok(acl) => {
-                info!(file = %self.file.display(), groups = acl.groups.len(), "table ACL reloaded ({why})");
+                info!(file = %self.file.display(), groups = acl.groups.len(), "{done}");
                 enforcer.replace_from(acl, &self.file.display().to_string());
             }
-            Err(e) => {
-                warn!(error = %e, "table ACL reload ({why}) failed; the previous ACL stays in force")
-            }
+            Err(e) => warn!(error = %e, "table ACL reload failed; the previous ACL stays in force"),
         }
     }
 
@@ -74,7 +77,7 @@ impl TableAclConfig {
             let now = std::fs::read(&self.file).ok();
             if now != last {
                 last = now;
-                self.reload(&enforcer, "the file changed on disk");
+                self.reload_logged(&enforcer, "table ACL changed on disk; reloaded");
             }
         }
     }
