@@ -260,7 +260,7 @@ impl Listener {
     }
 
     /// What `vtguard status` reads of it.
-    fn status(&self) -> Arc<dyn crate::admin::ListenerStatus> {
+    fn status(&self) -> Arc<dyn crate::status::ReportStatus> {
         match self {
             Listener::Grpc(p) => Arc::clone(p) as _,
             Listener::Mysql(p) => Arc::clone(p) as _,

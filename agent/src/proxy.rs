@@ -4,12 +4,7 @@
 pub mod grpc;
 pub mod mysql;
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, time::Duration};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -20,6 +15,7 @@ use tracing::{info, warn};
 use crate::{
     acl::Decision,
     kernel::{self, Kernel},
+    metrics::ListenerMetrics,
     sessions::Sessions,
     tls::Reloadable,
 };
@@ -106,16 +102,13 @@ pub fn reload_tls(listener: &str, tls: Option<&Reloadable>, force: bool) {
 }
 
 /// Makes a table-ACL decision visible to operators: a denial is counted by table, identity
-/// and reason; a dry-run would-be denial is logged and counted (on `dry_run_denials` too).
-pub fn account(listener: &str, identity: &str, d: &Decision, dry_run_denials: &AtomicU64) {
-    let m = crate::metrics::metrics();
+/// and reason; a dry-run would-be denial is logged and counted.
+pub fn account(metrics: &ListenerMetrics, identity: &str, d: &Decision) {
     if let Decision::Deny { table, .. } = d {
-        let reason = if table.is_some() { "acl" } else { "statement" };
-        m.acl_denial(listener, table.as_deref().unwrap_or(""), identity, reason);
+        metrics.acl_denial(table.as_deref(), identity);
     } else if let Some(would) = d.would_deny() {
-        dry_run_denials.fetch_add(1, Ordering::Relaxed);
-        m.acl_denial(listener, "", identity, "dry_run");
-        warn!(listener = %listener, identity = %identity, "table ACL dry run: {would}");
+        metrics.dry_run_denial(identity);
+        warn!(listener = %metrics.name(), identity = %identity, "table ACL dry run: {would}");
     }
 }
 

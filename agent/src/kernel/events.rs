@@ -2,13 +2,14 @@
 //! RECENT map so that `vtguard kernel status` can show the last ones.
 
 use std::{
+    borrow::Cow,
     fmt,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::atomic::{AtomicU64, Ordering},
 };
 
 use aya::maps::{MapData, RingBuf};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tracing::warn;
 use vtguard_common::{
@@ -18,13 +19,13 @@ use vtguard_common::{
 use super::{lock, Error, Kernel};
 
 /// A denial as a person reads it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Denial {
     pub seq: u64,
     /// Monotonic kernel time (ns).
     pub ts_ns: u64,
-    pub reason: &'static str,
-    pub hook: &'static str,
+    pub reason: Cow<'static, str>,
+    pub hook: Cow<'static, str>,
     pub pid: u32,
     pub uid: u32,
     pub comm: String,
@@ -55,8 +56,8 @@ impl Denial {
         Denial {
             seq: ev.seq,
             ts_ns: ev.ts_ns,
-            reason,
-            hook,
+            reason: reason.into(),
+            hook: hook.into(),
             pid: ev.pid,
             uid: ev.uid,
             comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
@@ -234,8 +235,8 @@ impl EventReader<'_> {
             return;
         }
         warn!(
-            reason = d.reason,
-            hook = d.hook,
+            reason = &*d.reason,
+            hook = &*d.hook,
             pid = d.pid,
             uid = d.uid,
             comm = %d.comm,

@@ -11,10 +11,7 @@ use std::{
     convert::Infallible,
     io,
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -45,7 +42,9 @@ use crate::{
     },
     identity::{self, Identity},
     kernel::Kernel,
+    metrics::{Handshake, ListenerMetrics, RequestDecision},
     sessions::Sessions,
+    status::{self, ListenerStatus, ReportStatus},
     tls::{self, Reloadable},
 };
 
@@ -70,17 +69,6 @@ pub enum Error {
 type Body = BoxBody<Bytes, hyper::Error>;
 type UpstreamIo = Box<dyn AsyncReadWrite>;
 
-/// Counters of one listener.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub connections: AtomicU64,
-    pub handshakes_failed: AtomicU64,
-    pub requests: AtomicU64,
-    pub refused: AtomicU64,
-    /// Requests a dry-run table ACL would have denied.
-    pub acl_dry_run_denials: AtomicU64,
-}
-
 /// A gRPC listener, ready to serve.
 pub struct GrpcProxy {
     name: String,
@@ -94,7 +82,8 @@ pub struct GrpcProxy {
     upstream_tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     kernel: Option<Arc<Kernel>>,
     acl: Option<Arc<Enforcer>>,
-    pub stats: Stats,
+    /// Where the listener counts (what `vtguard status` reads, too).
+    metrics: ListenerMetrics,
 }
 
 impl GrpcProxy {
@@ -151,7 +140,7 @@ impl GrpcProxy {
             upstream_tls,
             kernel,
             acl,
-            stats: Stats::default(),
+            metrics: crate::metrics::metrics().listener(&listener.name, status::Protocol::Grpc),
         })
     }
 
@@ -185,9 +174,8 @@ impl GrpcProxy {
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         let _ = tcp.set_nodelay(true);
-        self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        let m = crate::metrics::metrics();
-        m.connection(&self.name, "grpc");
+        let m = &self.metrics;
+        m.connection();
         let (io, identity): (Box<dyn AsyncReadWrite>, Option<Identity>) = match &self.tls {
             None => (Box::new(tcp), None),
             Some(t) => {
@@ -199,18 +187,16 @@ impl GrpcProxy {
                 .await
                 {
                     Ok(Ok(s)) => {
-                        m.handshake(&self.name, "ok");
+                        m.handshake(Handshake::Ok);
                         s
                     }
                     Ok(Err(e)) => {
-                        self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                        m.handshake(&self.name, "refused");
+                        m.handshake(Handshake::Refused);
                         info!(listener = %self.name, %peer, error = %e, "TLS handshake refused");
                         return;
                     }
                     Err(_) => {
-                        self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                        m.handshake(&self.name, "timeout");
+                        m.handshake(Handshake::Timeout);
                         info!(listener = %self.name, %peer, timeout = ?self.cfg.handshake_timeout, "TLS handshake timed out");
                         return;
                     }
@@ -277,22 +263,17 @@ impl GrpcProxy {
     }
 }
 
-impl crate::admin::ListenerStatus for GrpcProxy {
-    fn status(&self) -> serde_json::Value {
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "name": self.name,
-            "protocol": "grpc",
-            "service": self.cfg.service.as_str(),
-            "listen": self.listen.to_string(),
-            "upstream": self.upstream.to_string(),
-            "tls": self.tls.is_some(),
-            "connections": n(&self.stats.connections),
-            "handshakes_failed": n(&self.stats.handshakes_failed),
-            "requests": n(&self.stats.requests),
-            "refused": n(&self.stats.refused),
-            "acl_dry_run_denials": n(&self.stats.acl_dry_run_denials),
-        })
+impl ReportStatus for GrpcProxy {
+    fn status(&self) -> ListenerStatus {
+        ListenerStatus {
+            name: self.name.clone(),
+            protocol: status::Protocol::Grpc,
+            service: Some(self.cfg.service.as_str().to_owned()),
+            listen: self.listen,
+            upstream: self.upstream,
+            tls: self.tls.is_some(),
+            counts: self.metrics.counts(),
+        }
     }
 }
 
@@ -319,7 +300,6 @@ impl Conn {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let start = Instant::now();
         let p = &self.proxy;
-        p.stats.requests.fetch_add(1, Ordering::Relaxed);
         let path = req.uri().path().to_owned();
         let route = methods::route(p.cfg.service, &path, &VTTABLET_OTHER_SERVICES);
         let result = self.forward(req, &route).await;
@@ -330,11 +310,11 @@ impl Conn {
             Route::Refused { .. } => "unknown",
         };
         let decision = if result.is_ok() {
-            "forwarded"
+            RequestDecision::Forwarded
         } else {
-            "refused"
+            RequestDecision::Refused
         };
-        crate::metrics::metrics().request(&p.name, method, decision, latency);
+        p.metrics.request(method, decision, latency);
         match result {
             Ok((response, id, ins)) => {
                 if !p.cfg.query_log {
@@ -359,7 +339,6 @@ impl Conn {
                 })
             }
             Err((refusal, id, ins)) => {
-                p.stats.refused.fetch_add(1, Ordering::Relaxed);
                 if p.cfg.query_log {
                     query_log(
                         &p.name,
@@ -446,12 +425,7 @@ impl Conn {
                             crate::acl::Role::Writer,
                             table,
                         );
-                        super::account(
-                            &p.name,
-                            &identity.username,
-                            &d,
-                            &p.stats.acl_dry_run_denials,
-                        );
+                        super::account(&p.metrics, &identity.username, &d);
                         if let Decision::Deny { message, .. } = d {
                             return Err((
                                 Refusal::new(code::PERMISSION_DENIED, message),
@@ -462,12 +436,7 @@ impl Conn {
                     }
                     for sql in &ins.sql {
                         let decision = acl.check(&identity.username, &identity.groups, sql);
-                        super::account(
-                            &p.name,
-                            &identity.username,
-                            &decision,
-                            &p.stats.acl_dry_run_denials,
-                        );
+                        super::account(&p.metrics, &identity.username, &decision);
                         if let Decision::Deny { message, .. } = decision {
                             let mut r = Refusal::new(code::PERMISSION_DENIED, message);
                             r.in_body = p.cfg.service == GrpcService::Vtgate

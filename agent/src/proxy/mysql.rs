@@ -34,7 +34,7 @@ use std::{
     io,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering},
+        atomic::{AtomicU32, AtomicU8, Ordering},
         Arc, Mutex,
     },
 };
@@ -54,7 +54,9 @@ use crate::{
     config::{ListenerConfig, MysqlAuth, MysqlListener, Protocol},
     identity::{self, Identity},
     kernel::Kernel,
+    metrics::{Handshake, ListenerMetrics, RequestDecision},
     sessions::Sessions,
+    status::{self, ListenerStatus, ReportStatus},
     tls::{self, Reloadable},
 };
 
@@ -77,21 +79,6 @@ pub enum Error {
 }
 
 type Io = Box<dyn super::AsyncReadWrite>;
-
-/// Counters of one listener.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub connections: AtomicU64,
-    /// Connections that ended before their login succeeded upstream.
-    pub handshakes_failed: AtomicU64,
-    pub logins: AtomicU64,
-    /// Commands checked by the table ACL.
-    pub checked: AtomicU64,
-    /// Commands answered with an ERR by vtguard (ACL denials and refused commands).
-    pub denied: AtomicU64,
-    /// Commands a dry-run table ACL would have denied.
-    pub acl_dry_run_denials: AtomicU64,
-}
 
 /// Largest packet accepted before the login succeeded: logins carry at most 64 KiB of
 /// connection attributes, auth exchanges a few hundred bytes.
@@ -165,7 +152,8 @@ pub struct MysqlProxy {
     next_connection_id: AtomicU32,
     /// Where challenges come from.
     crypto: Arc<rustls::crypto::CryptoProvider>,
-    pub stats: Stats,
+    /// Where the listener counts (what `vtguard status` reads, too).
+    metrics: ListenerMetrics,
 }
 
 /// A connection refused before its session began: the log line's reason.
@@ -224,7 +212,7 @@ impl MysqlProxy {
             template: Mutex::new(None),
             next_connection_id: AtomicU32::new(1),
             crypto: tls::crypto_provider(),
-            stats: Stats::default(),
+            metrics: crate::metrics::metrics().listener(&listener.name, status::Protocol::Mysql),
         })
     }
 
@@ -258,29 +246,25 @@ impl MysqlProxy {
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         let _ = tcp.set_nodelay(true);
-        self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        let m = crate::metrics::metrics();
-        m.connection(&self.name, "mysql");
+        let m = &self.metrics;
+        m.connection();
         let timeout = self.cfg.handshake_timeout;
         let session = match tokio::time::timeout(timeout, self.handshake(tcp)).await {
             Ok(Ok(s)) => {
-                m.handshake(&self.name, "ok");
+                m.handshake(Handshake::Ok);
                 s
             }
             Ok(Err(reason)) => {
-                m.handshake(&self.name, "refused");
-                self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                m.handshake(Handshake::Refused);
                 info!(listener = %self.name, %peer, reason = %reason, "connection refused");
                 return;
             }
             Err(_) => {
-                m.handshake(&self.name, "timeout");
-                self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                m.handshake(Handshake::Timeout);
                 info!(listener = %self.name, %peer, ?timeout, "connection closed: handshake not finished within handshake-timeout-seconds");
                 return;
             }
         };
-        self.stats.logins.fetch_add(1, Ordering::Relaxed);
         info!(listener = %self.name, %peer, identity = %session.identity, tls = session.tls, "accepted");
         let identity = session.identity.clone();
         // Both ends carry the identity: policy that takes it away closes the connection.
@@ -729,16 +713,19 @@ impl MysqlProxy {
             }
             let command = payload[0];
             let refusal = self.refusal(command, &payload, id);
-            if let Some(name) = com::checked_name(command) {
-                let decision = if refusal.is_some() {
-                    "refused"
-                } else {
-                    "forwarded"
-                };
-                crate::metrics::metrics().command(&self.name, name, decision);
+            match com::checked_name(command) {
+                Some(name) => self.metrics.command(
+                    name,
+                    if refusal.is_some() {
+                        RequestDecision::Refused
+                    } else {
+                        RequestDecision::Forwarded
+                    },
+                ),
+                None if refusal.is_some() => self.metrics.refused_outright(),
+                None => {}
             }
             if let Some(message) = refusal {
-                self.stats.denied.fetch_add(1, Ordering::Relaxed);
                 info!(listener = %self.name, identity = %id, command = format!("{command:#04x}"), message = %message, "denied");
                 let (code, sqlstate) = if command == com::CHANGE_USER
                     || command == com::MULTI
@@ -801,7 +788,6 @@ impl MysqlProxy {
                 let table = &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())];
                 match std::str::from_utf8(table) {
                     Ok(t) => {
-                        self.stats.checked.fetch_add(1, Ordering::Relaxed);
                         self.acl.as_ref()?.check_table(
                             &id.username,
                             &id.groups,
@@ -815,12 +801,7 @@ impl MysqlProxy {
             }
             _ => return None,
         };
-        super::account(
-            &self.name,
-            &id.username,
-            &decision,
-            &self.stats.acl_dry_run_denials,
-        );
+        super::account(&self.metrics, &id.username, &decision);
         match decision {
             Decision::Deny { message, .. } => Some(message),
             Decision::Allow { .. } => None,
@@ -828,7 +809,6 @@ impl MysqlProxy {
     }
 
     fn check(&self, id: &Identity, sql: &str) -> Decision {
-        self.stats.checked.fetch_add(1, Ordering::Relaxed);
         match &self.acl {
             Some(acl) => acl.check(&id.username, &id.groups, sql),
             None => Decision::Allow {
@@ -838,22 +818,17 @@ impl MysqlProxy {
     }
 }
 
-impl crate::admin::ListenerStatus for MysqlProxy {
-    fn status(&self) -> serde_json::Value {
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "name": self.name,
-            "protocol": "mysql",
-            "listen": self.listen.to_string(),
-            "upstream": self.upstream.to_string(),
-            "tls": self.tls.is_some(),
-            "connections": n(&self.stats.connections),
-            "handshakes_failed": n(&self.stats.handshakes_failed),
-            "logins": n(&self.stats.logins),
-            "requests": n(&self.stats.checked),
-            "refused": n(&self.stats.denied),
-            "acl_dry_run_denials": n(&self.stats.acl_dry_run_denials),
-        })
+impl ReportStatus for MysqlProxy {
+    fn status(&self) -> ListenerStatus {
+        ListenerStatus {
+            name: self.name.clone(),
+            protocol: status::Protocol::Mysql,
+            service: None,
+            listen: self.listen,
+            upstream: self.upstream,
+            tls: self.tls.is_some(),
+            counts: self.metrics.counts(),
+        }
     }
 }
 
