@@ -503,63 +503,8 @@ mod tests {
     use super::*;
     use crate::{
         kernel::{Denial, LinkStatus},
-        status::{ConnectionStatus, ListenerCounts, ListenerStatus, PolicyStatus, Protocol},
+        status::tests::sample,
     };
-
-    fn sample(kernel: Option<KernelReport>) -> Status {
-        Status {
-            pid: 4242,
-            started: 1_700_000_000,
-            listeners: vec![
-                ListenerStatus {
-                    name: "vttablet".into(),
-                    protocol: Protocol::Grpc,
-                    service: Some("vttablet".into()),
-                    listen: "127.0.0.1:16001".parse().expect("addr"),
-                    upstream: "127.0.0.1:16991".parse().expect("addr"),
-                    tls: true,
-                    counts: ListenerCounts {
-                        connections: 12,
-                        handshakes_failed: 1,
-                        logins: None,
-                        requests: 2,
-                        refused: 1,
-                        acl_dry_run_denials: 0,
-                    },
-                },
-                ListenerStatus {
-                    name: "mysql-primary".into(),
-                    protocol: Protocol::Mysql,
-                    service: None,
-                    listen: "[::1]:3306".parse().expect("addr"),
-                    upstream: "127.0.0.1:17100".parse().expect("addr"),
-                    tls: false,
-                    counts: ListenerCounts {
-                        logins: Some(5),
-                        ..ListenerCounts::default()
-                    },
-                },
-            ],
-            connections: vec![ConnectionStatus {
-                listener: "vttablet".into(),
-                identity: "vtgate client 1".into(),
-                client_connections: 1,
-                upstream_connections: 10,
-            }],
-            policy: Some(PolicyStatus {
-                version: 2,
-                source: "/etc/vtguard/acl.json".into(),
-                loaded_at: 1_700_000_100,
-                table_groups: 3,
-                mode: Mode::Secure,
-                strict: true,
-                dry_run: false,
-                exempt: None,
-                cached_decisions: 7,
-            }),
-            kernel,
-        }
-    }
 
     fn kernel() -> KernelReport {
         KernelReport::Read(KernelStatus {

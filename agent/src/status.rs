@@ -143,12 +143,13 @@ mod display_fromstr {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample() -> Status {
+    /// A status with a listener of each protocol, an open connection and a policy.
+    pub(crate) fn sample(kernel: Option<KernelReport>) -> Status {
         Status {
-            pid: 42,
+            pid: 4242,
             started: 1_700_000_000,
             listeners: vec![
                 ListenerStatus {
@@ -159,7 +160,7 @@ mod tests {
                     upstream: "127.0.0.1:16991".parse().expect("addr"),
                     tls: true,
                     counts: ListenerCounts {
-                        connections: 3,
+                        connections: 12,
                         handshakes_failed: 1,
                         logins: None,
                         requests: 2,
@@ -168,7 +169,7 @@ mod tests {
                     },
                 },
                 ListenerStatus {
-                    name: "mysql".into(),
+                    name: "mysql-primary".into(),
                     protocol: Protocol::Mysql,
                     service: None,
                     listen: "[::1]:3306".parse().expect("addr"),
@@ -184,22 +185,20 @@ mod tests {
                 listener: "vttablet".into(),
                 identity: "vtgate client 1".into(),
                 client_connections: 1,
-                upstream_connections: 1,
+                upstream_connections: 10,
             }],
             policy: Some(PolicyStatus {
                 version: 2,
                 source: "/etc/vtguard/acl.json".into(),
                 loaded_at: 1_700_000_100,
                 table_groups: 3,
-                mode: Mode::Vitess,
+                mode: Mode::Secure,
                 strict: true,
                 dry_run: false,
                 exempt: None,
                 cached_decisions: 7,
             }),
-            kernel: Some(KernelReport::Unreadable {
-                error: "not root".into(),
-            }),
+            kernel,
         }
     }
 
@@ -207,7 +206,9 @@ mod tests {
     /// status was typed), and the round trip the CLI relies on.
     #[test]
     fn json_keeps_its_keys_and_reads_back() {
-        let s = sample();
+        let s = sample(Some(KernelReport::Unreadable {
+            error: "not root".into(),
+        }));
         let v = serde_json::to_value(&s).expect("encodes");
         let keys = |v: &serde_json::Value| -> Vec<String> {
             let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
@@ -243,6 +244,7 @@ mod tests {
         );
         assert_eq!(v["listeners"][0]["protocol"], "grpc");
         assert_eq!(v["listeners"][0]["listen"], "127.0.0.1:16001");
+        assert!(v["listeners"][0].get("logins").is_none());
         assert_eq!(v["listeners"][1]["logins"], 5);
         assert_eq!(v["listeners"][1]["listen"], "[::1]:3306");
         assert!(v["listeners"][1].get("service").is_none());
@@ -260,7 +262,7 @@ mod tests {
                 "version"
             ]
         );
-        assert_eq!(v["policy"]["mode"], "vitess");
+        assert_eq!(v["policy"]["mode"], "secure");
         assert_eq!(v["policy"]["exempt"], serde_json::Value::Null);
         assert_eq!(v["kernel"], serde_json::json!({"error": "not root"}));
         let back: Status = serde_json::from_value(v).expect("reads back");
@@ -269,7 +271,7 @@ mod tests {
 
     #[test]
     fn a_wrong_mode_is_named() {
-        let mut v = serde_json::to_value(sample()).expect("encodes");
+        let mut v = serde_json::to_value(sample(None)).expect("encodes");
         v["policy"]["mode"] = "lax".into();
         let e = serde_json::from_value::<Status>(v).expect_err("lax is no mode");
         assert!(e.to_string().contains("mode \"lax\""), "{e}");
