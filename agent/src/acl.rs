@@ -30,6 +30,32 @@ pub struct Enforcer {
     version: std::sync::atomic::AtomicU64,
 }
 
+/// `mode` as config files, the CLI and `vtguard status` spell it.
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Secure => "secure",
+            Mode::Vitess => "vitess",
+        })
+    }
+}
+
+/// A `mode` that is neither `secure` nor `vitess`.
+#[derive(Debug, thiserror::Error)]
+#[error("mode {0:?}: use \"secure\" or \"vitess\"")]
+pub struct UnknownMode(pub String);
+
+impl std::str::FromStr for Mode {
+    type Err = UnknownMode;
+    fn from_str(s: &str) -> Result<Self, UnknownMode> {
+        match s {
+            "secure" => Ok(Mode::Secure),
+            "vitess" => Ok(Mode::Vitess),
+            other => Err(UnknownMode(other.to_owned())),
+        }
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now()

@@ -23,6 +23,7 @@ use crate::{
     kernel::{Kernel, KernelStatus},
     proxy::listener::Listener,
     sessions::Sessions,
+    status::{ConnectionStatus, KernelReport, PolicyStatus},
 };
 
 /// Default admin socket.
@@ -106,16 +107,11 @@ impl Admin for Service {
         let req = req.into_inner();
         let enforcer = self.enforcer()?;
         let mut settings = enforcer.settings().clone();
-        settings.mode = match req.mode.as_str() {
-            "" => settings.mode,
-            "secure" => Mode::Secure,
-            "vitess" => Mode::Vitess,
-            m => {
-                return Err(Status::invalid_argument(format!(
-                    "mode {m:?}: use \"secure\" or \"vitess\", or leave it out for the agent's own"
-                )))
-            }
-        };
+        if !req.mode.is_empty() {
+            settings.mode = req.mode.parse::<Mode>().map_err(|e| {
+                Status::invalid_argument(format!("{e}, or leave it out for the agent's own"))
+            })?;
+        }
         let acl = enforcer.acl();
         let d = crate::acl::decide::decide(&acl, &settings, &req.user, &req.groups, &req.sql);
         let v = Verdict::new(&acl, &d);
@@ -129,52 +125,59 @@ impl Admin for Service {
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        Ok(Response::new(StatusResponse {
-            json: status_json(&self.state).to_string(),
-        }))
+        let json = serde_json::to_string(&status(&self.state))
+            .map_err(|e| Status::internal(format!("encoding the status: {e}")))?;
+        Ok(Response::new(StatusResponse { json }))
     }
 }
 
 /// The agent's state: listeners, open connections per identity, policy, kernel.
-pub fn status_json(state: &State) -> serde_json::Value {
-    use serde_json::json;
-    let connections: Vec<_> = state
+pub fn status(state: &State) -> crate::status::Status {
+    let connections = state
         .sessions
         .by_identity()
         .into_iter()
-        .map(|((listener, identity), (clients, upstreams))| json!({"listener": listener, "identity": identity, "client_connections": clients, "upstream_connections": upstreams}))
+        .map(
+            |((listener, identity), (clients, upstreams))| ConnectionStatus {
+                listener,
+                identity,
+                client_connections: clients,
+                upstream_connections: upstreams,
+            },
+        )
         .collect();
     let policy = state.enforcer.as_ref().map(|e| {
         let (source, loaded_at) = e.origin();
-        let acl = e.acl();
         let s = e.settings();
-        json!({
-            "version": e.version(),
-            "source": source,
-            "loaded_at": loaded_at,
-            "table_groups": acl.groups.len(),
-            "mode": match s.mode { Mode::Secure => "secure", Mode::Vitess => "vitess" },
-            "strict": s.strict,
-            "dry_run": s.dry_run,
-            "exempt": s.exempt,
-            "cached_decisions": e.cached(),
-        })
+        PolicyStatus {
+            version: e.version(),
+            source,
+            loaded_at,
+            table_groups: e.acl().groups.len(),
+            mode: s.mode,
+            strict: s.strict,
+            dry_run: s.dry_run,
+            exempt: s.exempt.clone(),
+            cached_decisions: e.cached(),
+        }
     });
     let kernel = state
         .kernel
         .as_ref()
         .map(|k| match KernelStatus::read(k.pin_dir()) {
-            Ok(st) => serde_json::to_value(st).unwrap_or_default(),
-            Err(e) => json!({"error": e.to_string()}),
+            Ok(st) => KernelReport::Read(st),
+            Err(e) => KernelReport::Unreadable {
+                error: e.to_string(),
+            },
         });
-    json!({
-        "pid": std::process::id(),
-        "started": state.started,
-        "listeners": state.listeners.iter().map(|l| l.status()).collect::<Vec<_>>(),
-        "connections": connections,
-        "policy": policy,
-        "kernel": kernel,
-    })
+    crate::status::Status {
+        pid: std::process::id(),
+        started: state.started,
+        listeners: state.listeners.iter().map(|l| l.status()).collect(),
+        connections,
+        policy,
+        kernel,
+    }
 }
 
 /// Serves the admin API on `path` until the task is dropped.

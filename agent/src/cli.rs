@@ -1,17 +1,32 @@
 //! The command line: `vtguard run`, `vtguard status`, `vtguard kernel status|detach`,
 //! `vtguard policy load|show|check`.
 
-use std::path::PathBuf;
+use std::{
+    fmt::Write as _,
+    future::Future,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{builder::TypedValueParser as _, Args, Parser, Subcommand};
+use tonic::transport::Channel;
+use vtguard_proto::admin::{
+    admin_client::AdminClient, CheckPolicyRequest, LoadPolicyRequest, ShowPolicyRequest,
+    StatusRequest,
+};
 
 use crate::{
+    acl::{Mode, Settings, TableAcl, Verdict},
     config::Config,
     kernel::DEFAULT_BPFFS,
     kernel::{self, KernelStatus},
+    status::{KernelReport, Status},
     telemetry::LogFormat,
 };
+
+/// `vtguard policy check`'s exit status when the SQL is denied.
+const DENIED: u8 = 3;
 
 /// vtguard: Vitess transport security, pinned in the kernel.
 #[derive(Debug, Parser)]
@@ -74,37 +89,38 @@ pub enum PolicyCommand {
         socket: PathBuf,
     },
     /// Would this caller be allowed to run this SQL? The decision and the rule that made it.
-    Check {
-        /// The caller's username (a certificate CN, a MySQL user).
-        #[arg(long)]
-        user: String,
-        /// A group of the caller (repeat for several).
-        #[arg(long = "group")]
-        groups: Vec<String>,
-        /// The SQL to check (several statements are each checked).
-        #[arg(long)]
-        sql: String,
-        /// A Vitess tableacl file to check against, offline (strict, no exempt ACL). Without
-        /// it, the running agent's policy and settings decide.
-        #[arg(long)]
-        policy: Option<PathBuf>,
-        /// `secure` or `vitess`. Default: `secure` offline, the agent's own mode online.
-        #[arg(long, value_enum)]
-        mode: Option<ModeArg>,
-        /// The agent's admin socket (online check).
-        #[arg(long, default_value = crate::admin::DEFAULT_SOCKET)]
-        socket: PathBuf,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Check(CheckArgs),
 }
 
-/// `--mode`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum ModeArg {
-    Secure,
-    Vitess,
+/// `vtguard policy check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The caller's username (a certificate CN, a MySQL user).
+    #[arg(long)]
+    pub user: String,
+    /// A group of the caller (repeat for several).
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
+    /// The SQL to check (several statements are each checked).
+    #[arg(long)]
+    pub sql: String,
+    /// A Vitess tableacl file to check against, offline (strict, no exempt ACL). Without
+    /// it, the running agent's policy and settings decide.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// `secure` or `vitess`. Default: `secure` offline, the agent's own mode online.
+    #[arg(
+        long,
+        value_parser = clap::builder::PossibleValuesParser::new(["secure", "vitess"])
+            .try_map(|m| m.parse::<Mode>())
+    )]
+    pub mode: Option<Mode>,
+    /// The agent's admin socket (online check).
+    #[arg(long, default_value = crate::admin::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,245 +171,250 @@ impl PinArgs {
     }
 }
 
-/// Runs a parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Run { config } => {
-            let config = Config::load(&config)?;
-            crate::app::run(config)
-        }
-        Command::Policy {
-            command:
-                PolicyCommand::Load {
-                    file,
-                    dry_run,
-                    socket,
-                },
-        } => {
-            let content = std::fs::read(&file)
-                .with_context(|| format!("reading policy {}", file.display()))?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let resp = rt.block_on(async {
-                let mut c = crate::admin::client(&socket).await?;
-                c.load_policy(vtguard_proto::admin::LoadPolicyRequest {
-                    content,
-                    path: file.display().to_string(),
-                    dry_run,
-                })
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| crate::admin::Error::Rpc(s.message().to_owned()))
-            })?;
-            for c in &resp.changes {
-                println!("{c}");
-            }
-            if resp.changes.is_empty() {
-                println!("no changes");
-            }
-            println!(
-                "{}",
-                if resp.applied {
-                    "policy loaded"
-                } else {
-                    "dry run: nothing changed"
-                }
-            );
-            Ok(())
-        }
-        Command::Policy {
-            command: PolicyCommand::Show { socket },
-        } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let resp = rt.block_on(async {
-                let mut c = crate::admin::client(&socket).await?;
-                c.show_policy(vtguard_proto::admin::ShowPolicyRequest {})
-                    .await
-                    .map(|r| r.into_inner())
-                    .map_err(|s| crate::admin::Error::Rpc(s.message().to_owned()))
-            })?;
-            eprintln!(
-                "# from {} (loaded at unix time {})",
-                resp.source, resp.loaded_at
-            );
-            println!("{}", resp.json);
-            Ok(())
-        }
-        Command::Policy {
-            command:
-                PolicyCommand::Check {
-                    user,
-                    groups,
-                    sql,
-                    policy,
-                    mode,
-                    socket,
-                    json,
-                },
-        } => {
-            let mode_name = |m: ModeArg| match m {
-                ModeArg::Secure => "secure",
-                ModeArg::Vitess => "vitess",
-            };
-            let verdict = match policy {
-                Some(policy) => {
-                    let acl = crate::acl::TableAcl::load(&policy)?;
-                    let settings = crate::acl::Settings {
-                        strict: true,
-                        dry_run: false,
-                        exempt: None,
-                        mode: match mode {
-                            Some(ModeArg::Vitess) => crate::acl::Mode::Vitess,
-                            _ => crate::acl::Mode::Secure,
-                        },
-                    };
-                    let d = crate::acl::decide::decide(&acl, &settings, &user, &groups, &sql);
-                    crate::acl::Verdict::new(&acl, &d)
-                }
-                None => {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
-                    let r = rt.block_on(async {
-                        let mut c = crate::admin::client(&socket).await?;
-                        c.check_policy(vtguard_proto::admin::CheckPolicyRequest {
-                            user,
-                            groups,
-                            sql,
-                            mode: mode.map(mode_name).unwrap_or_default().to_owned(),
-                        })
-                        .await
-                        .map(|r| r.into_inner())
-                        .map_err(|s| crate::admin::Error::Rpc(s.message().to_owned()))
-                    })?;
-                    let some = |s: String| Some(s).filter(|s| !s.is_empty());
-                    crate::acl::Verdict {
-                        decision: if r.decision == "allow" {
-                            "allow"
-                        } else {
-                            "deny"
-                        },
-                        role: some(r.role),
-                        table: some(r.table),
-                        group: some(r.group),
-                        message: r.message,
-                    }
-                }
-            };
-            if json {
-                println!("{}", serde_json::to_string(&verdict).context("encoding")?);
-            } else {
-                print!("{}", verdict.to_text());
-            }
-            if verdict.decision == "deny" {
-                std::process::exit(3);
-            }
-            Ok(())
-        }
-        Command::Status { socket, json } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let text = rt.block_on(async {
-                let mut c = crate::admin::client(&socket).await?;
-                c.status(vtguard_proto::admin::StatusRequest {})
-                    .await
-                    .map(|r| r.into_inner().json)
-                    .map_err(|s| crate::admin::Error::Rpc(s.message().to_owned()))
-            })?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).context("the agent's status is not JSON")?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v).context("encoding")?);
-            } else {
-                print!("{}", status_text(&v));
-            }
-            Ok(())
-        }
-        Command::Kernel {
-            command: KernelCommand::Status { pins, json },
-        } => {
-            let dir = pins.dir()?;
-            let st = KernelStatus::read(&dir)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&st).context("encoding status")?
-                );
-            } else {
-                print!("{st}");
-            }
-            Ok(())
-        }
-        Command::Kernel {
-            command: KernelCommand::Detach { pins },
-        } => {
-            let dir = pins.dir()?;
-            let report = kernel::detach(&dir)?;
-            if report.pins_removed == 0 {
-                println!("nothing pinned under {}: nothing to detach", dir.display());
-            } else {
-                println!(
-                    "detached {} program(s) [{}], removed {} pin(s) and {}",
-                    report.links_detached.len(),
-                    report.links_detached.join(", "),
-                    report.pins_removed,
-                    dir.display()
-                );
-            }
-            Ok(())
+/// Runs a parsed command line: prints an error as one line on stderr, and says how the
+/// process exits.
+pub fn run(cli: Cli) -> ExitCode {
+    match execute(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: what failed, on which input, and the fix (the error chain joined).
+            eprintln!("vtguard: error: {}", crate::telemetry::one_line(&e));
+            ExitCode::FAILURE
         }
     }
 }
 
-/// `vtguard status` for people: a table per part.
-pub fn status_text(v: &serde_json::Value) -> String {
-    use std::fmt::Write;
-    let s = |x: &serde_json::Value| match x {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
+fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config } => {
+            crate::app::run(Config::load(&config)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy { command } => match command {
+            PolicyCommand::Load {
+                file,
+                dry_run,
+                socket,
+            } => policy_load(&file, dry_run, &socket),
+            PolicyCommand::Show { socket } => policy_show(&socket),
+            PolicyCommand::Check(args) => policy_check(args),
+        },
+        Command::Status { socket, json } => status(&socket, json),
+        Command::Kernel { command } => match command {
+            KernelCommand::Status { pins, json } => kernel_status(&pins, json),
+            KernelCommand::Detach { pins } => kernel_detach(&pins),
+        },
+    }
+}
+
+/// One call to the agent's admin API.
+fn admin<T, F, Fut>(socket: &Path, call: F) -> anyhow::Result<T>
+where
+    F: FnOnce(AdminClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the admin client")?;
+    let reply = rt.block_on(async {
+        let client = crate::admin::client(socket).await?;
+        call(client)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| crate::admin::Error::Rpc(s.message().to_owned()))
+    })?;
+    Ok(reply)
+}
+
+fn policy_load(file: &Path, dry_run: bool, socket: &Path) -> anyhow::Result<ExitCode> {
+    let content =
+        std::fs::read(file).with_context(|| format!("reading policy {}", file.display()))?;
+    let req = LoadPolicyRequest {
+        content,
+        path: file.display().to_string(),
+        dry_run,
     };
-    let table = |out: &mut String, head: &[&str], rows: Vec<Vec<String>>| {
-        let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
-        for r in &rows {
-            for (i, c) in r.iter().enumerate() {
-                w[i] = w[i].max(c.len());
+    let resp = admin(socket, |mut c| async move { c.load_policy(req).await })?;
+    for c in &resp.changes {
+        println!("{c}");
+    }
+    if resp.changes.is_empty() {
+        println!("no changes");
+    }
+    println!(
+        "{}",
+        if resp.applied {
+            "policy loaded"
+        } else {
+            "dry run: nothing changed"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn policy_show(socket: &Path) -> anyhow::Result<ExitCode> {
+    let resp = admin(socket, |mut c| async move {
+        c.show_policy(ShowPolicyRequest {}).await
+    })?;
+    eprintln!(
+        "# from {} (loaded at unix time {})",
+        resp.source, resp.loaded_at
+    );
+    println!("{}", resp.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exits [`DENIED`] when the SQL is denied, so that scripts can branch on it.
+fn policy_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let verdict = match &args.policy {
+        Some(policy) => {
+            let acl = TableAcl::load(policy)?;
+            let settings = Settings {
+                strict: true,
+                dry_run: false,
+                exempt: None,
+                mode: args.mode.unwrap_or(Mode::Secure),
+            };
+            let d =
+                crate::acl::decide::decide(&acl, &settings, &args.user, &args.groups, &args.sql);
+            Verdict::new(&acl, &d)
+        }
+        None => {
+            let req = CheckPolicyRequest {
+                user: args.user,
+                groups: args.groups,
+                sql: args.sql,
+                mode: args.mode.map(|m| m.to_string()).unwrap_or_default(),
+            };
+            let r = admin(
+                &args.socket,
+                |mut c| async move { c.check_policy(req).await },
+            )?;
+            let some = |s: String| Some(s).filter(|s| !s.is_empty());
+            Verdict {
+                decision: if r.decision == "allow" {
+                    "allow"
+                } else {
+                    "deny"
+                },
+                role: some(r.role),
+                table: some(r.table),
+                group: some(r.group),
+                message: r.message,
             }
         }
-        let line = |cells: Vec<String>| {
-            cells
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("{c:<width$}", width = w[i]))
-                .collect::<Vec<_>>()
-                .join("  ")
-                .trim_end()
-                .to_owned()
-        };
-        let _ = writeln!(
-            out,
-            "{}",
-            line(head.iter().map(|h| h.to_string()).collect())
-        );
-        for r in rows {
-            let _ = writeln!(out, "{}", line(r));
-        }
     };
+    if args.json {
+        println!("{}", serde_json::to_string(&verdict).context("encoding")?);
+    } else {
+        print!("{}", verdict.to_text());
+    }
+    Ok(if verdict.decision == "deny" {
+        ExitCode::from(DENIED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let text = admin(
+        socket,
+        |mut c| async move { c.status(StatusRequest {}).await },
+    )?
+    .json;
+    let status: Status = serde_json::from_str(&text).context(
+        "reading the agent's status: is the agent the same vtguard version as this CLI?",
+    )?;
+    if json {
+        // Through a JSON value: keys sorted, as `--json` has always printed them.
+        let v = serde_json::to_value(&status).context("encoding")?;
+        println!("{}", serde_json::to_string_pretty(&v).context("encoding")?);
+    } else {
+        print!("{}", status_text(&status));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn kernel_status(pins: &PinArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let st = KernelStatus::read(&pins.dir()?)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&st).context("encoding status")?
+        );
+    } else {
+        print!("{st}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn kernel_detach(pins: &PinArgs) -> anyhow::Result<ExitCode> {
+    let dir = pins.dir()?;
+    let report = kernel::detach(&dir)?;
+    if report.pins_removed == 0 {
+        println!("nothing pinned under {}: nothing to detach", dir.display());
+    } else {
+        println!(
+            "detached {} program(s) [{}], removed {} pin(s) and {}",
+            report.links_detached.len(),
+            report.links_detached.join(", "),
+            report.pins_removed,
+            dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Columns padded to their widest cell, two spaces apart, no trailing blanks.
+fn table<const N: usize>(out: &mut String, head: [&str; N], rows: &[[String; N]]) {
+    let mut w = head.map(str::len);
+    for r in rows {
+        for (w, c) in w.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let text = cells
+            .zip(w)
+            .map(|(c, width)| format!("{c:<width$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        let _ = writeln!(out, "{}", text.trim_end());
+    };
+    line(&mut head.iter().copied());
+    for r in rows {
+        line(&mut r.iter().map(String::as_str));
+    }
+}
+
+/// `vtguard status` for people: a table per part.
+pub fn status_text(s: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "vtguard pid {}, started at unix time {}\n",
-        s(&v["pid"]),
-        s(&v["started"])
+        s.pid, s.started
     );
-    let listeners = v["listeners"].as_array().cloned().unwrap_or_default();
+    let listeners: Vec<[String; 8]> = s
+        .listeners
+        .iter()
+        .map(|l| {
+            [
+                l.name.clone(),
+                l.protocol.to_string(),
+                l.listen.to_string(),
+                l.upstream.to_string(),
+                l.tls.to_string(),
+                l.counts.connections.to_string(),
+                l.counts.requests.to_string(),
+                l.counts.refused.to_string(),
+            ]
+        })
+        .collect();
     table(
         &mut out,
-        &[
+        [
             "LISTENER",
             "PROTOCOL",
             "LISTEN",
@@ -403,93 +424,184 @@ pub fn status_text(v: &serde_json::Value) -> String {
             "REQUESTS",
             "REFUSED",
         ],
-        listeners
-            .iter()
-            .map(|l| {
-                [
-                    "name",
-                    "protocol",
-                    "listen",
-                    "upstream",
-                    "tls",
-                    "connections",
-                    "requests",
-                    "refused",
-                ]
-                .iter()
-                .map(|k| s(&l[*k]))
-                .collect()
-            })
-            .collect(),
+        &listeners,
     );
     out.push('\n');
-    let conns = v["connections"].as_array().cloned().unwrap_or_default();
+    let connections: Vec<[String; 4]> = s
+        .connections
+        .iter()
+        .map(|c| {
+            [
+                c.listener.clone(),
+                c.identity.clone(),
+                c.client_connections.to_string(),
+                c.upstream_connections.to_string(),
+            ]
+        })
+        .collect();
     table(
         &mut out,
-        &[
+        [
             "LISTENER",
             "IDENTITY",
             "CLIENT CONNECTIONS",
             "UPSTREAM CONNECTIONS",
         ],
-        conns
-            .iter()
-            .map(|c| {
-                vec![
-                    s(&c["listener"]),
-                    s(&c["identity"]),
-                    s(&c["client_connections"]),
-                    s(&c["upstream_connections"]),
-                ]
-            })
-            .collect(),
+        &connections,
     );
     out.push('\n');
-    match &v["policy"] {
-        serde_json::Value::Null => out.push_str("policy: no table ACL configured\n"),
-        p => {
+    match &s.policy {
+        None => out.push_str("policy: no table ACL configured\n"),
+        Some(p) => {
             let _ = writeln!(
                 out,
                 "policy: version {}, {} table group(s), from {}, loaded at unix time {}; mode {}, strict {}, dry run {}, exempt {}",
-                s(&p["version"]), s(&p["table_groups"]), s(&p["source"]), s(&p["loaded_at"]),
-                s(&p["mode"]), s(&p["strict"]), s(&p["dry_run"]), s(&p["exempt"])
+                p.version, p.table_groups, p.source, p.loaded_at,
+                p.mode, p.strict, p.dry_run, p.exempt.as_deref().unwrap_or("-")
             );
         }
     }
-    match &v["kernel"] {
-        serde_json::Value::Null => {
-            out.push_str("kernel: not configured (upstream ports are not protected)\n")
+    match &s.kernel {
+        None => out.push_str("kernel: not configured (upstream ports are not protected)\n"),
+        Some(KernelReport::Unreadable { error }) => {
+            let _ = writeln!(out, "kernel: {error}");
         }
-        k if !k["error"].is_null() => {
-            let _ = writeln!(out, "kernel: {}", s(&k["error"]));
-        }
-        k => {
-            let links = k["links"].as_array().cloned().unwrap_or_default();
-            let attached: Vec<String> = links
+        Some(KernelReport::Read(k)) => {
+            let attached: Vec<&str> = k
+                .links
                 .iter()
-                .filter(|l| l["attached"] == true)
-                .map(|l| s(&l["program"]))
+                .filter(|l| l.attached)
+                .map(|l| &*l.program)
                 .collect();
+            let ports: Vec<String> = k.protected_ports.iter().map(u16::to_string).collect();
             let _ = writeln!(
                 out,
-                "kernel: {} of {} programs attached [{}] at {}; policy generation {}, protected ports {}, {} grant(s), {} registered socket(s), {} flow(s)",
-                attached.len(), links.len(), attached.join(", "), s(&k["bpffs"]), s(&k["generation"]),
-                s(&k["protected_ports"]), s(&k["grants"]), s(&k["registered_sockets"]), s(&k["flows"])
+                "kernel: {} of {} programs attached [{}] at {}; policy generation {}, protected ports [{}], {} grant(s), {} registered socket(s), {} flow(s)",
+                attached.len(), k.links.len(), attached.join(", "), k.bpffs.display(),
+                k.generation.map_or("-".into(), |g| g.to_string()),
+                ports.join(","), k.grants, k.registered_sockets, k.flows
             );
-            let counters: Vec<String> = k["counters"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
+            let counters: Vec<String> = k
+                .counters
                 .iter()
-                .map(|c| format!("{} {}", s(&c[0]), s(&c[1])))
+                .map(|(name, n)| format!("{name} {n}"))
                 .collect();
             let _ = writeln!(out, "kernel counters: {}", counters.join(", "));
             let _ = writeln!(
                 out,
                 "recent kernel denials: {} (vtguard kernel status lists them)",
-                k["recent_denials"].as_array().map_or(0, Vec::len)
+                k.recent_denials.len()
             );
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{borrow::Cow, collections::BTreeSet};
+
+    use super::*;
+    use crate::{
+        kernel::{Denial, LinkStatus},
+        status::tests::sample,
+    };
+
+    fn kernel() -> KernelReport {
+        KernelReport::Read(KernelStatus {
+            bpffs: "/sys/fs/bpf/vtguard".into(),
+            agent_running: true,
+            links: ["vtg_connect4", "vtg_connect6", "vtg_ingress"]
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| LinkStatus {
+                    program: p.into(),
+                    section: "cgroup".into(),
+                    attached: i != 1,
+                    link_id: Some(i as u32),
+                    program_id: Some(10 + i as u32),
+                })
+                .collect(),
+            maps: vec![(Cow::Borrowed("VTG_FLOWS"), true)],
+            generation: Some(1),
+            protected_ports: BTreeSet::from([16991, 17100]),
+            grants: 4,
+            registered_sockets: 0,
+            flows: 2,
+            counters: vec![("connect_allowed".into(), 9), ("events_lost".into(), 0)],
+            recent_denials: vec![Denial {
+                seq: 1,
+                ts_ns: 5,
+                reason: "unregistered_socket".into(),
+                hook: "connect4".into(),
+                pid: 1,
+                uid: 0,
+                comm: "nc".into(),
+                cgroup_id: 1,
+                cookie: 2,
+                identity: None,
+                destination: "127.0.0.1:16991".parse().expect("addr"),
+                source: None,
+            }],
+        })
+    }
+
+    /// The text the untyped status printed for the same state (before status was a type).
+    #[test]
+    fn text_is_as_before() {
+        assert_eq!(
+            status_text(&sample(Some(kernel()))),
+            "\
+vtguard pid 4242, started at unix time 1700000000
+
+LISTENER       PROTOCOL  LISTEN           UPSTREAM         TLS    CONNECTIONS  REQUESTS  REFUSED
+vttablet       grpc      127.0.0.1:16001  127.0.0.1:16991  true   12           2         1
+mysql-primary  mysql     [::1]:3306       127.0.0.1:17100  false  0            0         0
+
+LISTENER  IDENTITY         CLIENT CONNECTIONS  UPSTREAM CONNECTIONS
+vttablet  vtgate client 1  1                   10
+
+policy: version 2, 3 table group(s), from /etc/vtguard/acl.json, loaded at unix time 1700000100; mode secure, strict true, dry run false, exempt -
+kernel: 2 of 3 programs attached [vtg_connect4, vtg_ingress] at /sys/fs/bpf/vtguard; policy generation 1, protected ports [16991,17100], 4 grant(s), 0 registered socket(s), 2 flow(s)
+kernel counters: connect_allowed 9, events_lost 0
+recent kernel denials: 1 (vtguard kernel status lists them)
+"
+        );
+        let text = status_text(&Status {
+            policy: None,
+            kernel: Some(KernelReport::Unreadable {
+                error: "not root".into(),
+            }),
+            ..sample(None)
+        });
+        assert!(
+            text.ends_with("policy: no table ACL configured\nkernel: not root\n"),
+            "{text}"
+        );
+    }
+
+    /// What the CLI reads is what the agent sent, kernel state included.
+    #[test]
+    fn status_reads_back() {
+        let s = sample(Some(kernel()));
+        let json = serde_json::to_string(&s).expect("encodes");
+        assert_eq!(serde_json::from_str::<Status>(&json).expect("reads"), s);
+    }
+
+    #[test]
+    fn mode_flag_takes_the_two_modes_only() {
+        let parse = |m: &str| {
+            Cli::try_parse_from([
+                "vtguard", "policy", "check", "--user", "u", "--sql", "s", "--mode", m,
+            ])
+        };
+        match parse("vitess").expect("vitess").command {
+            Command::Policy {
+                command: PolicyCommand::Check(a),
+            } => assert_eq!(a.mode, Some(Mode::Vitess)),
+            other => panic!("{other:?}"),
+        }
+        let e = parse("lax").expect_err("lax").to_string();
+        assert!(e.contains("[possible values: secure, vitess]"), "{e}");
+    }
 }

@@ -19,7 +19,6 @@ use std::{
         unix::fs::DirBuilderExt,
     },
     path::{Path, PathBuf},
-    sync::Mutex,
 };
 
 use aya::{
@@ -30,6 +29,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
+use parking_lot::Mutex;
 use tracing::{info, warn};
 use vtguard_common::{
     maps as map_names, programs as prog_names, DenyEvent, FlowKey, FlowValue, COUNTER_SLOTS,
@@ -324,7 +324,7 @@ impl Kernel {
     /// Replaces the kernel policy. Programs see the old policy or the new one, never a mix:
     /// the new one is written into the inactive generation, then the generation flips.
     pub fn apply_policy(&self, policy: &KernelPolicy) -> Result<PolicySummary, Error> {
-        lock(&self.policy).install(policy, &self.identities)
+        self.policy.lock().install(policy, &self.identities)
     }
 
     /// Decision counters, summed over CPUs, in [`vtguard_common::Counter`] order.
@@ -334,12 +334,12 @@ impl Kernel {
 
     /// The number of recorded flows (connections made by registered sockets).
     pub fn flow_count(&self) -> usize {
-        lock(&self.flows).keys().filter(Result::is_ok).count()
+        self.flows.lock().keys().filter(Result::is_ok).count()
     }
 
     /// The name of an identity id, as the kernel maps carry them.
     pub fn identity_name(&self, id: u32) -> Option<String> {
-        lock(&self.identities).name(id).map(str::to_owned)
+        self.identities.lock().name(id).map(str::to_owned)
     }
 }
 
@@ -364,12 +364,6 @@ fn lock_pin_dir(dir: &Path) -> Result<sys::DirLock, Error> {
         .ok_or_else(|| Error::Busy {
             path: dir.to_owned(),
         })
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves the map itself consistent (each kernel
-    // update is one syscall), so a poisoned lock is still safe to use.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn open_map<T>(dir: &Path, name: &'static str) -> Result<T, Error>

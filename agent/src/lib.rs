@@ -11,5 +11,6 @@ pub mod kernel;
 pub mod metrics;
 pub mod proxy;
 pub mod sessions;
+pub mod status;
 pub mod telemetry;
 pub mod tls;

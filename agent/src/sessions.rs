@@ -15,10 +15,11 @@ use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc,
     },
 };
 
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use crate::kernel::KernelPolicy;
@@ -85,16 +86,12 @@ pub struct Cut {
 }
 
 impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
-        // A panic elsewhere while holding the lock leaves a plain map behind: keep going.
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
+        self.open.lock()
     }
 
     fn current(&self) -> Option<Arc<KernelPolicy>> {
-        self.policy
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.policy.lock().clone()
     }
 
     /// Registers a downstream connection of `listener` carrying `identity`, whose upstream is
@@ -129,7 +126,7 @@ impl Sessions {
     /// Makes `policy` the one in force (`applying`: the kernel does not have it yet) and cuts
     /// every session it takes access from.
     pub fn set_policy(&self, policy: &KernelPolicy, applying: bool) -> Vec<Cut> {
-        *self.policy.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(policy.clone()));
+        *self.policy.lock() = Some(Arc::new(policy.clone()));
         self.applying.store(applying, Ordering::Release);
         self.cut_disallowed(policy)
     }

@@ -249,7 +249,7 @@ fn labels(prefix: &str) -> [&'static str; 3] {
 pub struct Reloadable {
     tls: ServerTls,
     current: ArcSwap<ServerConfig>,
-    stamp: std::sync::Mutex<Vec<Option<(SystemTime, u64)>>>,
+    stamp: parking_lot::Mutex<Vec<Option<(SystemTime, u64)>>>,
 }
 
 impl Reloadable {
@@ -260,7 +260,7 @@ impl Reloadable {
         Ok(Self {
             tls,
             current: ArcSwap::from_pointee(config),
-            stamp: std::sync::Mutex::new(stamp),
+            stamp: parking_lot::Mutex::new(stamp),
         })
     }
 
@@ -274,14 +274,14 @@ impl Reloadable {
     pub fn reload(&self, force: bool) -> Result<bool, Error> {
         let now = stamps(&self.tls);
         {
-            let stamp = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
+            let stamp = self.stamp.lock();
             if !force && *stamp == now {
                 return Ok(false);
             }
         }
         let config = server_config(&self.tls)?;
         self.current.store(Arc::new(config));
-        *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        *self.stamp.lock() = now;
         Ok(true)
     }
 }

@@ -140,13 +140,7 @@ async fn handshakes_without_a_good_certificate_are_refused_and_nothing_reaches_t
         (Some("vtgate-client-revoked"), "a revoked certificate"),
         (Some("vtgate-client-expired"), "an expired certificate"),
     ] {
-        let failed = || {
-            l.proxy
-                .core()
-                .stats
-                .handshakes_failed
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
+        let failed = || l.proxy.status().counts.handshakes_failed;
         let before = failed();
         let outcome = match tls_channel(&pki, l.addr, client).await {
             Err(e) => format!("connect error: {e}"),

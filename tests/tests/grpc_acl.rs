@@ -264,12 +264,5 @@ async fn dry_run_counts_would_be_denials_and_denies_nothing() {
         rows(&r.result.expect("result")),
         vec!["vtgate client 2|localhost,vtgate client 2"]
     );
-    assert_eq!(
-        l.proxy
-            .core()
-            .stats
-            .acl_dry_run_denials
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(l.proxy.status().counts.acl_dry_run_denials, 1);
 }

@@ -2,29 +2,30 @@
 //! RECENT map so that `vtguard kernel status` can show the last ones.
 
 use std::{
+    borrow::Cow,
     fmt,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::atomic::{AtomicU64, Ordering},
 };
 
 use aya::maps::{MapData, RingBuf};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tracing::warn;
 use vtguard_common::{
     DenyEvent, DenyReason, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_INGRESS, RECENT_SLOTS,
 };
 
-use super::{lock, Error, Kernel};
+use super::{Error, Kernel};
 
 /// A denial as a person reads it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Denial {
     pub seq: u64,
     /// Monotonic kernel time (ns).
     pub ts_ns: u64,
-    pub reason: &'static str,
-    pub hook: &'static str,
+    pub reason: Cow<'static, str>,
+    pub hook: Cow<'static, str>,
     pub pid: u32,
     pub uid: u32,
     pub comm: String,
@@ -55,8 +56,8 @@ impl Denial {
         Denial {
             seq: ev.seq,
             ts_ns: ev.ts_ns,
-            reason,
-            hook,
+            reason: reason.into(),
+            hook: hook.into(),
             pid: ev.pid,
             uid: ev.uid,
             comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
@@ -164,7 +165,7 @@ impl LogLimiter {
 impl Kernel {
     /// Takes the event ring buffer (once). Needs a tokio runtime.
     pub fn event_reader(&self) -> Result<EventReader<'_>, Error> {
-        let ring = lock(&self.events).take().ok_or_else(|| {
+        let ring = self.events.lock().take().ok_or_else(|| {
             Error::Socket(std::io::Error::other("the event reader was already taken"))
         })?;
         // SAFETY: the ring buffer owns its descriptor and lives inside the AsyncFd, so the
@@ -188,7 +189,7 @@ impl Kernel {
 
     /// The last denials kept in the pinned RECENT map, oldest first.
     pub fn recent_denials(&self) -> Vec<Denial> {
-        let recent = lock(&self.recent);
+        let recent = self.recent.lock();
         let mut out: Vec<Denial> = (0..RECENT_SLOTS)
             .filter_map(|i| recent.get(&i, 0).ok())
             .filter(|ev| ev.seq != 0)
@@ -229,13 +230,13 @@ impl EventReader<'_> {
         let d = Denial::from_event(&ev, |id| self.kernel.identity_name(id));
         self.kernel.count_denial(ev.reason);
         let slot = (ev.seq % u64::from(RECENT_SLOTS)) as u32;
-        let _ = lock(&self.kernel.recent).set(slot, ev, 0);
+        let _ = self.kernel.recent.lock().set(slot, ev, 0);
         if !self.limiter.allow() {
             return;
         }
         warn!(
-            reason = d.reason,
-            hook = d.hook,
+            reason = &*d.reason,
+            hook = &*d.hook,
             pid = d.pid,
             uid = d.uid,
             comm = %d.comm,

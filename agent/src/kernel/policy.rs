@@ -4,11 +4,11 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     path::Path,
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
 use aya::maps::{Array, HashMap, MapData};
+use parking_lot::Mutex;
 use vtguard_common::{maps as map_names, protected_slot, AccessKey};
 
 use super::{open_map, Error};
@@ -113,7 +113,7 @@ impl PolicyMaps {
             }
         }
         let grants: Vec<(u16, u32)> = {
-            let mut ids = super::lock(ids);
+            let mut ids = ids.lock();
             policy
                 .access
                 .iter()

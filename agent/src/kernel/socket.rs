@@ -12,17 +12,18 @@ use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     os::fd::{AsFd, BorrowedFd},
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
 use aya::maps::{HashMap, MapData};
+use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use vtguard_common::{maps as map_names, FlowKey, FlowValue, SocketEntry, FLOW_LINGER_NS};
 
-use super::{lock, sys, Error, Kernel};
+use super::{sys, Error, Kernel};
 
 /// How long a looked-up route source address is reused.
 const ROUTE_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -52,7 +53,7 @@ impl Registration<'_> {
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         // Fails only when the entry is already gone.
-        let _ = lock(&self.kernel.sockets).remove(&self.cookie);
+        let _ = self.kernel.sockets.lock().remove(&self.cookie);
     }
 }
 
@@ -77,7 +78,7 @@ impl Drop for FlowRecord {
     fn drop(&mut self) {
         let mut value = self.value;
         value.expires_ns = monotonic_ns() + FLOW_LINGER_NS;
-        let _ = lock(&self.flows).insert(self.key, value, 0);
+        let _ = self.flows.lock().insert(self.key, value, 0);
     }
 }
 
@@ -166,7 +167,7 @@ impl Kernel {
         identity: &str,
     ) -> Result<Registration<'_>, Error> {
         let cookie = sys::socket_cookie(socket).map_err(Error::Socket)?;
-        let id = lock(&self.identities).id(identity);
+        let id = self.identities.lock().id(identity);
         self.insert_socket(cookie, id)?;
         Ok(Registration {
             kernel: self,
@@ -175,7 +176,8 @@ impl Kernel {
     }
 
     fn insert_socket(&self, cookie: u64, identity: u32) -> Result<(), Error> {
-        lock(&self.sockets)
+        self.sockets
+            .lock()
             .insert(cookie, SocketEntry { identity, _pad: 0 }, 0)
             .map_err(|source| Error::MapOp {
                 name: map_names::SOCKETS,
@@ -243,11 +245,12 @@ impl Kernel {
         };
         let value = FlowValue {
             cookie: registration.cookie,
-            identity: lock(&self.identities).id(identity),
+            identity: self.identities.lock().id(identity),
             _pad: 0,
             expires_ns: 0,
         };
-        lock(&self.flows)
+        self.flows
+            .lock()
             .insert(key, value, 0)
             .map_err(|source| Error::MapOp {
                 name: map_names::FLOWS,
@@ -264,7 +267,7 @@ impl Kernel {
     /// The source address for `dest`, from a short-lived cache: upstreams are few and routes
     /// change rarely, and each lookup costs a socket and a connect().
     fn route_source(&self, dest: SocketAddr) -> Result<IpAddr, Error> {
-        let mut cache = lock(&self.route_sources);
+        let mut cache = self.route_sources.lock();
         if let Some((source, at)) = cache.get(&dest.ip()) {
             if at.elapsed() < ROUTE_CACHE_TTL {
                 return Ok(*source);
@@ -282,7 +285,7 @@ impl Kernel {
     /// cookies no socket will ever have (the kernel counts cookies up from 1).
     #[doc(hidden)]
     pub fn insert_synthetic_sockets(&self, n: u32, identity: &str) -> Result<(), Error> {
-        let id = lock(&self.identities).id(identity);
+        let id = self.identities.lock().id(identity);
         for i in 0..u64::from(n) {
             self.insert_socket(u64::MAX - i, id)?;
         }

@@ -2,6 +2,7 @@
 //! without a running agent.
 
 use std::{
+    borrow::Cow,
     collections::BTreeSet,
     fmt, fs,
     os::fd::AsFd,
@@ -12,7 +13,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::links::{FdLink, PinnedLink},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vtguard_common::{
     maps as map_names, AccessKey, Counter, DenyEvent, FlowKey, FlowValue, SocketEntry, RECENT_SLOTS,
 };
@@ -20,29 +21,30 @@ use vtguard_common::{
 use super::{events::Denial, link_pin, open_map, read_counters, sys, Error, PROGRAMS};
 
 /// One program's link, as pinned.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkStatus {
-    pub program: &'static str,
-    pub section: &'static str,
+    pub program: Cow<'static, str>,
+    pub section: Cow<'static, str>,
     pub attached: bool,
     pub link_id: Option<u32>,
     pub program_id: Option<u32>,
 }
 
-/// What is pinned under a bpffs folder, and what it has done.
-#[derive(Debug, Clone, Serialize)]
+/// What is pinned under a bpffs folder, and what it has done. Names are `Cow` so that
+/// `vtguard status` can read the agent's report back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelStatus {
     pub bpffs: PathBuf,
     /// Whether an agent holds the folder right now.
     pub agent_running: bool,
     pub links: Vec<LinkStatus>,
-    pub maps: Vec<(&'static str, bool)>,
+    pub maps: Vec<(Cow<'static, str>, bool)>,
     pub generation: Option<u32>,
     pub protected_ports: BTreeSet<u16>,
     pub grants: usize,
     pub registered_sockets: usize,
     pub flows: usize,
-    pub counters: Vec<(&'static str, u64)>,
+    pub counters: Vec<(Cow<'static, str>, u64)>,
     pub recent_denials: Vec<Denial>,
 }
 
@@ -67,8 +69,8 @@ impl KernelStatus {
                     .ok()
                     .and_then(|p| FdLink::from(p).info().ok());
                 LinkStatus {
-                    program,
-                    section,
+                    program: program.into(),
+                    section: section.into(),
                     // A detached cgroup link keeps its id but loses its program.
                     attached: info.as_ref().is_some_and(|i| i.program_id() != 0),
                     link_id: info.as_ref().map(|i| i.id()),
@@ -78,7 +80,7 @@ impl KernelStatus {
             .collect();
         let maps = map_names::ALL
             .iter()
-            .map(|&n| (n, dir.join(n).exists()))
+            .map(|&n| (n.into(), dir.join(n).exists()))
             .collect();
         let mut st = KernelStatus {
             bpffs: dir.to_owned(),
@@ -123,7 +125,7 @@ impl KernelStatus {
             let values = read_counters(&c)?;
             st.counters = Counter::ALL
                 .iter()
-                .map(|c| (c.as_str(), values[*c as usize]))
+                .map(|c| (c.as_str().into(), values[*c as usize]))
                 .collect();
         }
         if let Ok(r) = open_map::<Array<MapData, DenyEvent>>(dir, map_names::RECENT) {
@@ -172,7 +174,7 @@ impl fmt::Display for KernelStatus {
             .maps
             .iter()
             .filter(|(_, p)| !p)
-            .map(|(n, _)| *n)
+            .map(|(n, _)| &**n)
             .collect();
         if missing.is_empty() {
             writeln!(f, "maps:       {} pinned", self.maps.len())?;

@@ -10,7 +10,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     convert::Infallible,
     net::SocketAddr,
-    sync::{atomic::Ordering, Arc},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -28,12 +28,14 @@ use vtguard_proto::{query, vtrpc};
 
 use self::methods::{Method, Rewrite, Route, Sql};
 use super::{
-    listener::{self, Core, Deps, DialError, ListenerConfig, Outcome, Protocol, TlsRefusal},
+    listener::{self, Core, Deps, DialError, ListenerConfig, Serve, TlsRefusal},
     AsyncReadWrite,
 };
 use crate::{
     acl::Decision,
     identity::{self, EffectiveCallerId, Identity},
+    metrics::{Handshake, RequestDecision},
+    status::{ListenerStatus, Protocol},
     tls::{self, ServerTls, UpstreamTls},
 };
 
@@ -99,7 +101,7 @@ impl GrpcProxy {
         cfg: &GrpcConfig,
         deps: Deps,
     ) -> Result<Self, listener::Error> {
-        let core = Core::new(listener, "grpc", cfg.tls.as_ref(), |e| e, deps)?;
+        let core = Core::new(listener, Protocol::Grpc, cfg.tls.as_ref(), |e| e, deps)?;
         let prefix = match cfg.service {
             GrpcService::Vttablet => "tablet-grpc",
             GrpcService::Vtgate => "vtgate-grpc",
@@ -147,11 +149,11 @@ impl GrpcProxy {
         let (name, timeout) = (&self.core.name, self.cfg.handshake_timeout);
         match tokio::time::timeout(timeout, self.core.accept_tls(tcp)).await {
             Ok(Ok((tls, identity))) => {
-                self.core.handshake_ended(Outcome::Ok);
+                self.core.metrics.handshake(Handshake::Ok);
                 Some((Box::new(tls), identity))
             }
             Ok(Err(e)) => {
-                self.core.handshake_ended(Outcome::Refused);
+                self.core.metrics.handshake(Handshake::Refused);
                 match e {
                     TlsRefusal::Handshake(e) => {
                         info!(listener = %name, %peer, error = %e, "TLS handshake refused")
@@ -163,7 +165,7 @@ impl GrpcProxy {
                 None
             }
             Err(_) => {
-                self.core.handshake_ended(Outcome::Timeout);
+                self.core.metrics.handshake(Handshake::Timeout);
                 info!(listener = %name, %peer, ?timeout, "TLS handshake timed out");
                 None
             }
@@ -243,7 +245,7 @@ impl GrpcProxy {
     }
 }
 
-impl Protocol for GrpcProxy {
+impl Serve for GrpcProxy {
     fn core(&self) -> &Core {
         &self.core
     }
@@ -252,8 +254,8 @@ impl Protocol for GrpcProxy {
         self.serve_connection(tcp, peer).await
     }
 
-    fn status_extra(&self, status: &mut serde_json::Map<String, serde_json::Value>) {
-        status.insert("service".into(), self.cfg.service.as_str().into());
+    fn status_extra(&self, status: &mut ListenerStatus) {
+        status.service = Some(self.cfg.service.as_str().to_owned());
     }
 }
 
@@ -310,7 +312,6 @@ impl Conn {
         let start = Instant::now();
         let p = &self.proxy;
         let name = &p.core.name;
-        p.core.stats.requests.fetch_add(1, Ordering::Relaxed);
         let path = req.uri().path().to_owned();
         let route = methods::route(p.cfg.service, &path, &VTTABLET_OTHER_SERVICES);
         let result = self.forward(req, &route).await;
@@ -321,11 +322,11 @@ impl Conn {
             Route::Refused(_) => "unknown",
         };
         let decision = if result.is_ok() {
-            "forwarded"
+            RequestDecision::Forwarded
         } else {
-            "refused"
+            RequestDecision::Refused
         };
-        crate::metrics::metrics().request(name, method, decision, latency);
+        p.core.metrics.request(method, decision, latency);
         match result {
             Ok(f) => {
                 if !p.cfg.query_log {
@@ -350,7 +351,6 @@ impl Conn {
                 })
             }
             Err(r) => {
-                p.core.stats.refused.fetch_add(1, Ordering::Relaxed);
                 let code = r.status.code() as u16;
                 if p.cfg.query_log {
                     query_log(

@@ -3,19 +3,11 @@
 //! registering connections with the session registry, and opening the upstream connection
 //! through the kernel's registered-socket path.
 //!
-//! A protocol (gRPC, MySQL) implements [`Protocol`]: it serves one accepted connection with
+//! A protocol (gRPC, MySQL) implements [`Serve`]: it serves one accepted connection with
 //! the [`Core`] it is built on. The agent holds every listener as a [`Listener`] trait object.
 
 use std::{
-    collections::BTreeSet,
-    future::Future,
-    net::SocketAddr,
-    pin::Pin,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::Duration,
+    collections::BTreeSet, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
 };
 
 use tokio::{
@@ -34,7 +26,9 @@ use crate::{
     acl::{Decision, Enforcer},
     identity::{self, Identity},
     kernel::{self, Kernel},
+    metrics::ListenerMetrics,
     sessions::{Session, Sessions},
+    status::{ListenerStatus, Protocol},
     tls::{self, Reloadable, ServerTls},
 };
 
@@ -107,40 +101,6 @@ pub enum TlsRefusal {
     Certificate(identity::Error),
 }
 
-/// How a handshake ended (`vtguard_handshakes_total{outcome}`; on MySQL, the whole login).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    Refused,
-    Timeout,
-}
-
-impl Outcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Refused => "refused",
-            Self::Timeout => "timeout",
-        }
-    }
-}
-
-/// Counters of one listener.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub connections: AtomicU64,
-    /// Connections whose TLS handshake (MySQL: login) did not succeed.
-    pub handshakes_failed: AtomicU64,
-    /// MySQL sessions that logged in.
-    pub logins: AtomicU64,
-    /// gRPC requests; MySQL commands checked by the table ACL.
-    pub requests: AtomicU64,
-    /// Requests or commands answered with an error by vtguard.
-    pub refused: AtomicU64,
-    /// Requests a dry-run table ACL would have denied.
-    pub acl_dry_run_denials: AtomicU64,
-}
-
 /// What the agent hands every listener it starts.
 #[derive(Clone)]
 pub struct Deps {
@@ -166,8 +126,9 @@ pub struct Core {
     pub protected: bool,
     pub acl: Option<Arc<Enforcer>>,
     sessions: Arc<Sessions>,
-    protocol: &'static str,
-    pub stats: Stats,
+    protocol: Protocol,
+    /// Where the listener counts; `vtguard status` reads the same counters.
+    pub metrics: ListenerMetrics,
 }
 
 impl Core {
@@ -175,7 +136,7 @@ impl Core {
     /// names.
     pub fn new(
         cfg: &ListenerConfig,
-        protocol: &'static str,
+        protocol: Protocol,
         server_tls: Option<&ServerTls>,
         relabel: fn(tls::Error) -> tls::Error,
         deps: Deps,
@@ -199,7 +160,7 @@ impl Core {
             acl: deps.acl,
             sessions: deps.sessions,
             protocol,
-            stats: Stats::default(),
+            metrics: crate::metrics::metrics().listener(&cfg.name, protocol),
         })
     }
 
@@ -221,20 +182,6 @@ impl Core {
                 warn!(listener = %self.name, error = %e, "TLS reload failed; the previous certificates stay in use")
             }
         }
-    }
-
-    /// Counts a new connection.
-    fn connected(&self) {
-        self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::metrics().connection(&self.name, self.protocol);
-    }
-
-    /// Counts how a handshake ended.
-    pub fn handshake_ended(&self, outcome: Outcome) {
-        if outcome != Outcome::Ok {
-            self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-        }
-        crate::metrics::metrics().handshake(&self.name, outcome.as_str());
     }
 
     /// The TLS handshake on `io` with the current certificates, and the identity of the
@@ -314,42 +261,30 @@ impl Core {
     /// Makes a table-ACL decision visible to operators: a denial is counted by table,
     /// identity and reason; a dry-run would-be denial is logged and counted.
     pub fn account(&self, identity: &str, d: &Decision) {
-        let m = crate::metrics::metrics();
         if let Decision::Deny { table, .. } = d {
-            let reason = if table.is_some() { "acl" } else { "statement" };
-            m.acl_denial(&self.name, table.as_deref().unwrap_or(""), identity, reason);
+            self.metrics.acl_denial(table.as_deref(), identity);
         } else if let Some(would) = d.would_deny() {
-            self.stats
-                .acl_dry_run_denials
-                .fetch_add(1, Ordering::Relaxed);
-            m.acl_denial(&self.name, "", identity, "dry_run");
+            self.metrics.dry_run_denial(identity);
             warn!(listener = %self.name, identity = %identity, "table ACL dry run: {would}");
         }
     }
 
-    /// What `vtguard status` shows of every listener; the protocol adds its own keys.
-    pub fn status(&self) -> serde_json::Map<String, serde_json::Value> {
-        let n = |c: &AtomicU64| serde_json::Value::from(c.load(Ordering::Relaxed));
-        let mut m = serde_json::Map::new();
-        m.insert("name".into(), self.name.clone().into());
-        m.insert("protocol".into(), self.protocol.into());
-        m.insert("listen".into(), self.listen.to_string().into());
-        m.insert("upstream".into(), self.upstream.to_string().into());
-        m.insert("tls".into(), self.tls.is_some().into());
-        m.insert("connections".into(), n(&self.stats.connections));
-        m.insert("handshakes_failed".into(), n(&self.stats.handshakes_failed));
-        m.insert("requests".into(), n(&self.stats.requests));
-        m.insert("refused".into(), n(&self.stats.refused));
-        m.insert(
-            "acl_dry_run_denials".into(),
-            n(&self.stats.acl_dry_run_denials),
-        );
-        m
+    /// What `vtguard status` shows of every listener; the protocol adds its own part.
+    pub fn status(&self) -> ListenerStatus {
+        ListenerStatus {
+            name: self.name.clone(),
+            protocol: self.protocol,
+            service: None,
+            listen: self.listen,
+            upstream: self.upstream,
+            tls: self.tls.is_some(),
+            counts: self.metrics.counts(),
+        }
     }
 }
 
 /// A protocol served on a [`Core`].
-pub trait Protocol: Send + Sync + 'static {
+pub trait Serve: Send + Sync + 'static {
     /// The listener's shared part.
     fn core(&self) -> &Core;
 
@@ -360,28 +295,28 @@ pub trait Protocol: Send + Sync + 'static {
         peer: SocketAddr,
     ) -> impl Future<Output = ()> + Send + 'static;
 
-    /// The protocol's own keys in `vtguard status`.
-    fn status_extra(&self, _status: &mut serde_json::Map<String, serde_json::Value>) {}
+    /// The protocol's own part of `vtguard status`.
+    fn status_extra(&self, _status: &mut ListenerStatus) {}
 }
 
 /// A running listener of any protocol, as the agent holds it.
 pub trait Listener: Send + Sync {
     fn core(&self) -> &Core;
     /// What `vtguard status` shows of it.
-    fn status(&self) -> serde_json::Value;
+    fn status(&self) -> ListenerStatus;
     /// Accepts connections until the task is dropped, each handled on a task of its own.
     fn serve(self: Arc<Self>, socket: TcpListener) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
-impl<P: Protocol> Listener for P {
+impl<P: Serve> Listener for P {
     fn core(&self) -> &Core {
-        Protocol::core(self)
+        Serve::core(self)
     }
 
-    fn status(&self) -> serde_json::Value {
-        let mut m = Protocol::core(self).status();
-        self.status_extra(&mut m);
-        serde_json::Value::Object(m)
+    fn status(&self) -> ListenerStatus {
+        let mut s = Serve::core(self).status();
+        self.status_extra(&mut s);
+        s
     }
 
     fn serve(self: Arc<Self>, socket: TcpListener) -> Pin<Box<dyn Future<Output = ()> + Send>> {
@@ -390,12 +325,12 @@ impl<P: Protocol> Listener for P {
                 match socket.accept().await {
                     Ok((tcp, peer)) => {
                         let _ = tcp.set_nodelay(true);
-                        Protocol::core(&*self).connected();
+                        Serve::core(&*self).metrics.connection();
                         tokio::spawn(Arc::clone(&self).connection(tcp, peer));
                     }
                     Err(e) => {
                         // Out of descriptors and the like: back off rather than spin.
-                        warn!(listener = %Protocol::core(&*self).name, error = %e, "accept failed");
+                        warn!(listener = %Serve::core(&*self).name, error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }

@@ -50,10 +50,12 @@ use self::{
     handshake::{cap, Greeting, Login},
     packet::Header,
 };
-use super::listener::{self, Core, Deps, DialError, ListenerConfig, Outcome, Protocol, TlsRefusal};
+use super::listener::{self, Core, Deps, DialError, ListenerConfig, Serve, TlsRefusal};
 use crate::{
     acl::{Decision, Role},
     identity::Identity,
+    metrics::{Handshake, RequestDecision},
+    status::Protocol,
     tls::{self, ServerTls},
 };
 
@@ -352,7 +354,13 @@ impl MysqlProxy {
         cfg: &MysqlConfig,
         deps: Deps,
     ) -> Result<Self, listener::Error> {
-        let core = Core::new(listener, "mysql", cfg.tls.as_ref(), mysql_labels, deps)?;
+        let core = Core::new(
+            listener,
+            Protocol::Mysql,
+            cfg.tls.as_ref(),
+            mysql_labels,
+            deps,
+        )?;
         info!(
             listener = %listener.name,
             tls = cfg.tls.is_some(),
@@ -385,21 +393,20 @@ impl MysqlProxy {
         let (core, timeout) = (&self.core, self.cfg.handshake_timeout);
         let session = match tokio::time::timeout(timeout, self.handshake(tcp)).await {
             Ok(Ok(s)) => {
-                core.handshake_ended(Outcome::Ok);
+                core.metrics.handshake(Handshake::Ok);
                 s
             }
             Ok(Err(reason)) => {
-                core.handshake_ended(Outcome::Refused);
+                core.metrics.handshake(Handshake::Refused);
                 info!(listener = %core.name, %peer, reason = %reason, "connection refused");
                 return;
             }
             Err(_) => {
-                core.handshake_ended(Outcome::Timeout);
+                core.metrics.handshake(Handshake::Timeout);
                 info!(listener = %core.name, %peer, ?timeout, "connection closed: handshake not finished within handshake-timeout-seconds");
                 return;
             }
         };
-        core.stats.logins.fetch_add(1, Ordering::Relaxed);
         info!(listener = %core.name, %peer, identity = %session.identity, tls = session.tls, "accepted");
         let identity = session.identity.clone();
         // Both ends carry the identity: policy that takes it away closes the connection.
@@ -755,14 +762,15 @@ impl MysqlProxy {
             let refusal = self.refusal(command, &payload, id);
             if let Some(name) = com::checked_name(command) {
                 let decision = if refusal.is_some() {
-                    "refused"
+                    RequestDecision::Refused
                 } else {
-                    "forwarded"
+                    RequestDecision::Forwarded
                 };
-                crate::metrics::metrics().command(&self.core.name, name, decision);
+                self.core.metrics.command(name, decision);
+            } else if refusal.is_some() {
+                self.core.metrics.refused_outright();
             }
             if let Some(refusal) = refusal {
-                self.core.stats.refused.fetch_add(1, Ordering::Relaxed);
                 let message = refusal.message();
                 info!(listener = %self.core.name, identity = %id, command = format!("{command:#04x}"), message = %message, "denied");
                 let (code, sqlstate) = refusal.code();
@@ -808,16 +816,13 @@ impl MysqlProxy {
                 let rest = &payload[1..];
                 let table = &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())];
                 match std::str::from_utf8(table) {
-                    Ok(t) => {
-                        self.core.stats.requests.fetch_add(1, Ordering::Relaxed);
-                        self.core.acl.as_ref()?.check_table(
-                            &id.username,
-                            &id.groups,
-                            "Select",
-                            Role::Reader,
-                            t,
-                        )
-                    }
+                    Ok(t) => self.core.acl.as_ref()?.check_table(
+                        &id.username,
+                        &id.groups,
+                        "Select",
+                        Role::Reader,
+                        t,
+                    ),
                     Err(_) => return Some(CommandRefusal::NotUtf8("table name")),
                 }
             }
@@ -831,7 +836,6 @@ impl MysqlProxy {
     }
 
     fn check(&self, id: &Identity, sql: &str) -> Decision {
-        self.core.stats.requests.fetch_add(1, Ordering::Relaxed);
         match &self.core.acl {
             Some(acl) => acl.check(&id.username, &id.groups, sql),
             None => Decision::Allow {
@@ -841,18 +845,13 @@ impl MysqlProxy {
     }
 }
 
-impl Protocol for MysqlProxy {
+impl Serve for MysqlProxy {
     fn core(&self) -> &Core {
         &self.core
     }
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         self.serve_connection(tcp, peer).await
-    }
-
-    fn status_extra(&self, status: &mut serde_json::Map<String, serde_json::Value>) {
-        let logins = self.core.stats.logins.load(Ordering::Relaxed);
-        status.insert("logins".into(), logins.into());
     }
 }
 
