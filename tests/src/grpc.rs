@@ -3,53 +3,14 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use vtguard_agent::{kernel::Kernel, proxy::grpc::GrpcProxy};
+use vtguard_agent::kernel::Kernel;
 
-use crate::pki::Pki;
+use crate::{inproc::GrpcListener, pki::Pki};
 
-/// A listener serving on 127.0.0.1 (any free port); stops when dropped.
-pub struct TestListener {
-    pub addr: SocketAddr,
-    pub proxy: Arc<GrpcProxy>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TestListener {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Starts the `[[listener]]` described by `toml` (its `listen` may use port 0).
-pub async fn start_listener(toml: &str, kernel: Option<Arc<Kernel>>) -> TestListener {
-    let (config, protected, acl) = crate::listener_parts(toml);
-    let l = &config.listeners[0];
-    let proxy = Arc::new(
-        GrpcProxy::new(l, kernel, protected, acl, Default::default()).expect("listener starts"),
-    );
-    let socket = proxy.bind(l.listen).await.expect("bind listener");
-    let addr = socket.local_addr().expect("addr");
-    let task = tokio::spawn(Arc::clone(&proxy).serve(socket));
-    TestListener { addr, proxy, task }
-}
-
-/// A `[[listener]]` block: mTLS with the PKI's "localhost" server certificate and the vtgate
-/// client CA (plus `extra` lines).
-pub fn mtls_listener(pki: &Pki, service: &str, upstream: SocketAddr, extra: &str) -> String {
-    format!(
-        "[[listener]]\nname = \"test\"\nprotocol = \"grpc\"\nservice = \"{service}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\ngrpc-cert = \"{}\"\ngrpc-key = \"{}\"\ngrpc-ca = \"{}\"\ngrpc-crl = \"{}\"\nquery-log = true\n{extra}",
-        pki.path("localhost.pem").display(),
-        pki.path("localhost.key").display(),
-        pki.path("vtgate-client-ca.pem").display(),
-        pki.path("vtgate-client-ca.crl").display(),
-    )
-}
-
-/// A plaintext `[[listener]]` block (plus `extra` lines).
-pub fn plaintext_listener(service: &str, upstream: SocketAddr, extra: &str) -> String {
-    format!(
-        "[[listener]]\nname = \"plain\"\nprotocol = \"grpc\"\nservice = \"{service}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\ninsecure-plaintext = true\nquery-log = true\n{extra}"
-    )
+/// Starts the gRPC `[[listener]]` described by `toml` (built with
+/// [`crate::fixtures::Listener`]; its `listen` may use port 0).
+pub async fn start_listener(toml: &str, kernel: Option<Arc<Kernel>>) -> GrpcListener {
+    crate::inproc::start_grpc(toml, kernel).await
 }
 
 /// A TLS channel to `addr` trusting the PKI's root, presenting client `client` (a PKI file

@@ -4,21 +4,26 @@
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::Arc,
     time::Duration,
 };
 
-use vtguard_agent::{kernel::Kernel, proxy::mysql::MysqlProxy};
+use vtguard_agent::kernel::Kernel;
 
-use crate::{free_port, is_ci, pki::Pki};
+use crate::{
+    fixtures::{Acl, Listener},
+    free_port,
+    inproc::MysqlListener,
+    pki::Pki,
+};
 
 /// What a MariaDB server for tests needs on the machine.
 pub const MARIADB_PROGRAMS: [&str; 3] = ["mariadbd", "mariadb-install-db", "mariadb"];
 
-/// Whether the MariaDB server and client are installed; prints why a test skips (or panics
-/// under CI, where `cargo xtask test` installs them).
+/// Whether the MariaDB server and client are installed; otherwise the test skips
+/// ([`crate::skip`]: a failure under CI, where `cargo xtask test` installs them).
 pub fn mariadb_available(test: &str) -> bool {
     let missing: Vec<&str> = MARIADB_PROGRAMS
         .into_iter()
@@ -27,17 +32,16 @@ pub fn mariadb_available(test: &str) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let why = format!(
-        "{missing:?} not installed (apt-get install -y mariadb-server mariadb-client; `cargo xtask test` does it)"
+    crate::skip(
+        test,
+        &format!(
+            "{missing:?} not installed (apt-get install -y mariadb-server mariadb-client; `cargo xtask test` does it)"
+        ),
     );
-    if is_ci() {
-        panic!("{test}: cannot run under CI: {why}");
-    }
-    eprintln!("SKIP {test}: {why}");
     false
 }
 
-/// Whether python3 has `module`; prints why a test skips (panics under CI).
+/// Whether python3 has `module`; otherwise the test skips ([`crate::skip`]).
 pub fn python_has(test: &str, module: &str) -> bool {
     let ok = Command::new("python3")
         .args(["-c", &format!("import {module}")])
@@ -45,11 +49,7 @@ pub fn python_has(test: &str, module: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        let why = format!("python3 cannot import {module} (python3 -m pip install PyMySQL mysql-connector-python; `cargo xtask test` does it)");
-        if is_ci() {
-            panic!("{test}: cannot run under CI: {why}");
-        }
-        eprintln!("SKIP {test}: {why}");
+        crate::skip(test, &format!("python3 cannot import {module} (python3 -m pip install PyMySQL mysql-connector-python; `cargo xtask test` does it)"));
     }
     ok
 }
@@ -196,21 +196,9 @@ impl Drop for MariaDb {
     }
 }
 
-/// A MySQL listener serving on 127.0.0.1 (any free port); stops when dropped.
-pub struct TestListener {
-    pub addr: SocketAddr,
-    pub proxy: Arc<MysqlProxy>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TestListener {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Starts the `[[listener]]` described by `toml` (its `listen` may use port 0).
-pub async fn start_listener(toml: &str, kernel: Option<Arc<Kernel>>) -> TestListener {
+/// Starts the MySQL `[[listener]]` described by `toml` (built with
+/// [`crate::fixtures::Listener`]; its `listen` may use port 0).
+pub async fn start_listener(toml: &str, kernel: Option<Arc<Kernel>>) -> MysqlListener {
     start_listener_with(toml, kernel, Default::default()).await
 }
 
@@ -219,61 +207,34 @@ pub async fn start_listener_with(
     toml: &str,
     kernel: Option<Arc<Kernel>>,
     sessions: Arc<vtguard_agent::sessions::Sessions>,
-) -> TestListener {
-    let (config, protected, acl) = crate::listener_parts(toml);
-    let l = &config.listeners[0];
-    let proxy =
-        Arc::new(MysqlProxy::new(l, kernel, protected, acl, sessions).expect("listener starts"));
-    let socket = proxy.bind(l.listen).await.expect("bind listener");
-    let addr = socket.local_addr().expect("addr");
-    let task = tokio::spawn(Arc::clone(&proxy).serve(socket));
-    TestListener { addr, proxy, task }
+) -> MysqlListener {
+    crate::inproc::start_mysql(toml, kernel, sessions).await
 }
 
-/// A `[[listener]]` block: TLS with the PKI's "localhost" certificate, client certificates
-/// from the vtgate client CA required, clientcert identity (plus `extra` lines).
-pub fn mtls_listener(pki: &Pki, upstream: SocketAddr, extra: &str) -> String {
-    format!(
-        "[[listener]]\nname = \"mysql\"\nprotocol = \"mysql\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nmysql-server-ssl-cert = \"{}\"\nmysql-server-ssl-key = \"{}\"\nmysql-server-ssl-ca = \"{}\"\nmysql-server-ssl-crl = \"{}\"\n{extra}",
-        pki.path("localhost.pem").display(),
-        pki.path("localhost.key").display(),
-        pki.path("vtgate-client-ca.pem").display(),
-        pki.path("vtgate-client-ca.crl").display(),
-    )
-}
-
-/// A `[tableacl]` section (strict) over `file`, holding Vitess's reference ACL: table
-/// `vt_insert_test` for "vtgate client 1" only.
-pub fn reference_acl(dir: &Path) -> String {
-    let file = dir.join("acl.json");
-    std::fs::write(
-        &file,
-        r#"{"table_groups": [{"name": "g", "table_names_or_prefixes": ["vt_insert_test", "seq_%"],
-            "readers": ["vtgate client 1", "pw"], "writers": ["pw"], "admins": []}]}"#,
-    )
-    .expect("write ACL");
-    format!(
-        "[tableacl]\ntable-acl-config = \"{}\"\nqueryserver-config-strict-table-acl = true\n",
-        file.display()
-    )
+/// A MySQL mTLS listener in front of `upstream` whose identity is the client certificate's
+/// CN (`mysql-auth-server-impl = "clientcert"`).
+pub fn clientcert(pki: &Pki, upstream: SocketAddr) -> Listener {
+    Listener::mysql(upstream)
+        .mtls(pki)
+        .extra("mysql-auth-server-impl = \"clientcert\"\n")
 }
 
 /// A test's MariaDB, PKI, and listener.
 pub struct Setup {
     pub db: MariaDb,
     pub pki: Pki,
-    pub l: TestListener,
+    pub l: MysqlListener,
 }
 
-/// MariaDB and, in front of it, a clientcert listener ([`mtls_listener`]) with the reference
-/// table ACL ([`reference_acl`]).
+/// MariaDB and, in front of it, a clientcert mTLS listener with the MySQL reference table ACL
+/// ([`Acl::mysql_reference`]).
 pub async fn clientcert_setup() -> Setup {
     let db = MariaDb::start();
     let pki = Pki::generate();
     let toml = format!(
         "{}{}",
-        reference_acl(pki.dir()),
-        mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n")
+        Acl::mysql_reference().section(pki.dir()),
+        clientcert(&pki, db.addr()).toml()
     );
     let l = start_listener(&toml, None).await;
     Setup { db, pki, l }
@@ -398,13 +359,6 @@ pub fn py_client(
         String::from_utf8_lossy(&out.stderr)
     );
     text.lines().map(str::to_owned).collect()
-}
-
-/// A plaintext passthrough `[[listener]]` block (plus `extra` lines), for raw clients.
-pub fn plaintext_listener(upstream: SocketAddr, extra: &str) -> String {
-    format!(
-        "[[listener]]\nname = \"plain\"\nprotocol = \"mysql\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\ninsecure-plaintext = true\nmysql-auth-server-impl = \"passthrough\"\n{extra}"
-    )
 }
 
 /// A login payload for `user` without a password (no auth switch needed), with `extra`

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
+use vtguard_tests::fixtures::Acl;
+use vtguard_tests::mysql::clientcert;
 use vtguard_tests::{
     agent::AgentProcess,
     free_port,
-    mysql::{cli, cli_tls, mariadb_available, mtls_listener, reference_acl, MariaDb},
+    mysql::{cli, cli_tls, mariadb_available, MariaDb},
     pki::Pki,
 };
 
@@ -33,13 +35,14 @@ async fn a_mysql_listener_from_the_binary_logs_each_refusal_with_its_reason() {
         format!(
             "[admin]\nsocket = \"{}\"\n{}{}",
             pki.dir().join("admin.sock").display(),
-            reference_acl(pki.dir()),
-            mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n")
+            Acl::mysql_reference().section(pki.dir()),
+            clientcert(&pki, db.addr())
+                .toml()
                 .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
         ),
     )
     .expect("config");
-    let agent = AgentProcess::spawn(&["--log-format", "json"], &config).expect("start vtguard");
+    let agent = crate::spawn_agent(&["--log-format", "json"], &config).expect("start vtguard");
     let l = line_with(&agent, &["\"listening\"", "\"protocol\":\"mysql\""]);
     assert_eq!(l["listener"], "mysql");
     let addr = format!("127.0.0.1:{port}").parse().expect("addr");

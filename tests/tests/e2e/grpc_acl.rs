@@ -11,8 +11,9 @@ use vtguard_proto::{
     vtgateservice::vitess_client::VitessClient,
     vtrpc::CallerId,
 };
+use vtguard_tests::fixtures::Listener;
 use vtguard_tests::{
-    grpc::{mtls_listener, plain_channel, plaintext_listener, start_listener, tls_channel},
+    grpc::{plain_channel, start_listener, tls_channel},
     pki::Pki,
     upstream::{rows, Upstream},
 };
@@ -44,7 +45,7 @@ async fn vttablet_listener_client_1_allowed_client_2_denied_with_vitess_message(
         &format!(
             "{}{}",
             tableacl(tmp.path()),
-            mtls_listener(&pki, "vttablet", up.addr, "")
+            Listener::grpc("vttablet", up.addr).mtls(&pki).toml()
         ),
         None,
     )
@@ -94,7 +95,10 @@ async fn vtgate_listener_answers_denials_inside_the_response_and_effective_calle
     let up = Upstream::start(0).await;
     let acl = tableacl(tmp.path());
     let mtls = start_listener(
-        &format!("{acl}{}", mtls_listener(&pki, "vtgate", up.addr, "")),
+        &format!(
+            "{acl}{}",
+            Listener::grpc("vtgate", up.addr).mtls(&pki).toml()
+        ),
         None,
     )
     .await;
@@ -156,7 +160,10 @@ async fn vtgate_listener_answers_denials_inside_the_response_and_effective_calle
     let eff = start_listener(
         &format!(
             "{acl}{}",
-            plaintext_listener("vtgate", up.addr, "grpc-use-effective-callerid = true\n")
+            Listener::grpc("vtgate", up.addr)
+                .plaintext()
+                .extra("grpc-use-effective-callerid = true\n")
+                .toml()
         ),
         None,
     )
@@ -173,11 +180,10 @@ async fn vtgate_listener_answers_denials_inside_the_response_and_effective_calle
     let groups = start_listener(
         &format!(
             "{acl}{}",
-            plaintext_listener(
-                "vtgate",
-                up.addr,
-                "grpc-use-effective-callerid = true\ngrpc-use-effective-groups = true\n"
-            )
+            Listener::grpc("vtgate", up.addr)
+                .plaintext()
+                .extra("grpc-use-effective-callerid = true\ngrpc-use-effective-groups = true\n")
+                .toml()
         ),
         None,
     )
@@ -201,7 +207,7 @@ async fn message_stream_needs_writer_on_the_message_table() {
         &format!(
             "{}{}",
             tableacl(tmp.path()),
-            mtls_listener(&pki, "vttablet", up.addr, "")
+            Listener::grpc("vttablet", up.addr).mtls(&pki).toml()
         ),
         None,
     )
@@ -243,7 +249,10 @@ async fn dry_run_counts_would_be_denials_and_denies_nothing() {
     let up = Upstream::start(0).await;
     let acl = tableacl(tmp.path()) + "queryserver-config-enable-table-acl-dry-run = true\n";
     let l = start_listener(
-        &format!("{acl}{}", mtls_listener(&pki, "vttablet", up.addr, "")),
+        &format!(
+            "{acl}{}",
+            Listener::grpc("vttablet", up.addr).mtls(&pki).toml()
+        ),
         None,
     )
     .await;

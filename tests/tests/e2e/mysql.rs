@@ -1,10 +1,12 @@
 //! The MySQL listener in front of a real MariaDB, with real clients: the `mariadb` CLI,
 //! PyMySQL and mysql-connector-python, each with client certificates.
 
+use vtguard_tests::fixtures::{Acl, Listener};
+use vtguard_tests::mysql::clientcert;
 use vtguard_tests::{
     mysql::{
-        cli, cli_tls, clientcert_setup, mariadb_available, mtls_listener, py_client, python_has,
-        reference_acl, start_listener, MariaDb, Setup,
+        cli, cli_tls, clientcert_setup, mariadb_available, py_client, python_has, start_listener,
+        MariaDb, Setup,
     },
     pki::Pki,
 };
@@ -91,11 +93,7 @@ async fn refusals_no_certificate_plaintext_user_not_cn_revoked() {
     }
     let db = MariaDb::start();
     let pki = Pki::generate();
-    let toml = mtls_listener(
-        &pki,
-        db.addr(),
-        "mysql-auth-server-impl = \"clientcert\"\nmysql-server-require-secure-transport = true\n",
-    );
+    let toml = Listener::mysql(db.addr()).mtls(&pki).extra("mysql-auth-server-impl = \"clientcert\"\nmysql-server-require-secure-transport = true\n").toml();
     let l = start_listener(&toml, None).await;
     let addr = l.addr;
     let run = |user: &'static str, args: Vec<String>| {
@@ -175,7 +173,7 @@ async fn passthrough_authenticates_against_the_upstream_password() {
     // TLS without client certificates; identity = the MySQL user.
     let toml = format!(
         "{}[[listener]]\nname = \"mysql\"\nprotocol = \"mysql\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nmysql-server-ssl-cert = \"{}\"\nmysql-server-ssl-key = \"{}\"\nmysql-auth-server-impl = \"passthrough\"\n",
-        reference_acl(pki.dir()),
+        Acl::mysql_reference().section(pki.dir()),
         db.addr(),
         pki.path("localhost.pem").display(),
         pki.path("localhost.key").display(),
@@ -403,11 +401,7 @@ async fn load_data_local_and_prepared_statements_pass_when_the_policy_allows() {
     let db = MariaDb::start();
     let pki = Pki::generate();
     // No table ACL on this listener: LOAD DATA LOCAL is the policy's to allow, and it does.
-    let l = start_listener(
-        &mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n"),
-        None,
-    )
-    .await;
+    let l = start_listener(&clientcert(&pki, db.addr()).toml(), None).await;
     let addr = l.addr;
     // Over 255 packets of file data, so that the client's sequence numbers wrap through 0.
     let csv = pki.dir().join("rows.csv");

@@ -5,10 +5,12 @@ use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vtguard_agent::proxy::mysql::handshake::cap;
+use vtguard_tests::fixtures::{Acl, Listener};
+use vtguard_tests::mysql::clientcert;
 use vtguard_tests::{
     mysql::{
-        err_of, first_value, login_payload, mariadb_available, mtls_listener, packet,
-        plaintext_listener, raw_login, raw_query, read_packet, start_listener, tls_login, MariaDb,
+        err_of, first_value, login_payload, mariadb_available, packet, raw_login, raw_query,
+        read_packet, start_listener, tls_login, MariaDb,
     },
     pki::Pki,
 };
@@ -28,10 +30,10 @@ async fn bad_packets_end_only_their_own_connection() {
     }
     let db = MariaDb::start();
     let l = start_listener(
-        &plaintext_listener(
-            db.addr(),
-            "max-allowed-packet = 1048576\nhandshake-timeout-seconds = 0.5\n",
-        ),
+        &Listener::mysql(db.addr())
+            .plaintext()
+            .extra("max-allowed-packet = 1048576\nhandshake-timeout-seconds = 0.5\n")
+            .toml(),
         None,
     )
     .await;
@@ -159,7 +161,7 @@ async fn packets_split_at_every_byte() {
         return;
     }
     let db = MariaDb::start();
-    let l = start_listener(&plaintext_listener(db.addr(), ""), None).await;
+    let l = start_listener(&Listener::mysql(db.addr()).plaintext().toml(), None).await;
     let mut s = tokio::net::TcpStream::connect(l.addr)
         .await
         .expect("connect");
@@ -192,11 +194,7 @@ async fn client_hello_in_the_same_write_as_the_ssl_request() {
     }
     let db = MariaDb::start();
     let pki = Pki::generate();
-    let l = start_listener(
-        &mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n"),
-        None,
-    )
-    .await;
+    let l = start_listener(&clientcert(&pki, db.addr()).toml(), None).await;
     let addr = l.addr;
     let value = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
@@ -230,8 +228,8 @@ async fn field_list_init_db_prepare_and_multi_statements_are_checked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let toml = format!(
         "{}{}",
-        vtguard_tests::mysql::reference_acl(dir.path()),
-        plaintext_listener(db.addr(), "")
+        Acl::mysql_reference().section(dir.path()),
+        Listener::mysql(db.addr()).plaintext().toml()
     );
     let l = start_listener(&toml, None).await;
     let mut s = raw_login(l.addr, "vtgate client 1").await;
@@ -294,19 +292,20 @@ async fn certificate_reload_and_minimum_tls_version() {
     let (cert, key) = (pki.dir().join("served.pem"), pki.dir().join("served.key"));
     std::fs::copy(pki.path("localhost.pem"), &cert).expect("cert");
     std::fs::copy(pki.path("localhost.key"), &key).expect("key");
-    let toml = mtls_listener(
-        &pki,
-        db.addr(),
-        "mysql-auth-server-impl = \"clientcert\"\nmysql-server-tls-min-version = \"TLSv1.3\"\n",
-    )
-    .replace(
-        &pki.path("localhost.pem").display().to_string(),
-        &cert.display().to_string(),
-    )
-    .replace(
-        &pki.path("localhost.key").display().to_string(),
-        &key.display().to_string(),
-    );
+    let toml = Listener::mysql(db.addr())
+        .mtls(&pki)
+        .extra(
+            "mysql-auth-server-impl = \"clientcert\"\nmysql-server-tls-min-version = \"TLSv1.3\"\n",
+        )
+        .toml()
+        .replace(
+            &pki.path("localhost.pem").display().to_string(),
+            &cert.display().to_string(),
+        )
+        .replace(
+            &pki.path("localhost.key").display().to_string(),
+            &key.display().to_string(),
+        );
     let l = start_listener(&toml, None).await;
     let addr = l.addr;
     let login = |tls12: bool| {

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use tonic::Code;
 use vtguard_proto::{query::ExecuteRequest, queryservice::query_client::QueryClient};
+use vtguard_tests::fixtures::Listener;
 use vtguard_tests::{
     free_port,
-    grpc::{mtls_listener, start_listener, tls_channel},
+    grpc::{start_listener, tls_channel},
     kernel_tests_can_run,
     pki::Pki,
     policy, py_connect,
@@ -31,12 +32,10 @@ async fn only_vtguard_reaches_the_tablet_and_only_for_identities_the_kernel_allo
     let pki = Pki::generate();
     let toml = format!(
         "[kernel]\nprotected-ports = [{port}]\n{}",
-        mtls_listener(
-            &pki,
-            "vttablet",
-            up.addr,
-            "grpc-use-effective-callerid = true\n"
-        )
+        Listener::grpc("vttablet", up.addr)
+            .mtls(&pki)
+            .extra("grpc-use-effective-callerid = true\n")
+            .toml()
     );
     let l = start_listener(&toml, Some(k.shared())).await;
 

@@ -3,13 +3,8 @@
 
 use std::process::Command;
 
-use vtguard_tests::{
-    grpc::{mtls_listener, start_listener},
-    is_ci,
-    pki::Pki,
-    sh,
-    upstream::Upstream,
-};
+use vtguard_tests::fixtures::Listener;
+use vtguard_tests::{grpc::start_listener, is_ci, pki::Pki, sh, upstream::Upstream};
 
 const CLIENT: &str = r#"
 import sys
@@ -56,7 +51,7 @@ async fn python_grpcio_client_works_through_vtguard() {
     }
     let pki = Pki::generate();
     let up = Upstream::start(0).await;
-    let l = start_listener(&mtls_listener(&pki, "vttablet", up.addr, ""), None).await;
+    let l = start_listener(&Listener::grpc("vttablet", up.addr).mtls(&pki).toml(), None).await;
 
     let stubs = tempfile::tempdir().expect("tempdir");
     let proto_dir = vtguard_proto::PROTO_DIR;

@@ -8,14 +8,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use vtguard_tests::fixtures::Listener;
 use vtguard_tests::*;
+
+use crate::{spawn_agent, vtguard_bin};
 
 /// The agent as these tests run it: JSON log lines.
 type Agent = vtguard_tests::agent::AgentProcess;
 
 /// Starts `vtguard run` and waits until it logs `ready`.
 fn start_until(config: &Path, ready: &str) -> Agent {
-    let agent = Agent::spawn(&["--log-format", "json"], config).expect("start vtguard run");
+    let agent = spawn_agent(&["--log-format", "json"], config).expect("start vtguard run");
     agent.wait_for(ready);
     agent
 }
@@ -570,7 +573,7 @@ fn policy_load_through_the_cli_swaps_valid_files_and_refuses_invalid_ones() {
 #[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_removed_from_policy_is_cut_off_within_a_second_and_refused_by_the_kernel() {
-    use vtguard_tests::grpc::{execute_body, mtls_listener, raw_call, raw_connection};
+    use vtguard_tests::grpc::{execute_body, raw_call, raw_connection};
     const EXECUTE: &str = "/queryservice.Query/Execute";
     if !kernel_tests_can_run(
         "an_identity_removed_from_policy_is_cut_off_within_a_second_and_refused_by_the_kernel",
@@ -587,12 +590,13 @@ async fn an_identity_removed_from_policy_is_cut_off_within_a_second_and_refused_
     let _guard = PinGuard(pins.clone());
     let tmp = tempfile::tempdir().expect("tempdir");
     let config_for = |ids: &str| {
-        let listener = mtls_listener(
-            &pki,
+        let listener = Listener::grpc(
             "vttablet",
             format!("127.0.0.1:{up_port}").parse().expect("upstream"),
-            &format!("identities = [{ids}]\n"),
         )
+        .mtls(&pki)
+        .extra(&format!("identities = [{ids}]\n"))
+        .toml()
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
         format!(
             "[kernel]\nprotected-ports = [{up_port}]\nbpffs = \"{}\"\n{listener}",
@@ -676,7 +680,7 @@ async fn an_identity_removed_from_policy_is_cut_off_within_a_second_and_refused_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_metrics_and_online_policy_check_reflect_the_running_agent() {
-    use vtguard_tests::grpc::{execute_body, mtls_listener, raw_call, raw_connection};
+    use vtguard_tests::grpc::{execute_body, raw_call, raw_connection};
     let pki = vtguard_tests::pki::Pki::generate();
     let up = vtguard_tests::upstream::Upstream::start(0).await;
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -696,7 +700,7 @@ async fn status_metrics_and_online_policy_check_reflect_the_running_agent() {
             "[tableacl]\ntable-acl-config = \"{}\"\nqueryserver-config-strict-table-acl = true\n[admin]\nsocket = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n{}",
             acl.display(),
             socket.display(),
-            mtls_listener(&pki, "vttablet", up.addr, "")
+            Listener::grpc("vttablet", up.addr).mtls(&pki).toml()
                 .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
         ),
     );

@@ -15,8 +15,9 @@ use vtguard_proto::{
     vtgateservice::vitess_client::VitessClient,
     vtrpc::CallerId,
 };
+use vtguard_tests::fixtures::Listener;
 use vtguard_tests::{
-    grpc::{mtls_listener, plain_channel, plaintext_listener, start_listener, tls_channel},
+    grpc::{plain_channel, start_listener, tls_channel},
     pki::Pki,
     upstream::{rows, Upstream},
 };
@@ -72,7 +73,7 @@ fn other_fields(msg: &[u8], skip: u32) -> Vec<Vec<u8>> {
 async fn certificate_identity_replaces_the_claimed_immediate_caller() {
     let pki = Pki::generate();
     let up = Upstream::start(0).await;
-    let l = start_listener(&mtls_listener(&pki, "vttablet", up.addr, ""), None).await;
+    let l = start_listener(&Listener::grpc("vttablet", up.addr).mtls(&pki).toml(), None).await;
     let mut client = QueryClient::new(
         tls_channel(&pki, l.addr, Some("vtgate-client-1"))
             .await
@@ -133,7 +134,7 @@ async fn certificate_identity_replaces_the_claimed_immediate_caller() {
 async fn handshakes_without_a_good_certificate_are_refused_and_nothing_reaches_the_upstream() {
     let pki = Pki::generate();
     let up = Upstream::start(0).await;
-    let l = start_listener(&mtls_listener(&pki, "vttablet", up.addr, ""), None).await;
+    let l = start_listener(&Listener::grpc("vttablet", up.addr).mtls(&pki).toml(), None).await;
     for (client, why) in [
         (None, "no client certificate"),
         (Some("other-client"), "a certificate from another CA"),
@@ -204,20 +205,26 @@ async fn handshakes_without_a_good_certificate_are_refused_and_nothing_reaches_t
 async fn effective_caller_id_override_on_a_plaintext_listener() {
     let up = Upstream::start(0).await;
     let principal_only = start_listener(
-        &plaintext_listener("vttablet", up.addr, "grpc-use-effective-callerid = true\n"),
+        &Listener::grpc("vttablet", up.addr)
+            .plaintext()
+            .extra("grpc-use-effective-callerid = true\n")
+            .toml(),
         None,
     )
     .await;
     let with_groups = start_listener(
-        &plaintext_listener(
-            "vttablet",
-            up.addr,
-            "grpc-use-effective-callerid = true\ngrpc-use-effective-groups = true\n",
-        ),
+        &Listener::grpc("vttablet", up.addr)
+            .plaintext()
+            .extra("grpc-use-effective-callerid = true\ngrpc-use-effective-groups = true\n")
+            .toml(),
         None,
     )
     .await;
-    let neither = start_listener(&plaintext_listener("vttablet", up.addr, ""), None).await;
+    let neither = start_listener(
+        &Listener::grpc("vttablet", up.addr).plaintext().toml(),
+        None,
+    )
+    .await;
 
     let call = |addr, req: ExecuteRequest| async move {
         let mut c = QueryClient::new(plain_channel(addr).await);
@@ -263,7 +270,7 @@ async fn effective_caller_id_override_on_a_plaintext_listener() {
 async fn vtgate_listener_writes_the_proven_identity_into_the_effective_caller() {
     let pki = Pki::generate();
     let up = Upstream::start(0).await;
-    let l = start_listener(&mtls_listener(&pki, "vtgate", up.addr, ""), None).await;
+    let l = start_listener(&Listener::grpc("vtgate", up.addr).mtls(&pki).toml(), None).await;
     let mut client = VitessClient::new(
         tls_channel(&pki, l.addr, Some("vtgate-client-2"))
             .await
@@ -314,7 +321,7 @@ async fn vtgate_listener_writes_the_proven_identity_into_the_effective_caller() 
 async fn streams_cancellation_and_an_unreachable_upstream() {
     let pki = Pki::generate();
     let up = Upstream::start(0).await;
-    let l = start_listener(&mtls_listener(&pki, "vttablet", up.addr, ""), None).await;
+    let l = start_listener(&Listener::grpc("vttablet", up.addr).mtls(&pki).toml(), None).await;
     let mut client = QueryClient::new(
         tls_channel(&pki, l.addr, Some("vtgate-client-1"))
             .await
@@ -383,7 +390,7 @@ async fn streams_cancellation_and_an_unreachable_upstream() {
     // Upstream down.
     let addr = up.addr;
     drop(up);
-    let down = start_listener(&mtls_listener(&pki, "vttablet", addr, ""), None).await;
+    let down = start_listener(&Listener::grpc("vttablet", addr).mtls(&pki).toml(), None).await;
     let mut client = QueryClient::new(
         tls_channel(&pki, down.addr, Some("vtgate-client-1"))
             .await
@@ -407,12 +414,7 @@ async fn non_query_services_only_for_named_identities_and_unknown_rpcs_refused()
     let pki = Pki::generate();
     let up = Upstream::start(0).await;
     let l = start_listener(
-        &mtls_listener(
-            &pki,
-            "vttablet",
-            up.addr,
-            "[listener.services]\n\"tabletmanagerservice.TabletManager\" = [\"vtgate client 1\"]\n",
-        ),
+        &Listener::grpc("vttablet", up.addr).mtls(&pki).extra("[listener.services]\n\"tabletmanagerservice.TabletManager\" = [\"vtgate client 1\"]\n").toml(),
         None,
     )
     .await;
@@ -518,7 +520,9 @@ async fn certificate_rotation_reaches_new_handshakes_and_open_streams_continue()
     );
     std::fs::copy(pki.path("localhost.pem"), &cert).expect("copy");
     std::fs::copy(pki.path("localhost.key"), &key).expect("copy");
-    let toml = mtls_listener(&pki, "vttablet", up.addr, "")
+    let toml = Listener::grpc("vttablet", up.addr)
+        .mtls(&pki)
+        .toml()
         .replace(
             &pki.path("localhost.pem").display().to_string(),
             &cert.display().to_string(),
@@ -577,12 +581,10 @@ async fn handshake_timeout_and_minimum_tls_version() {
     let pki = Pki::generate();
     let up = Upstream::start(0).await;
     let l = start_listener(
-        &mtls_listener(
-            &pki,
-            "vttablet",
-            up.addr,
-            "handshake-timeout-seconds = 0.3\ngrpc-tls-min-version = \"TLSv1.3\"\n",
-        ),
+        &Listener::grpc("vttablet", up.addr)
+            .mtls(&pki)
+            .extra("handshake-timeout-seconds = 0.3\ngrpc-tls-min-version = \"TLSv1.3\"\n")
+            .toml(),
         None,
     )
     .await;

@@ -10,8 +10,9 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use prost::Message;
 use vtguard_proto::query::ExecuteRequest;
+use vtguard_tests::fixtures::Listener;
 use vtguard_tests::{
-    grpc::{framed, full, mtls_listener, raw_call, raw_connection, start_listener, tls_channel},
+    grpc::{framed, full, raw_call, raw_connection, start_listener, tls_channel},
     pki::Pki,
     upstream::{rows, Upstream},
 };
@@ -48,7 +49,10 @@ async fn bad_streams_get_grpc_errors_and_the_connection_carries_on() {
     let pki = Pki::generate();
     let up = Upstream::start(0).await;
     let l = start_listener(
-        &mtls_listener(&pki, "vttablet", up.addr, "grpc-max-message-size = 1024\n"),
+        &Listener::grpc("vttablet", up.addr)
+            .mtls(&pki)
+            .extra("grpc-max-message-size = 1024\n")
+            .toml(),
         None,
     )
     .await;

@@ -11,9 +11,7 @@ use std::{
 use vtguard_agent::sessions::Sessions;
 use vtguard_tests::{
     kernel_tests_can_run,
-    mysql::{
-        cli, cli_tls, mariadb_available, mtls_listener, start_listener_with, tls_login, MariaDb,
-    },
+    mysql::{cli, cli_tls, mariadb_available, start_listener_with, tls_login, MariaDb},
     pki::Pki,
     policy, py_connect, TestKernel,
 };
@@ -30,7 +28,7 @@ async fn only_vtguard_reaches_mariadb_and_only_for_identities_the_kernel_allows(
     let pki = Arc::new(Pki::generate());
     let toml = format!(
         "[kernel]\nprotected-ports = [{port}]\n{}",
-        mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n")
+        vtguard_tests::mysql::clientcert(&pki, db.addr()).toml()
     );
     let sessions = Arc::new(Sessions::default());
     let l = start_listener_with(&toml, Some(k.shared()), Arc::clone(&sessions)).await;
