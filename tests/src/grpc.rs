@@ -60,10 +60,12 @@ pub async fn raw_connection(
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     tcp.set_nodelay(true).expect("nodelay");
     let Some(client) = client else {
-        let (send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .expect("h2");
+        let (send, conn) = within(
+            "the HTTP/2 handshake",
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
+        )
+        .await
+        .expect("h2");
         tokio::spawn(conn);
         return send;
     };
@@ -86,14 +88,19 @@ pub async fn raw_connection(
     .with_client_auth_cert(certs, key)
     .expect("client cert");
     cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("handshake");
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .expect("h2");
+    let tls = within(
+        "the TLS handshake",
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("localhost").expect("name"), tcp),
+    )
+    .await
+    .expect("handshake");
+    let (send, conn) = within(
+        "the HTTP/2 handshake",
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)),
+    )
+    .await
+    .expect("h2");
     tokio::spawn(conn);
     send
 }
@@ -107,19 +114,37 @@ pub async fn raw_call(
     body: RawBody,
     encoding: Option<&str>,
 ) -> (u16, String, Vec<u8>) {
+    let headers: Vec<(&str, &str)> = encoding.map(|e| ("grpc-encoding", e)).into_iter().collect();
+    raw_request(send, addr, path, body, &headers).await
+}
+
+/// [`raw_call`] with more request headers.
+pub async fn raw_request(
+    send: &mut hyper::client::conn::http2::SendRequest<RawBody>,
+    addr: SocketAddr,
+    path: &str,
+    body: RawBody,
+    headers: &[(&str, &str)],
+) -> (u16, String, Vec<u8>) {
     let mut req = http::Request::post(format!("https://{addr}{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers");
-    if let Some(e) = encoding {
-        req = req.header("grpc-encoding", e);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
-    send.ready().await.expect("connection still usable");
-    let resp = send
-        .send_request(req.body(body).expect("request"))
+    within("the connection to be ready", send.ready())
         .await
-        .expect("response");
+        .expect("connection still usable");
+    let resp = within(
+        "the response",
+        send.send_request(req.body(body).expect("request")),
+    )
+    .await
+    .expect("response");
     let (parts, body) = resp.into_parts();
-    let collected = http_body_util::BodyExt::collect(body).await.expect("body");
+    let collected = within("the response body", http_body_util::BodyExt::collect(body))
+        .await
+        .expect("body");
     let trailers = collected.trailers().cloned().unwrap_or_default();
     let data = collected.to_bytes().to_vec();
     let get = |k: &str| {
@@ -133,6 +158,85 @@ pub async fn raw_call(
     let status = get("grpc-status").parse().expect("grpc-status");
     let message = percent_decode(&get("grpc-message"));
     (status, message, data)
+}
+
+/// How long a raw client waits for the listener: a regression fails the test instead of
+/// hanging CI.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `fut`'s output; panics naming `what` when it takes longer than [`READ_TIMEOUT`].
+pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(READ_TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within {READ_TIMEOUT:?}"))
+}
+
+/// A client config trusting the PKI's root, offering `versions`, presenting client `client`
+/// (a PKI file stem) or no certificate.
+pub fn client_config(
+    pki: &Pki,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    client: Option<&str>,
+) -> rustls::ClientConfig {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.read("root.pem").as_bytes()).expect("root"))
+        .expect("root");
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .expect("versions")
+    .with_root_certificates(roots);
+    match client {
+        None => builder.with_no_client_auth(),
+        Some(c) => {
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(pki.read(&format!("{c}.pem")).as_bytes())
+                    .collect::<Result<_, _>>()
+                    .expect("certs");
+            let key = PrivateKeyDer::from_pem_slice(pki.read(&format!("{c}.key")).as_bytes())
+                .expect("key");
+            builder
+                .with_client_auth_cert(certs, key)
+                .expect("client cert")
+        }
+    }
+}
+
+/// A TLS handshake with `config` to the listener at `addr` (name "localhost"): the session,
+/// or the TLS error that ended it (a refusal's alert, say).
+pub async fn tls_handshake(
+    config: rustls::ClientConfig,
+    addr: SocketAddr,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, rustls::Error> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    within(
+        "end of the TLS handshake",
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        ),
+    )
+    .await
+    .map_err(|e| {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .cloned()
+            .unwrap_or_else(|| panic!("a TLS error, not an I/O one: {e}"))
+    })
+}
+
+/// The serial number of the certificate the TLS listener at `addr` serves.
+pub async fn served_serial(pki: &Pki, addr: SocketAddr) -> Vec<u8> {
+    let versions = rustls::DEFAULT_VERSIONS;
+    let tls = tls_handshake(client_config(pki, versions, None), addr)
+        .await
+        .expect("server handshake");
+    let der = tls.get_ref().1.peer_certificates().expect("certs")[0].to_vec();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
+    cert.raw_serial().to_vec()
 }
 
 /// Undoes grpc-message's percent-encoding.

@@ -412,11 +412,32 @@ pub async fn raw_login(addr: SocketAddr, user: &str) -> tokio::net::TcpStream {
     s
 }
 
-/// Reads one packet (up to 64 MiB).
+/// How long a test waits for bytes a peer should send: long enough for a loaded machine, short
+/// enough that a regression fails the test instead of hanging CI.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads one packet (up to 64 MiB); panics when none arrives within [`READ_TIMEOUT`].
 pub async fn read_packet(
     s: &mut (impl tokio::io::AsyncRead + Unpin),
 ) -> Result<(u8, Vec<u8>), vtguard_agent::proxy::mysql::packet::Error> {
-    vtguard_agent::proxy::mysql::packet::read(s, 64 << 20).await
+    tokio::time::timeout(
+        READ_TIMEOUT,
+        vtguard_agent::proxy::mysql::packet::read(s, 64 << 20),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no MySQL packet within {READ_TIMEOUT:?}"))
+}
+
+/// Reads until the peer closes: what came before the close. Panics when the peer keeps the
+/// connection open past [`READ_TIMEOUT`].
+pub async fn until_closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    // A reset counts as closed (what came before it is returned).
+    let _ = tokio::time::timeout(READ_TIMEOUT, s.read_to_end(&mut all))
+        .await
+        .unwrap_or_else(|_| panic!("the connection was still open after {READ_TIMEOUT:?}"));
+    all
 }
 
 /// Sends COM_QUERY and returns the first row's first column (text protocol, EOF packets),
@@ -508,6 +529,8 @@ pub fn tls_login(
         rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().expect("name"))
             .expect("client");
     let mut tcp = std::net::TcpStream::connect(addr)?;
+    // Every read of this session (the caller's too) fails instead of hanging.
+    tcp.set_read_timeout(Some(READ_TIMEOUT))?;
     let mut h = [0u8; 4];
     tcp.read_exact(&mut h)?;
     let mut g = vec![0u8; usize::from(h[0]) | usize::from(h[1]) << 8];

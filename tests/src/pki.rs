@@ -186,6 +186,21 @@ impl Pki {
         self.dir.path()
     }
 
+    /// The DER of leaf `<name>.leaf.pem` (e.g. "localhost-rotated"), as a server sends it.
+    pub fn leaf_der(&self, name: &str) -> Vec<u8> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        CertificateDer::from_pem_file(self.path(&format!("{name}.leaf.pem")))
+            .unwrap_or_else(|e| panic!("{name}.leaf.pem: {e}"))
+            .to_vec()
+    }
+
+    /// The serial number of leaf `<name>`, as x509 carries it.
+    pub fn serial(&self, name: &str) -> Vec<u8> {
+        let der = self.leaf_der(name);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
+        cert.raw_serial().to_vec()
+    }
+
     /// A file's content.
     pub fn read(&self, name: &str) -> String {
         std::fs::read_to_string(self.path(name)).unwrap_or_else(|e| panic!("read {name}: {e}"))

@@ -16,6 +16,7 @@ use vtguard_tests::{
     TestKernel,
 };
 
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_vtguard_reaches_the_tablet_and_only_for_identities_the_kernel_allows() {
     if !kernel_tests_can_run(
@@ -23,6 +24,8 @@ async fn only_vtguard_reaches_the_tablet_and_only_for_identities_the_kernel_allo
     ) {
         return;
     }
+    // Attaches to the cgroup2 root: one kernel test at a time (held across awaits on purpose).
+    let _serial = vtguard_tests::serial();
     let port = free_port();
     let up = Upstream::start(port).await;
     let k = Arc::new(TestKernel::start(
@@ -31,7 +34,8 @@ async fn only_vtguard_reaches_the_tablet_and_only_for_identities_the_kernel_allo
     ));
     let pki = Pki::generate();
     let toml = format!(
-        "[kernel]\nprotected-ports = [{port}]\n{}",
+        "{}{}",
+        vtguard_tests::fixtures::kernel_section(&[port], None, &[]),
         Listener::grpc("vttablet", up.addr)
             .mtls(&pki)
             .extra("grpc-use-effective-callerid = true\n")

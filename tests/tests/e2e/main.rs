@@ -21,6 +21,7 @@ mod mysql;
 mod mysql_agent;
 mod mysql_bad_input;
 mod mysql_kernel;
+mod tls_rotation;
 
 /// The demo's scenario (tests/examples/vtguard-demo), run in-process by [`demo`].
 #[path = "../../examples/vtguard-demo/scenario.rs"]

@@ -39,13 +39,7 @@ async fn mariadb_cli_with_client_certificate_allowed_select_denied_update_sessio
         db.root_sql("select msg from vt.vt_insert_test where id = 1"),
         "one\n"
     );
-    assert_eq!(
-        l.proxy
-            .stats
-            .denied
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(l.denied(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,12 +145,8 @@ async fn refusals_no_certificate_plaintext_user_not_cn_revoked() {
         .await
         .expect("cli");
     assert_eq!((code, out.as_str()), (0, "in\n"), "{err}");
-    let s = &l.proxy.stats;
-    assert_eq!(
-        s.handshakes_failed
-            .load(std::sync::atomic::Ordering::Relaxed),
-        5
-    );
+    assert_eq!(l.handshakes_failed(), 5);
+    assert_eq!(l.logins(), 1, "only the right certificate logged in");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,13 +161,11 @@ async fn passthrough_authenticates_against_the_upstream_password() {
     let db = MariaDb::start();
     let pki = Pki::generate();
     // TLS without client certificates; identity = the MySQL user.
-    let toml = format!(
-        "{}[[listener]]\nname = \"mysql\"\nprotocol = \"mysql\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nmysql-server-ssl-cert = \"{}\"\nmysql-server-ssl-key = \"{}\"\nmysql-auth-server-impl = \"passthrough\"\n",
-        Acl::mysql_reference().section(pki.dir()),
-        db.addr(),
-        pki.path("localhost.pem").display(),
-        pki.path("localhost.key").display(),
-    );
+    let listener = Listener::mysql(db.addr())
+        .tls(&pki)
+        .extra("mysql-auth-server-impl = \"passthrough\"\n");
+    let acl = Acl::mysql_reference().section(pki.dir());
+    let toml = format!("{acl}{}", listener.toml());
     let l = start_listener(&toml, None).await;
     let addr = l.addr;
     let (code, out, err) = tokio::task::spawn_blocking(move || {
@@ -230,9 +218,9 @@ async fn passthrough_authenticates_against_the_upstream_password() {
     );
     // ... unless the listener says so (TLS optional).
     let plain = start_listener(
-        &toml.replace(
-            "mysql-auth-server-impl = \"passthrough\"\n",
-            "mysql-auth-server-impl = \"passthrough\"\ninsecure-plaintext = true\n",
+        &format!(
+            "{acl}{}",
+            listener.extra("insecure-plaintext = true\n").toml()
         ),
         None,
     )
@@ -383,13 +371,7 @@ async fn two_hundred_concurrent_connections_each_get_their_own_answers() {
     for (i, r) in results.iter().enumerate() {
         assert_eq!(r, &serde_json::json!(100), "connection {i}");
     }
-    assert_eq!(
-        l.proxy
-            .stats
-            .logins
-            .load(std::sync::atomic::Ordering::Relaxed),
-        200
-    );
+    assert_eq!(l.logins(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
