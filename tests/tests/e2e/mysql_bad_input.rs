@@ -25,7 +25,7 @@ async fn bad_packets_end_only_their_own_connection() {
     let l = start_listener(
         &Listener::mysql(db.addr())
             .plaintext()
-            .extra("max-allowed-packet = 1048576\nhandshake-timeout-seconds = 0.5\n")
+            .extra("max-allowed-packet = 1048576\nhandshake-timeout-seconds = 1\n")
             .toml(),
         None,
     )
