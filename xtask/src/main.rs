@@ -113,15 +113,9 @@ fn run_counting(cmd: &mut Command) -> Result<(u64, u64)> {
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo test output")?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            for part in rest.split(['.', ';']) {
-                let mut words = part.split_whitespace();
-                match (words.next().map(str::parse::<u64>), words.next()) {
-                    (Some(Ok(n)), Some("passed")) => passed += n,
-                    (Some(Ok(n)), Some("failed")) => failed += n,
-                    _ => {}
-                }
-            }
+        if let Some((p, f)) = test_result(&line) {
+            passed += p;
+            failed += f;
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
@@ -129,6 +123,21 @@ fn run_counting(cmd: &mut Command) -> Result<(u64, u64)> {
         bail!("{} failed ({status})", show(cmd));
     }
     Ok((passed, failed))
+}
+
+/// (passed, failed) of a libtest summary line ("test result: ok. 3 passed; 0 failed; …").
+fn test_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let (mut passed, mut failed) = (0, 0);
+    for part in rest.split(['.', ';']) {
+        let mut words = part.split_whitespace();
+        match (words.next().map(str::parse::<u64>), words.next()) {
+            (Some(Ok(n)), Some("passed")) => passed += n,
+            (Some(Ok(n)), Some("failed")) => failed += n,
+            _ => {}
+        }
+    }
+    Some((passed, failed))
 }
 
 fn show(cmd: &Command) -> String {
@@ -512,4 +521,22 @@ fn bench(root: &Path) -> Result<()> {
         ]))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_result;
+
+    #[test]
+    fn test_result_lines_are_counted() {
+        assert_eq!(
+            test_result("test result: FAILED. 44 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 84.26s"),
+            Some((44, 1))
+        );
+        assert_eq!(
+            test_result("test result: ok. 0 passed; 0 failed; 0 ignored"),
+            Some((0, 0))
+        );
+        assert_eq!(test_result("test agent::x ... ok"), None);
+    }
 }
