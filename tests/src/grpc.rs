@@ -56,7 +56,7 @@ pub async fn raw_connection(
     client: Option<&str>,
 ) -> hyper::client::conn::http2::SendRequest<RawBody> {
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::pki_types::ServerName;
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     tcp.set_nodelay(true).expect("nodelay");
     let Some(client) = client else {
@@ -69,24 +69,7 @@ pub async fn raw_connection(
         tokio::spawn(conn);
         return send;
     };
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pki.read("root.pem").as_bytes()).expect("root"))
-        .expect("root");
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(pki.read(&format!("{client}.pem")).as_bytes())
-            .collect::<Result<_, _>>()
-            .expect("certs");
-    let key =
-        PrivateKeyDer::from_pem_slice(pki.read(&format!("{client}.key")).as_bytes()).expect("key");
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_client_auth_cert(certs, key)
-    .expect("client cert");
+    let mut cfg = client_config(pki, rustls::DEFAULT_VERSIONS, Some(client));
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let tls = within(
         "the TLS handshake",
