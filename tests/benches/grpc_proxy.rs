@@ -14,8 +14,9 @@ use prost::Message;
 
 use tonic::transport::Channel;
 use vtguard_proto::{query::ExecuteRequest, queryservice::query_client::QueryClient};
+use vtguard_tests::fixtures::Listener;
 use vtguard_tests::{
-    grpc::{mtls_listener, plain_channel, raw_connection, start_listener, tls_channel, RawBody},
+    grpc::{plain_channel, raw_connection, start_listener, tls_channel, RawBody},
     pki::Pki,
     upstream::Upstream,
 };
@@ -139,7 +140,7 @@ fn main() {
     rt.block_on(async {
         let pki = Pki::generate();
         let up = Upstream::start(0).await;
-        let l = start_listener(&mtls_listener(&pki, "vttablet", up.addr, "").replace("query-log = true", "query-log = false"), None).await;
+        let l = start_listener(&Listener::grpc("vttablet", up.addr).mtls(&pki).toml().replace("query-log = true", "query-log = false"), None).await;
         let clients = [
             (
                 "tonic",

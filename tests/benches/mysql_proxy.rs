@@ -9,7 +9,7 @@ use std::{path::Path, process::Command};
 
 use libc::{RUSAGE_CHILDREN, RUSAGE_SELF};
 use vtguard_tests::{
-    mysql::{mariadb_available, mtls_listener, start_listener, MariaDb},
+    mysql::{mariadb_available, start_listener, MariaDb},
     pki::Pki,
 };
 
@@ -83,7 +83,7 @@ fn main() {
     let toml = format!(
         "[tableacl]\ntable-acl-config = \"{}\"\nqueryserver-config-strict-table-acl = true\n{}",
         acl.display(),
-        mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n")
+        vtguard_tests::mysql::clientcert(&pki, db.addr()).toml()
     );
     // As many worker threads as the agent's runtime (app.rs), unless told otherwise.
     let workers = std::env::var("VTGUARD_BENCH_WORKERS")

@@ -16,9 +16,11 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// Starts `vtguard <global> run --config <config>` (e.g. `global = ["--log-format", "json"]`).
-    pub fn spawn(global: &[&str], config: &Path) -> std::io::Result<Self> {
-        let mut child = Command::new(crate::vtguard_bin())
+    /// Starts `<bin> <global> run --config <config>` (e.g. `global = ["--log-format",
+    /// "json"]`), `bin` being the agent binary cargo built for this run (the end-to-end tests
+    /// pass `CARGO_BIN_EXE_vtguard-under-test`; the demo, the path `cargo xtask` gives it).
+    pub fn spawn(bin: &Path, global: &[&str], config: &Path) -> std::io::Result<Self> {
+        let mut child = Command::new(bin)
             .args(global)
             .args(["run", "--config"])
             .arg(config)

@@ -5,32 +5,12 @@ use std::{net::SocketAddr, sync::Arc};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use vtguard_agent::kernel::Kernel;
 
-use crate::pki::Pki;
+use crate::{inproc::GrpcListener, pki::Pki};
 
-pub use crate::TestListener;
-
-/// Starts the `[[listener]]` described by `toml` (its `listen` may use port 0).
-pub async fn start_listener(toml: &str, kernel: Option<Arc<Kernel>>) -> TestListener {
-    crate::start_test_listener(toml, kernel, Default::default()).await
-}
-
-/// A `[[listener]]` block: mTLS with the PKI's "localhost" server certificate and the vtgate
-/// client CA (plus `extra` lines).
-pub fn mtls_listener(pki: &Pki, service: &str, upstream: SocketAddr, extra: &str) -> String {
-    format!(
-        "[[listener]]\nname = \"test\"\nprotocol = \"grpc\"\nservice = \"{service}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\ngrpc-cert = \"{}\"\ngrpc-key = \"{}\"\ngrpc-ca = \"{}\"\ngrpc-crl = \"{}\"\nquery-log = true\n{extra}",
-        pki.path("localhost.pem").display(),
-        pki.path("localhost.key").display(),
-        pki.path("vtgate-client-ca.pem").display(),
-        pki.path("vtgate-client-ca.crl").display(),
-    )
-}
-
-/// A plaintext `[[listener]]` block (plus `extra` lines).
-pub fn plaintext_listener(service: &str, upstream: SocketAddr, extra: &str) -> String {
-    format!(
-        "[[listener]]\nname = \"plain\"\nprotocol = \"grpc\"\nservice = \"{service}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\ninsecure-plaintext = true\nquery-log = true\n{extra}"
-    )
+/// Starts the gRPC `[[listener]]` described by `toml` (built with
+/// [`crate::fixtures::Listener`]; its `listen` may use port 0).
+pub async fn start_listener(toml: &str, kernel: Option<Arc<Kernel>>) -> GrpcListener {
+    crate::inproc::start_grpc(toml, kernel).await
 }
 
 /// A TLS channel to `addr` trusting the PKI's root, presenting client `client` (a PKI file
@@ -76,44 +56,34 @@ pub async fn raw_connection(
     client: Option<&str>,
 ) -> hyper::client::conn::http2::SendRequest<RawBody> {
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::pki_types::ServerName;
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     tcp.set_nodelay(true).expect("nodelay");
     let Some(client) = client else {
-        let (send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .expect("h2");
+        let (send, conn) = within(
+            "the HTTP/2 handshake",
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)),
+        )
+        .await
+        .expect("h2");
         tokio::spawn(conn);
         return send;
     };
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pki.read("root.pem").as_bytes()).expect("root"))
-        .expect("root");
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(pki.read(&format!("{client}.pem")).as_bytes())
-            .collect::<Result<_, _>>()
-            .expect("certs");
-    let key =
-        PrivateKeyDer::from_pem_slice(pki.read(&format!("{client}.key")).as_bytes()).expect("key");
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_client_auth_cert(certs, key)
-    .expect("client cert");
+    let mut cfg = client_config(pki, rustls::DEFAULT_VERSIONS, Some(client));
     cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("handshake");
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .expect("h2");
+    let tls = within(
+        "the TLS handshake",
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("localhost").expect("name"), tcp),
+    )
+    .await
+    .expect("handshake");
+    let (send, conn) = within(
+        "the HTTP/2 handshake",
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)),
+    )
+    .await
+    .expect("h2");
     tokio::spawn(conn);
     send
 }
@@ -127,19 +97,37 @@ pub async fn raw_call(
     body: RawBody,
     encoding: Option<&str>,
 ) -> (u16, String, Vec<u8>) {
+    let headers: Vec<(&str, &str)> = encoding.map(|e| ("grpc-encoding", e)).into_iter().collect();
+    raw_request(send, addr, path, body, &headers).await
+}
+
+/// [`raw_call`] with more request headers.
+pub async fn raw_request(
+    send: &mut hyper::client::conn::http2::SendRequest<RawBody>,
+    addr: SocketAddr,
+    path: &str,
+    body: RawBody,
+    headers: &[(&str, &str)],
+) -> (u16, String, Vec<u8>) {
     let mut req = http::Request::post(format!("https://{addr}{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers");
-    if let Some(e) = encoding {
-        req = req.header("grpc-encoding", e);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
-    send.ready().await.expect("connection still usable");
-    let resp = send
-        .send_request(req.body(body).expect("request"))
+    within("the connection to be ready", send.ready())
         .await
-        .expect("response");
+        .expect("connection still usable");
+    let resp = within(
+        "the response",
+        send.send_request(req.body(body).expect("request")),
+    )
+    .await
+    .expect("response");
     let (parts, body) = resp.into_parts();
-    let collected = http_body_util::BodyExt::collect(body).await.expect("body");
+    let collected = within("the response body", http_body_util::BodyExt::collect(body))
+        .await
+        .expect("body");
     let trailers = collected.trailers().cloned().unwrap_or_default();
     let data = collected.to_bytes().to_vec();
     let get = |k: &str| {
@@ -153,6 +141,85 @@ pub async fn raw_call(
     let status = get("grpc-status").parse().expect("grpc-status");
     let message = percent_decode(&get("grpc-message"));
     (status, message, data)
+}
+
+/// How long a raw client waits for the listener: a regression fails the test instead of
+/// hanging CI.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `fut`'s output; panics naming `what` when it takes longer than [`READ_TIMEOUT`].
+pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(READ_TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within {READ_TIMEOUT:?}"))
+}
+
+/// A client config trusting the PKI's root, offering `versions`, presenting client `client`
+/// (a PKI file stem) or no certificate.
+pub fn client_config(
+    pki: &Pki,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    client: Option<&str>,
+) -> rustls::ClientConfig {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.read("root.pem").as_bytes()).expect("root"))
+        .expect("root");
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .expect("versions")
+    .with_root_certificates(roots);
+    match client {
+        None => builder.with_no_client_auth(),
+        Some(c) => {
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(pki.read(&format!("{c}.pem")).as_bytes())
+                    .collect::<Result<_, _>>()
+                    .expect("certs");
+            let key = PrivateKeyDer::from_pem_slice(pki.read(&format!("{c}.key")).as_bytes())
+                .expect("key");
+            builder
+                .with_client_auth_cert(certs, key)
+                .expect("client cert")
+        }
+    }
+}
+
+/// A TLS handshake with `config` to the listener at `addr` (name "localhost"): the session,
+/// or the TLS error that ended it (a refusal's alert, say).
+pub async fn tls_handshake(
+    config: rustls::ClientConfig,
+    addr: SocketAddr,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, rustls::Error> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    within(
+        "end of the TLS handshake",
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        ),
+    )
+    .await
+    .map_err(|e| {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .cloned()
+            .unwrap_or_else(|| panic!("a TLS error, not an I/O one: {e}"))
+    })
+}
+
+/// The serial number of the certificate the TLS listener at `addr` serves.
+pub async fn served_serial(pki: &Pki, addr: SocketAddr) -> Vec<u8> {
+    let versions = rustls::DEFAULT_VERSIONS;
+    let tls = tls_handshake(client_config(pki, versions, None), addr)
+        .await
+        .expect("server handshake");
+    let der = tls.get_ref().1.peer_certificates().expect("certs")[0].to_vec();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
+    cert.raw_serial().to_vec()
 }
 
 /// Undoes grpc-message's percent-encoding.

@@ -2,7 +2,9 @@
 //! test servers, and real clients (python3, curl) driven as separate processes.
 
 pub mod agent;
+pub mod fixtures;
 pub mod grpc;
+pub mod inproc;
 pub mod mysql;
 pub mod pki;
 pub mod upstream;
@@ -42,8 +44,37 @@ pub fn is_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
-/// Checks what kernel tests need (root, bpffs, cgroup2). Prints why it skips, or panics under
-/// CI, where the machine runs as root with eBPF.
+/// The environment variable naming the file where skipped tests are recorded, one
+/// `test: reason` line each; `cargo xtask test` sets it, then reports them as skipped (and
+/// not as passed, which is all the test harness knows of a test that returned early).
+pub const SKIP_LOG_ENV: &str = "VTGUARD_SKIP_LOG";
+
+/// A test that cannot run here: under CI it fails (CI has every prerequisite); otherwise it
+/// prints why, and records `test: why` for `cargo xtask test`'s count of skipped tests. The
+/// caller returns right after.
+pub fn skip(test: &str, why: &str) {
+    if is_ci() {
+        panic!("{test}: cannot run under CI: {why}");
+    }
+    eprintln!("SKIP {test}: {why}");
+    if let Some(file) = std::env::var_os(SKIP_LOG_ENV) {
+        let line = format!("{test}: {}\n", why.replace('\n', " "));
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            panic!(
+                "{test}: recording the skip in {}: {e}",
+                Path::new(&file).display()
+            );
+        }
+    }
+}
+
+/// Checks what kernel tests need (root, bpffs, cgroup2). Prints why it skips (see [`skip`]),
+/// or panics under CI, where the machine runs as root with eBPF.
 pub fn kernel_tests_can_run(test: &str) -> bool {
     let why = if unsafe { libc::geteuid() } != 0 {
         Some("not root".to_owned())
@@ -59,9 +90,8 @@ pub fn kernel_tests_can_run(test: &str) -> bool {
     };
     match why {
         None => true,
-        Some(why) if is_ci() => panic!("{test}: cannot run under CI: {why}"),
         Some(why) => {
-            eprintln!("SKIP {test}: {why}");
+            skip(test, &why);
             false
         }
     }
@@ -339,83 +369,4 @@ pub fn vtguard_attachments(cgroup: &Path) -> Vec<String> {
         .filter(|l| l.contains("vtg_"))
         .map(str::to_owned)
         .collect()
-}
-
-/// The `vtguard` binary of this workspace, built if needed.
-pub fn vtguard_bin() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug/vtguard");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "vtguard-agent", "--bin", "vtguard"])
-            .current_dir(&root)
-            .status()
-            .expect("cargo build vtguard");
-        assert!(status.success(), "building the vtguard binary failed");
-    }
-    bin
-}
-
-/// What a test listener is built from: the config of `toml` (its first `[[listener]]`),
-/// whether its upstream port is kernel-protected, and its table ACL.
-pub fn listener_parts(
-    toml: &str,
-) -> (
-    vtguard_agent::config::Config,
-    bool,
-    Option<Arc<vtguard_agent::acl::Enforcer>>,
-) {
-    let config = vtguard_agent::config::Config::parse(Path::new("test.toml"), toml)
-        .unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
-    let l = &config.listeners[0];
-    let protected = config
-        .kernel
-        .as_ref()
-        .is_some_and(|k| k.policy.protected_ports.contains(&l.upstream.port()));
-    let acl = config.tableacl.as_ref().map(|t| {
-        let acl = vtguard_agent::acl::TableAcl::load(&t.file).expect("test table ACL");
-        Arc::new(vtguard_agent::acl::Enforcer::new(acl, t.settings.clone()))
-    });
-    (config, protected, acl)
-}
-
-/// A listener of either protocol serving on 127.0.0.1 (any free port); stops when dropped.
-pub struct TestListener {
-    pub addr: std::net::SocketAddr,
-    pub proxy: Arc<dyn vtguard_agent::proxy::listener::Listener>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TestListener {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Starts the `[[listener]]` described by `toml` (its `listen` may use port 0), registering
-/// its connections in `sessions`.
-pub async fn start_test_listener(
-    toml: &str,
-    kernel: Option<Arc<vtguard_agent::kernel::Kernel>>,
-    sessions: Arc<vtguard_agent::sessions::Sessions>,
-) -> TestListener {
-    use vtguard_agent::proxy::listener;
-    let (config, protected, acl) = listener_parts(toml);
-    let deps = listener::Deps {
-        kernel,
-        protected,
-        acl,
-        sessions,
-    };
-    let proxy = listener::build(&config.listeners[0], deps).expect("listener starts");
-    let socket = listener::bind(&*proxy).await.expect("bind listener");
-    let addr = socket.local_addr().expect("addr");
-    let task = tokio::spawn(Arc::clone(&proxy).serve(socket));
-    TestListener { addr, proxy, task }
 }

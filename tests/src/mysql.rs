@@ -4,7 +4,7 @@
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::Arc,
     time::Duration,
@@ -12,13 +12,18 @@ use std::{
 
 use vtguard_agent::kernel::Kernel;
 
-use crate::{free_port, is_ci, pki::Pki};
+use crate::{
+    fixtures::{Acl, Listener},
+    free_port,
+    inproc::MysqlListener,
+    pki::Pki,
+};
 
 /// What a MariaDB server for tests needs on the machine.
 pub const MARIADB_PROGRAMS: [&str; 3] = ["mariadbd", "mariadb-install-db", "mariadb"];
 
-/// Whether the MariaDB server and client are installed; prints why a test skips (or panics
-/// under CI, where `cargo xtask test` installs them).
+/// Whether the MariaDB server and client are installed; otherwise the test skips
+/// ([`crate::skip`]: a failure under CI, where `cargo xtask test` installs them).
 pub fn mariadb_available(test: &str) -> bool {
     let missing: Vec<&str> = MARIADB_PROGRAMS
         .into_iter()
@@ -27,17 +32,16 @@ pub fn mariadb_available(test: &str) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let why = format!(
-        "{missing:?} not installed (apt-get install -y mariadb-server mariadb-client; `cargo xtask test` does it)"
+    crate::skip(
+        test,
+        &format!(
+            "{missing:?} not installed (apt-get install -y mariadb-server mariadb-client; `cargo xtask test` does it)"
+        ),
     );
-    if is_ci() {
-        panic!("{test}: cannot run under CI: {why}");
-    }
-    eprintln!("SKIP {test}: {why}");
     false
 }
 
-/// Whether python3 has `module`; prints why a test skips (panics under CI).
+/// Whether python3 has `module`; otherwise the test skips ([`crate::skip`]).
 pub fn python_has(test: &str, module: &str) -> bool {
     let ok = Command::new("python3")
         .args(["-c", &format!("import {module}")])
@@ -45,11 +49,7 @@ pub fn python_has(test: &str, module: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        let why = format!("python3 cannot import {module} (python3 -m pip install PyMySQL mysql-connector-python; `cargo xtask test` does it)");
-        if is_ci() {
-            panic!("{test}: cannot run under CI: {why}");
-        }
-        eprintln!("SKIP {test}: {why}");
+        crate::skip(test, &format!("python3 cannot import {module} (python3 -m pip install PyMySQL mysql-connector-python; `cargo xtask test` does it)"));
     }
     ok
 }
@@ -196,10 +196,9 @@ impl Drop for MariaDb {
     }
 }
 
-pub use crate::TestListener;
-
-/// Starts the `[[listener]]` described by `toml` (its `listen` may use port 0).
-pub async fn start_listener(toml: &str, kernel: Option<Arc<Kernel>>) -> TestListener {
+/// Starts the MySQL `[[listener]]` described by `toml` (built with
+/// [`crate::fixtures::Listener`]; its `listen` may use port 0).
+pub async fn start_listener(toml: &str, kernel: Option<Arc<Kernel>>) -> MysqlListener {
     start_listener_with(toml, kernel, Default::default()).await
 }
 
@@ -208,54 +207,34 @@ pub async fn start_listener_with(
     toml: &str,
     kernel: Option<Arc<Kernel>>,
     sessions: Arc<vtguard_agent::sessions::Sessions>,
-) -> TestListener {
-    crate::start_test_listener(toml, kernel, sessions).await
+) -> MysqlListener {
+    crate::inproc::start_mysql(toml, kernel, sessions).await
 }
 
-/// A `[[listener]]` block: TLS with the PKI's "localhost" certificate, client certificates
-/// from the vtgate client CA required, clientcert identity (plus `extra` lines).
-pub fn mtls_listener(pki: &Pki, upstream: SocketAddr, extra: &str) -> String {
-    format!(
-        "[[listener]]\nname = \"mysql\"\nprotocol = \"mysql\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nmysql-server-ssl-cert = \"{}\"\nmysql-server-ssl-key = \"{}\"\nmysql-server-ssl-ca = \"{}\"\nmysql-server-ssl-crl = \"{}\"\n{extra}",
-        pki.path("localhost.pem").display(),
-        pki.path("localhost.key").display(),
-        pki.path("vtgate-client-ca.pem").display(),
-        pki.path("vtgate-client-ca.crl").display(),
-    )
-}
-
-/// A `[tableacl]` section (strict) over `file`, holding Vitess's reference ACL: table
-/// `vt_insert_test` for "vtgate client 1" only.
-pub fn reference_acl(dir: &Path) -> String {
-    let file = dir.join("acl.json");
-    std::fs::write(
-        &file,
-        r#"{"table_groups": [{"name": "g", "table_names_or_prefixes": ["vt_insert_test", "seq_%"],
-            "readers": ["vtgate client 1", "pw"], "writers": ["pw"], "admins": []}]}"#,
-    )
-    .expect("write ACL");
-    format!(
-        "[tableacl]\ntable-acl-config = \"{}\"\nqueryserver-config-strict-table-acl = true\n",
-        file.display()
-    )
+/// A MySQL mTLS listener in front of `upstream` whose identity is the client certificate's
+/// CN (`mysql-auth-server-impl = "clientcert"`).
+pub fn clientcert(pki: &Pki, upstream: SocketAddr) -> Listener {
+    Listener::mysql(upstream)
+        .mtls(pki)
+        .extra("mysql-auth-server-impl = \"clientcert\"\n")
 }
 
 /// A test's MariaDB, PKI, and listener.
 pub struct Setup {
     pub db: MariaDb,
     pub pki: Pki,
-    pub l: TestListener,
+    pub l: MysqlListener,
 }
 
-/// MariaDB and, in front of it, a clientcert listener ([`mtls_listener`]) with the reference
-/// table ACL ([`reference_acl`]).
+/// MariaDB and, in front of it, a clientcert mTLS listener with the MySQL reference table ACL
+/// ([`Acl::mysql_reference`]).
 pub async fn clientcert_setup() -> Setup {
     let db = MariaDb::start();
     let pki = Pki::generate();
     let toml = format!(
         "{}{}",
-        reference_acl(pki.dir()),
-        mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n")
+        Acl::mysql_reference().section(pki.dir()),
+        clientcert(&pki, db.addr()).toml()
     );
     let l = start_listener(&toml, None).await;
     Setup { db, pki, l }
@@ -382,13 +361,6 @@ pub fn py_client(
     text.lines().map(str::to_owned).collect()
 }
 
-/// A plaintext passthrough `[[listener]]` block (plus `extra` lines), for raw clients.
-pub fn plaintext_listener(upstream: SocketAddr, extra: &str) -> String {
-    format!(
-        "[[listener]]\nname = \"plain\"\nprotocol = \"mysql\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\ninsecure-plaintext = true\nmysql-auth-server-impl = \"passthrough\"\n{extra}"
-    )
-}
-
 /// A login payload for `user` without a password (no auth switch needed), with `extra`
 /// capability flags.
 pub fn login_payload(user: &str, extra: u32) -> Vec<u8> {
@@ -440,11 +412,32 @@ pub async fn raw_login(addr: SocketAddr, user: &str) -> tokio::net::TcpStream {
     s
 }
 
-/// Reads one packet (up to 64 MiB).
+/// How long a test waits for bytes a peer should send: long enough for a loaded machine, short
+/// enough that a regression fails the test instead of hanging CI.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads one packet (up to 64 MiB); panics when none arrives within [`READ_TIMEOUT`].
 pub async fn read_packet(
     s: &mut (impl tokio::io::AsyncRead + Unpin),
 ) -> Result<(u8, Vec<u8>), vtguard_agent::proxy::mysql::packet::Error> {
-    vtguard_agent::proxy::mysql::packet::read(s, 64 << 20).await
+    tokio::time::timeout(
+        READ_TIMEOUT,
+        vtguard_agent::proxy::mysql::packet::read(s, 64 << 20),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no MySQL packet within {READ_TIMEOUT:?}"))
+}
+
+/// Reads until the peer closes: what came before the close. Panics when the peer keeps the
+/// connection open past [`READ_TIMEOUT`].
+pub async fn until_closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    // A reset counts as closed (what came before it is returned).
+    let _ = tokio::time::timeout(READ_TIMEOUT, s.read_to_end(&mut all))
+        .await
+        .unwrap_or_else(|_| panic!("the connection was still open after {READ_TIMEOUT:?}"));
+    all
 }
 
 /// Sends COM_QUERY and returns the first row's first column (text protocol, EOF packets),
@@ -536,6 +529,8 @@ pub fn tls_login(
         rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().expect("name"))
             .expect("client");
     let mut tcp = std::net::TcpStream::connect(addr)?;
+    // Every read of this session (the caller's too) fails instead of hanging.
+    tcp.set_read_timeout(Some(READ_TIMEOUT))?;
     let mut h = [0u8; 4];
     tcp.read_exact(&mut h)?;
     let mut g = vec![0u8; usize::from(h[0]) | usize::from(h[1]) << 8];

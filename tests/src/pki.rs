@@ -1,4 +1,4 @@
-//! The PKI of Vitess's encrypted-transport test (../shared/VITESS.md §5), made with rcgen at
+//! The PKI of Vitess's encrypted-transport test (docs/VITESS.md §5), made with rcgen at
 //! test time: one root, four intermediates, ECDSA P-256 leaves with DNS SANs ["localhost", CN]
 //! and IPs 127.0.0.1 and ::1. Plus what the refusal tests need: a foreign CA, an expired and a
 //! revoked client, and the CRL that revokes it.
@@ -184,6 +184,21 @@ impl Pki {
     /// The folder holding the files.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The DER of leaf `<name>.leaf.pem` (e.g. "localhost-rotated"), as a server sends it.
+    pub fn leaf_der(&self, name: &str) -> Vec<u8> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        CertificateDer::from_pem_file(self.path(&format!("{name}.leaf.pem")))
+            .unwrap_or_else(|e| panic!("{name}.leaf.pem: {e}"))
+            .to_vec()
+    }
+
+    /// The serial number of leaf `<name>`, as x509 carries it.
+    pub fn serial(&self, name: &str) -> Vec<u8> {
+        let der = self.leaf_der(name);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
+        cert.raw_serial().to_vec()
     }
 
     /// A file's content.

@@ -1,4 +1,4 @@
-//! Vitess's reference scenario (../shared/VITESS.md §5, steps 4–7) through vtguard's gRPC
+//! Vitess's reference scenario (docs/VITESS.md §5, steps 4–7) through vtguard's gRPC
 //! listeners with a strict table ACL.
 
 use std::net::SocketAddr;
@@ -11,24 +11,19 @@ use vtguard_proto::{
     vtgateservice::vitess_client::VitessClient,
     vtrpc::CallerId,
 };
+use vtguard_tests::fixtures::{Acl, Listener};
 use vtguard_tests::{
-    grpc::{mtls_listener, plain_channel, plaintext_listener, start_listener, tls_channel},
+    grpc::{plain_channel, start_listener, tls_channel},
     pki::Pki,
     upstream::{rows, Upstream},
 };
 
-const ACL: &str = r#"{"table_groups": [{"name": "vt_insert_test", "table_names_or_prefixes": ["vt_insert_test"],
-  "readers": ["vtgate client 1"], "writers": ["vtgate client 1"], "admins": ["vtgate client 1"]}]}"#;
 const DENIED_2: &str =
     "Select command denied to user 'vtgate client 2' for table 'vt_insert_test' (ACL check error)";
 
+/// Vitess's example ACL (table `vt_insert_test` for "vtgate client 1"), strict, under `dir`.
 fn tableacl(dir: &std::path::Path) -> String {
-    let path = dir.join("acl.json");
-    std::fs::write(&path, ACL).expect("write acl");
-    format!(
-        "[tableacl]\ntable-acl-config = \"{}\"\nqueryserver-config-strict-table-acl = true\n",
-        path.display()
-    )
+    Acl::vitess_example().section(dir)
 }
 
 fn select() -> BoundQuery {
@@ -44,7 +39,7 @@ async fn vttablet_listener_client_1_allowed_client_2_denied_with_vitess_message(
         &format!(
             "{}{}",
             tableacl(tmp.path()),
-            mtls_listener(&pki, "vttablet", up.addr, "")
+            Listener::grpc("vttablet", up.addr).mtls(&pki).toml()
         ),
         None,
     )
@@ -94,7 +89,10 @@ async fn vtgate_listener_answers_denials_inside_the_response_and_effective_calle
     let up = Upstream::start(0).await;
     let acl = tableacl(tmp.path());
     let mtls = start_listener(
-        &format!("{acl}{}", mtls_listener(&pki, "vtgate", up.addr, "")),
+        &format!(
+            "{acl}{}",
+            Listener::grpc("vtgate", up.addr).mtls(&pki).toml()
+        ),
         None,
     )
     .await;
@@ -156,7 +154,10 @@ async fn vtgate_listener_answers_denials_inside_the_response_and_effective_calle
     let eff = start_listener(
         &format!(
             "{acl}{}",
-            plaintext_listener("vtgate", up.addr, "grpc-use-effective-callerid = true\n")
+            Listener::grpc("vtgate", up.addr)
+                .plaintext()
+                .extra("grpc-use-effective-callerid = true\n")
+                .toml()
         ),
         None,
     )
@@ -173,11 +174,10 @@ async fn vtgate_listener_answers_denials_inside_the_response_and_effective_calle
     let groups = start_listener(
         &format!(
             "{acl}{}",
-            plaintext_listener(
-                "vtgate",
-                up.addr,
-                "grpc-use-effective-callerid = true\ngrpc-use-effective-groups = true\n"
-            )
+            Listener::grpc("vtgate", up.addr)
+                .plaintext()
+                .extra("grpc-use-effective-callerid = true\ngrpc-use-effective-groups = true\n")
+                .toml()
         ),
         None,
     )
@@ -193,7 +193,7 @@ async fn vtgate_listener_answers_denials_inside_the_response_and_effective_calle
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_stream_needs_writer_on_the_message_table() {
-    use http_body_util::BodyExt;
+    use vtguard_tests::grpc::{framed, full, raw_call, raw_connection};
     let pki = Pki::generate();
     let tmp = tempfile::tempdir().expect("tempdir");
     let up = Upstream::start(0).await;
@@ -201,7 +201,7 @@ async fn message_stream_needs_writer_on_the_message_table() {
         &format!(
             "{}{}",
             tableacl(tmp.path()),
-            mtls_listener(&pki, "vttablet", up.addr, "")
+            Listener::grpc("vttablet", up.addr).mtls(&pki).toml()
         ),
         None,
     )
@@ -209,26 +209,18 @@ async fn message_stream_needs_writer_on_the_message_table() {
     // MessageStreamRequest { name (field 4) = "vt_insert_test" }.
     let mut msg = vec![0x22, 14];
     msg.extend_from_slice(b"vt_insert_test");
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    body.extend_from_slice(&msg);
-    let mut c2 = vtguard_tests::grpc::raw_connection(&pki, l.addr, Some("vtgate-client-2")).await;
+    let body = framed(0, &msg);
+    let mut c2 = raw_connection(&pki, l.addr, Some("vtgate-client-2")).await;
     let path = "/queryservice.Query/MessageStream";
-    let full = |b: Vec<u8>| {
-        http_body_util::Full::new(bytes::Bytes::from(b))
-            .map_err(|never| match never {})
-            .boxed()
-    };
-    let (code, message, _) =
-        vtguard_tests::grpc::raw_call(&mut c2, l.addr, path, full(body.clone()), None).await;
+    let (code, message, _) = raw_call(&mut c2, l.addr, path, full(body.clone()), None).await;
     assert_eq!(code, 7);
     assert!(
         message.starts_with("MessageStream command denied to user 'vtgate client 2'"),
         "{message}"
     );
     assert!(up.received().is_empty());
-    let mut c1 = vtguard_tests::grpc::raw_connection(&pki, l.addr, Some("vtgate-client-1")).await;
-    let (code, _, _) = vtguard_tests::grpc::raw_call(&mut c1, l.addr, path, full(body), None).await;
+    let mut c1 = raw_connection(&pki, l.addr, Some("vtgate-client-1")).await;
+    let (code, _, _) = raw_call(&mut c1, l.addr, path, full(body), None).await;
     assert_eq!(
         code, 12,
         "forwarded: the stand-in does not implement MessageStream"
@@ -243,7 +235,10 @@ async fn dry_run_counts_would_be_denials_and_denies_nothing() {
     let up = Upstream::start(0).await;
     let acl = tableacl(tmp.path()) + "queryserver-config-enable-table-acl-dry-run = true\n";
     let l = start_listener(
-        &format!("{acl}{}", mtls_listener(&pki, "vttablet", up.addr, "")),
+        &format!(
+            "{acl}{}",
+            Listener::grpc("vttablet", up.addr).mtls(&pki).toml()
+        ),
         None,
     )
     .await;
@@ -264,5 +259,5 @@ async fn dry_run_counts_would_be_denials_and_denies_nothing() {
         rows(&r.result.expect("result")),
         vec!["vtgate client 2|localhost,vtgate client 2"]
     );
-    assert_eq!(l.proxy.status().counts.acl_dry_run_denials, 1);
+    assert_eq!(l.dry_run_denials(), 1);
 }

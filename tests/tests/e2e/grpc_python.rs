@@ -3,13 +3,8 @@
 
 use std::process::Command;
 
-use vtguard_tests::{
-    grpc::{mtls_listener, start_listener},
-    is_ci,
-    pki::Pki,
-    sh,
-    upstream::Upstream,
-};
+use vtguard_tests::fixtures::Listener;
+use vtguard_tests::{grpc::start_listener, pki::Pki, sh, skip, upstream::Upstream};
 
 const CLIENT: &str = r#"
 import sys
@@ -45,18 +40,15 @@ with grpc.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override",
 async fn python_grpcio_client_works_through_vtguard() {
     let (code, _, _) = sh(Command::new("python3").args(["-c", "import grpc, grpc_tools"]));
     if code != 0 {
-        assert!(
-            !is_ci(),
-            "CI must have grpcio and grpcio-tools (cargo xtask test installs them)"
-        );
-        eprintln!(
-            "SKIP python_grpcio_client_works_through_vtguard: pip install grpcio grpcio-tools"
+        skip(
+            "python_grpcio_client_works_through_vtguard",
+            "python3 cannot import grpc, grpc_tools (python3 -m pip install grpcio grpcio-tools; `cargo xtask test` does it)",
         );
         return;
     }
     let pki = Pki::generate();
     let up = Upstream::start(0).await;
-    let l = start_listener(&mtls_listener(&pki, "vttablet", up.addr, ""), None).await;
+    let l = start_listener(&Listener::grpc("vttablet", up.addr).mtls(&pki).toml(), None).await;
 
     let stubs = tempfile::tempdir().expect("tempdir");
     let proto_dir = vtguard_proto::PROTO_DIR;

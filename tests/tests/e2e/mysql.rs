@@ -1,10 +1,12 @@
 //! The MySQL listener in front of a real MariaDB, with real clients: the `mariadb` CLI,
 //! PyMySQL and mysql-connector-python, each with client certificates.
 
+use vtguard_tests::fixtures::{Acl, Listener};
+use vtguard_tests::mysql::clientcert;
 use vtguard_tests::{
     mysql::{
-        cli, cli_tls, clientcert_setup, mariadb_available, mtls_listener, py_client, python_has,
-        reference_acl, start_listener, MariaDb, Setup,
+        cli, cli_tls, clientcert_setup, mariadb_available, py_client, python_has, start_listener,
+        MariaDb, Setup,
     },
     pki::Pki,
 };
@@ -37,7 +39,7 @@ async fn mariadb_cli_with_client_certificate_allowed_select_denied_update_sessio
         db.root_sql("select msg from vt.vt_insert_test where id = 1"),
         "one\n"
     );
-    assert_eq!(l.proxy.status().counts.refused, 1);
+    assert_eq!(l.denied(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,11 +87,7 @@ async fn refusals_no_certificate_plaintext_user_not_cn_revoked() {
     }
     let db = MariaDb::start();
     let pki = Pki::generate();
-    let toml = mtls_listener(
-        &pki,
-        db.addr(),
-        "mysql-auth-server-impl = \"clientcert\"\nmysql-server-require-secure-transport = true\n",
-    );
+    let toml = Listener::mysql(db.addr()).mtls(&pki).extra("mysql-auth-server-impl = \"clientcert\"\nmysql-server-require-secure-transport = true\n").toml();
     let l = start_listener(&toml, None).await;
     let addr = l.addr;
     let run = |user: &'static str, args: Vec<String>| {
@@ -147,7 +145,8 @@ async fn refusals_no_certificate_plaintext_user_not_cn_revoked() {
         .await
         .expect("cli");
     assert_eq!((code, out.as_str()), (0, "in\n"), "{err}");
-    assert_eq!(l.proxy.status().counts.handshakes_failed, 5);
+    assert_eq!(l.handshakes_failed(), 5);
+    assert_eq!(l.logins(), 1, "only the right certificate logged in");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,13 +161,11 @@ async fn passthrough_authenticates_against_the_upstream_password() {
     let db = MariaDb::start();
     let pki = Pki::generate();
     // TLS without client certificates; identity = the MySQL user.
-    let toml = format!(
-        "{}[[listener]]\nname = \"mysql\"\nprotocol = \"mysql\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\nmysql-server-ssl-cert = \"{}\"\nmysql-server-ssl-key = \"{}\"\nmysql-auth-server-impl = \"passthrough\"\n",
-        reference_acl(pki.dir()),
-        db.addr(),
-        pki.path("localhost.pem").display(),
-        pki.path("localhost.key").display(),
-    );
+    let listener = Listener::mysql(db.addr())
+        .tls(&pki)
+        .extra("mysql-auth-server-impl = \"passthrough\"\n");
+    let acl = Acl::mysql_reference().section(pki.dir());
+    let toml = format!("{acl}{}", listener.toml());
     let l = start_listener(&toml, None).await;
     let addr = l.addr;
     let (code, out, err) = tokio::task::spawn_blocking(move || {
@@ -221,9 +218,9 @@ async fn passthrough_authenticates_against_the_upstream_password() {
     );
     // ... unless the listener says so (TLS optional).
     let plain = start_listener(
-        &toml.replace(
-            "mysql-auth-server-impl = \"passthrough\"\n",
-            "mysql-auth-server-impl = \"passthrough\"\ninsecure-plaintext = true\n",
+        &format!(
+            "{acl}{}",
+            listener.extra("insecure-plaintext = true\n").toml()
         ),
         None,
     )
@@ -374,7 +371,7 @@ async fn two_hundred_concurrent_connections_each_get_their_own_answers() {
     for (i, r) in results.iter().enumerate() {
         assert_eq!(r, &serde_json::json!(100), "connection {i}");
     }
-    assert_eq!(l.proxy.status().counts.logins, Some(200));
+    assert_eq!(l.logins(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,11 +383,7 @@ async fn load_data_local_and_prepared_statements_pass_when_the_policy_allows() {
     let db = MariaDb::start();
     let pki = Pki::generate();
     // No table ACL on this listener: LOAD DATA LOCAL is the policy's to allow, and it does.
-    let l = start_listener(
-        &mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n"),
-        None,
-    )
-    .await;
+    let l = start_listener(&clientcert(&pki, db.addr()).toml(), None).await;
     let addr = l.addr;
     // Over 255 packets of file data, so that the client's sequence numbers wrap through 0.
     let csv = pki.dir().join("rows.csv");

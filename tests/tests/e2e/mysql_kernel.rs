@@ -11,26 +11,28 @@ use std::{
 use vtguard_agent::sessions::Sessions;
 use vtguard_tests::{
     kernel_tests_can_run,
-    mysql::{
-        cli, cli_tls, mariadb_available, mtls_listener, start_listener_with, tls_login, MariaDb,
-    },
+    mysql::{cli, cli_tls, mariadb_available, start_listener_with, tls_login, MariaDb},
     pki::Pki,
     policy, py_connect, TestKernel,
 };
 
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_vtguard_reaches_mariadb_and_only_for_identities_the_kernel_allows() {
     let test = "only_vtguard_reaches_mariadb_and_only_for_identities_the_kernel_allows";
     if !kernel_tests_can_run(test) || !mariadb_available(test) {
         return;
     }
+    // Attaches to the cgroup2 root: one kernel test at a time (held across awaits on purpose).
+    let _serial = vtguard_tests::serial();
     let db = MariaDb::start();
     let port = db.port;
     let k = TestKernel::start(policy(&[port], &[(port, &["vtgate client 1"])]), None);
     let pki = Arc::new(Pki::generate());
     let toml = format!(
-        "[kernel]\nprotected-ports = [{port}]\n{}",
-        mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n")
+        "{}{}",
+        vtguard_tests::fixtures::kernel_section(&[port], None, &[]),
+        vtguard_tests::mysql::clientcert(&pki, db.addr()).toml()
     );
     let sessions = Arc::new(Sessions::default());
     let l = start_listener_with(&toml, Some(k.shared()), Arc::clone(&sessions)).await;

@@ -15,8 +15,12 @@ use vtguard_proto::{
     vtgateservice::vitess_client::VitessClient,
     vtrpc::CallerId,
 };
+use vtguard_tests::fixtures::Listener;
 use vtguard_tests::{
-    grpc::{mtls_listener, plain_channel, plaintext_listener, start_listener, tls_channel},
+    grpc::{
+        client_config, execute_body, plain_channel, raw_connection, raw_request, start_listener,
+        tls_channel, tls_handshake,
+    },
     pki::Pki,
     upstream::{rows, Upstream},
 };
@@ -72,7 +76,7 @@ fn other_fields(msg: &[u8], skip: u32) -> Vec<Vec<u8>> {
 async fn certificate_identity_replaces_the_claimed_immediate_caller() {
     let pki = Pki::generate();
     let up = Upstream::start(0).await;
-    let l = start_listener(&mtls_listener(&pki, "vttablet", up.addr, ""), None).await;
+    let l = start_listener(&Listener::grpc("vttablet", up.addr).mtls(&pki).toml(), None).await;
     let mut client = QueryClient::new(
         tls_channel(&pki, l.addr, Some("vtgate-client-1"))
             .await
@@ -133,14 +137,14 @@ async fn certificate_identity_replaces_the_claimed_immediate_caller() {
 async fn handshakes_without_a_good_certificate_are_refused_and_nothing_reaches_the_upstream() {
     let pki = Pki::generate();
     let up = Upstream::start(0).await;
-    let l = start_listener(&mtls_listener(&pki, "vttablet", up.addr, ""), None).await;
+    let l = start_listener(&Listener::grpc("vttablet", up.addr).mtls(&pki).toml(), None).await;
     for (client, why) in [
         (None, "no client certificate"),
         (Some("other-client"), "a certificate from another CA"),
         (Some("vtgate-client-revoked"), "a revoked certificate"),
         (Some("vtgate-client-expired"), "an expired certificate"),
     ] {
-        let failed = || l.proxy.status().counts.handshakes_failed;
+        let failed = || l.handshakes_failed();
         let before = failed();
         let outcome = match tls_channel(&pki, l.addr, client).await {
             Err(e) => format!("connect error: {e}"),
@@ -199,20 +203,26 @@ async fn handshakes_without_a_good_certificate_are_refused_and_nothing_reaches_t
 async fn effective_caller_id_override_on_a_plaintext_listener() {
     let up = Upstream::start(0).await;
     let principal_only = start_listener(
-        &plaintext_listener("vttablet", up.addr, "grpc-use-effective-callerid = true\n"),
+        &Listener::grpc("vttablet", up.addr)
+            .plaintext()
+            .extra("grpc-use-effective-callerid = true\n")
+            .toml(),
         None,
     )
     .await;
     let with_groups = start_listener(
-        &plaintext_listener(
-            "vttablet",
-            up.addr,
-            "grpc-use-effective-callerid = true\ngrpc-use-effective-groups = true\n",
-        ),
+        &Listener::grpc("vttablet", up.addr)
+            .plaintext()
+            .extra("grpc-use-effective-callerid = true\ngrpc-use-effective-groups = true\n")
+            .toml(),
         None,
     )
     .await;
-    let neither = start_listener(&plaintext_listener("vttablet", up.addr, ""), None).await;
+    let neither = start_listener(
+        &Listener::grpc("vttablet", up.addr).plaintext().toml(),
+        None,
+    )
+    .await;
 
     let call = |addr, req: ExecuteRequest| async move {
         let mut c = QueryClient::new(plain_channel(addr).await);
@@ -258,7 +268,7 @@ async fn effective_caller_id_override_on_a_plaintext_listener() {
 async fn vtgate_listener_writes_the_proven_identity_into_the_effective_caller() {
     let pki = Pki::generate();
     let up = Upstream::start(0).await;
-    let l = start_listener(&mtls_listener(&pki, "vtgate", up.addr, ""), None).await;
+    let l = start_listener(&Listener::grpc("vtgate", up.addr).mtls(&pki).toml(), None).await;
     let mut client = VitessClient::new(
         tls_channel(&pki, l.addr, Some("vtgate-client-2"))
             .await
@@ -309,7 +319,7 @@ async fn vtgate_listener_writes_the_proven_identity_into_the_effective_caller() 
 async fn streams_cancellation_and_an_unreachable_upstream() {
     let pki = Pki::generate();
     let up = Upstream::start(0).await;
-    let l = start_listener(&mtls_listener(&pki, "vttablet", up.addr, ""), None).await;
+    let l = start_listener(&Listener::grpc("vttablet", up.addr).mtls(&pki).toml(), None).await;
     let mut client = QueryClient::new(
         tls_channel(&pki, l.addr, Some("vtgate-client-1"))
             .await
@@ -355,7 +365,8 @@ async fn streams_cancellation_and_an_unreachable_upstream() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // Deadlines pass through unchanged: the upstream (which enforces them) gets grpc-timeout.
+    // Deadlines pass through unchanged: the upstream (which enforces them) gets grpc-timeout
+    // with the value the client sent (tonic writes 1.5 s as 1500000 microseconds).
     let mut req = Request::new(stream_req("select * from big"));
     req.set_timeout(Duration::from_millis(1500));
     let mut stream = client
@@ -369,16 +380,29 @@ async fn streams_cancellation_and_an_unreachable_upstream() {
         .headers
         .get("grpc-timeout")
         .expect("grpc-timeout reached the upstream");
-    let t = timeout.to_str().expect("ascii");
-    assert!(
-        t.ends_with('m') || t.ends_with('u') || t.ends_with('n'),
-        "{t}"
+    assert_eq!(timeout.to_str().expect("ascii"), "1500000u");
+    // Any unit, any value, byte for byte (a raw client: seconds, which tonic never writes).
+    let mut raw = raw_connection(&pki, l.addr, Some("vtgate-client-1")).await;
+    let (status, message, _) = raw_request(
+        &mut raw,
+        l.addr,
+        "/queryservice.Query/Execute",
+        execute_body("select 1"),
+        &[("grpc-timeout", "7S")],
+    )
+    .await;
+    assert_eq!((status, message.as_str()), (0, ""));
+    let last = up.received().pop().expect("recorded");
+    assert_eq!(
+        last.headers.get("grpc-timeout").map(|v| v.as_bytes()),
+        Some(&b"7S"[..]),
+        "the raw client's deadline reached the upstream unchanged"
     );
 
     // Upstream down.
     let addr = up.addr;
     drop(up);
-    let down = start_listener(&mtls_listener(&pki, "vttablet", addr, ""), None).await;
+    let down = start_listener(&Listener::grpc("vttablet", addr).mtls(&pki).toml(), None).await;
     let mut client = QueryClient::new(
         tls_channel(&pki, down.addr, Some("vtgate-client-1"))
             .await
@@ -402,12 +426,7 @@ async fn non_query_services_only_for_named_identities_and_unknown_rpcs_refused()
     let pki = Pki::generate();
     let up = Upstream::start(0).await;
     let l = start_listener(
-        &mtls_listener(
-            &pki,
-            "vttablet",
-            up.addr,
-            "[listener.services]\n\"tabletmanagerservice.TabletManager\" = [\"vtgate client 1\"]\n",
-        ),
+        &Listener::grpc("vttablet", up.addr).mtls(&pki).extra("[listener.services]\n\"tabletmanagerservice.TabletManager\" = [\"vtgate client 1\"]\n").toml(),
         None,
     )
     .await;
@@ -477,107 +496,16 @@ async fn non_query_services_only_for_named_identities_and_unknown_rpcs_refused()
     );
 }
 
-/// The serial number of the certificate a TLS server presents.
-async fn served_serial(pki: &Pki, addr: std::net::SocketAddr) -> Vec<u8> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pki.read("root.pem").as_bytes()).expect("root"))
-        .expect("root");
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("server handshake");
-    let der = tls.get_ref().1.peer_certificates().expect("certs")[0].to_vec();
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
-    cert.raw_serial().to_vec()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificate_rotation_reaches_new_handshakes_and_open_streams_continue() {
-    let pki = Pki::generate();
-    let up = Upstream::start(0).await;
-    // The listener serves copies of the certificate files, which the test then replaces.
-    let live = tempfile::tempdir().expect("tempdir");
-    let (cert, key) = (
-        live.path().join("server.pem"),
-        live.path().join("server.key"),
-    );
-    std::fs::copy(pki.path("localhost.pem"), &cert).expect("copy");
-    std::fs::copy(pki.path("localhost.key"), &key).expect("copy");
-    let toml = mtls_listener(&pki, "vttablet", up.addr, "")
-        .replace(
-            &pki.path("localhost.pem").display().to_string(),
-            &cert.display().to_string(),
-        )
-        .replace(
-            &pki.path("localhost.key").display().to_string(),
-            &key.display().to_string(),
-        );
-    let l = start_listener(&toml, None).await;
-    let before = served_serial(&pki, l.addr).await;
-
-    let mut client = QueryClient::new(
-        tls_channel(&pki, l.addr, Some("vtgate-client-1"))
-            .await
-            .expect("connect"),
-    );
-    let req = StreamExecuteRequest {
-        query: Some(vtguard_tests::upstream::bound("select sleep")),
-        ..Default::default()
-    };
-    let mut stream = client
-        .stream_execute(req)
-        .await
-        .expect("stream")
-        .into_inner();
-    stream.message().await.expect("row").expect("a row");
-
-    // Rotate: write the new pair, as an operator's tooling would, then let the listener notice.
-    std::fs::copy(pki.path("localhost-rotated.key"), &key).expect("rotate key");
-    std::fs::copy(pki.path("localhost-rotated.pem"), &cert).expect("rotate cert");
-    l.proxy.core().reload_tls(false);
-    let after = served_serial(&pki, l.addr).await;
-    assert_ne!(before, after, "new handshakes get the new certificate");
-
-    // The stream opened before the rotation goes on.
-    for _ in 0..5 {
-        stream
-            .message()
-            .await
-            .expect("row after rotation")
-            .expect("a row");
-    }
-    // A half-written rotation (a key that does not match) keeps the working certificate.
-    std::fs::copy(pki.path("vtgate-client-2.key"), &key).expect("bad key");
-    l.proxy.core().reload_tls(true);
-    assert_eq!(
-        served_serial(&pki, l.addr).await,
-        after,
-        "a bad pair is not published"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_timeout_and_minimum_tls_version() {
     use tokio::io::AsyncReadExt;
     let pki = Pki::generate();
     let up = Upstream::start(0).await;
     let l = start_listener(
-        &mtls_listener(
-            &pki,
-            "vttablet",
-            up.addr,
-            "handshake-timeout-seconds = 0.3\ngrpc-tls-min-version = \"TLSv1.3\"\n",
-        ),
+        &Listener::grpc("vttablet", up.addr)
+            .mtls(&pki)
+            .extra("handshake-timeout-seconds = 0.3\ngrpc-tls-min-version = \"TLSv1.3\"\n")
+            .toml(),
         None,
     )
     .await;
@@ -593,40 +521,22 @@ async fn handshake_timeout_and_minimum_tls_version() {
         .expect("the listener closes an idle handshake")
         .unwrap_or(0);
     assert_eq!(n, 0, "closed without a word");
+    let waited = started.elapsed();
     assert!(
-        started.elapsed() >= Duration::from_millis(250),
-        "not before the timeout"
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+        "closed at the 0.3 s handshake timeout, not {waited:?}"
     );
 
-    // A TLS 1.2-only client is refused by a TLSv1.3 listener.
-    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pki.read("root.pem").as_bytes()).expect("root"))
-        .expect("root");
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(pki.read("vtgate-client-1.pem").as_bytes())
-            .collect::<Result<_, _>>()
-            .expect("certs");
-    let key =
-        PrivateKeyDer::from_pem_slice(pki.read("vtgate-client-1.key").as_bytes()).expect("key");
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS12])
-    .expect("tls12")
-    .with_root_certificates(roots)
-    .with_client_auth_cert(certs, key)
-    .expect("client cert");
-    let tcp = tokio::net::TcpStream::connect(l.addr)
-        .await
-        .expect("connect");
-    let r = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await;
-    let e = r.expect_err("TLS 1.2 refused");
-    assert!(
-        e.to_string().to_lowercase().contains("version") || e.to_string().contains("alert"),
+    // A TLS 1.2-only client is refused by a TLSv1.3 listener, with the protocol_version alert.
+    let e = tls_handshake(
+        client_config(&pki, &[&rustls::version::TLS12], Some("vtgate-client-1")),
+        l.addr,
+    )
+    .await
+    .expect_err("TLS 1.2 refused");
+    assert_eq!(
+        e,
+        rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion),
         "{e}"
     );
     // TLS 1.3 clients get in.

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
+use vtguard_tests::fixtures::Acl;
+use vtguard_tests::mysql::clientcert;
 use vtguard_tests::{
     agent::AgentProcess,
     free_port,
-    mysql::{cli, cli_tls, mariadb_available, mtls_listener, reference_acl, MariaDb},
+    mysql::{cli, cli_tls, mariadb_available, MariaDb},
     pki::Pki,
 };
 
@@ -33,18 +35,19 @@ async fn a_mysql_listener_from_the_binary_logs_each_refusal_with_its_reason() {
         format!(
             "[admin]\nsocket = \"{}\"\n{}{}",
             pki.dir().join("admin.sock").display(),
-            reference_acl(pki.dir()),
-            mtls_listener(&pki, db.addr(), "mysql-auth-server-impl = \"clientcert\"\n")
+            Acl::mysql_reference().section(pki.dir()),
+            clientcert(&pki, db.addr())
+                .toml()
                 .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
         ),
     )
     .expect("config");
-    let agent = AgentProcess::spawn(&["--log-format", "json"], &config).expect("start vtguard");
+    let agent = crate::spawn_agent(&["--log-format", "json"], &config).expect("start vtguard");
     let l = line_with(&agent, &["\"listening\"", "\"protocol\":\"mysql\""]);
     assert_eq!(l["listener"], "mysql");
     let addr = format!("127.0.0.1:{port}").parse().expect("addr");
 
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
+    let (ok, root, plain) = tokio::task::spawn_blocking(move || {
         let ok = cli(
             addr,
             "vtgate client 1",
@@ -52,25 +55,35 @@ async fn a_mysql_listener_from_the_binary_logs_each_refusal_with_its_reason() {
             "select count(*) from vt.vt_insert_test;\ndelete from vt.vt_insert_test;\n",
         );
         // The MySQL user is not the certificate's CN.
-        let _ = cli(
+        let root = cli(
             addr,
             "root",
             &cli_tls(&pki, "vtgate-client-1"),
             "select 1;\n",
         );
         // Plaintext, under a client CA.
-        let _ = cli(
+        let plain = cli(
             addr,
             "vtgate client 1",
             &["--skip-ssl".into()],
             "select 1;\n",
         );
-        ok
+        (ok, root, plain)
     })
     .await
     .expect("cli");
+    let (code, out, err) = ok;
     assert_eq!((code, out.as_str()), (0, "3\n"), "{err}");
     assert!(err.contains("ERROR 1142 (42000)"), "{err}");
+    let (code, out, err) = root;
+    assert_ne!(code, 0, "the login as root is refused: {out}");
+    assert!(
+        err.contains("ERROR 1045 (28000): Access denied for user 'root'"),
+        "{err}"
+    );
+    let (code, out, err) = plain;
+    assert_ne!(code, 0, "the plaintext login is refused: {out}");
+    assert!(err.contains("ERROR "), "{err}");
 
     let denied = line_with(&agent, &["\"denied\"", "Delete command denied"]);
     assert_eq!(

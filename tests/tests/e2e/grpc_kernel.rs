@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use tonic::Code;
 use vtguard_proto::{query::ExecuteRequest, queryservice::query_client::QueryClient};
+use vtguard_tests::fixtures::Listener;
 use vtguard_tests::{
     free_port,
-    grpc::{mtls_listener, start_listener, tls_channel},
+    grpc::{start_listener, tls_channel},
     kernel_tests_can_run,
     pki::Pki,
     policy, py_connect,
@@ -15,6 +16,7 @@ use vtguard_tests::{
     TestKernel,
 };
 
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_vtguard_reaches_the_tablet_and_only_for_identities_the_kernel_allows() {
     if !kernel_tests_can_run(
@@ -22,6 +24,8 @@ async fn only_vtguard_reaches_the_tablet_and_only_for_identities_the_kernel_allo
     ) {
         return;
     }
+    // Attaches to the cgroup2 root: one kernel test at a time (held across awaits on purpose).
+    let _serial = vtguard_tests::serial();
     let port = free_port();
     let up = Upstream::start(port).await;
     let k = Arc::new(TestKernel::start(
@@ -30,13 +34,12 @@ async fn only_vtguard_reaches_the_tablet_and_only_for_identities_the_kernel_allo
     ));
     let pki = Pki::generate();
     let toml = format!(
-        "[kernel]\nprotected-ports = [{port}]\n{}",
-        mtls_listener(
-            &pki,
-            "vttablet",
-            up.addr,
-            "grpc-use-effective-callerid = true\n"
-        )
+        "{}{}",
+        vtguard_tests::fixtures::kernel_section(&[port], None, &[]),
+        Listener::grpc("vttablet", up.addr)
+            .mtls(&pki)
+            .extra("grpc-use-effective-callerid = true\n")
+            .toml()
     );
     let l = start_listener(&toml, Some(k.shared())).await;
 
