@@ -35,11 +35,12 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicU32, AtomicU8, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
 
+use parking_lot::Mutex;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
     net::TcpStream,
@@ -432,7 +433,6 @@ impl MysqlProxy {
         let template = self
             .template
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .clone()
             .unwrap_or_else(default_template);
         let mut salt = [0u8; 20];
@@ -586,7 +586,7 @@ impl MysqlProxy {
             return Err(LoginError::UpstreamRefused { err: ug });
         }
         let ug = Greeting::parse(&ug).map_err(LoginError::UpstreamGreeting)?;
-        *self.template.lock().unwrap_or_else(|p| p.into_inner()) = Some(ug.clone());
+        *self.template.lock() = Some(ug.clone());
         Ok((upstream, ug))
     }
 
