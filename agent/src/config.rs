@@ -237,6 +237,8 @@ struct RawMysql {
     mysql_server_require_secure_transport: bool,
     mysql_auth_server_impl: Option<MysqlAuth>,
     max_allowed_packet: Option<i64>,
+    #[serde(default)]
+    mysql_allow_clear_text_without_tls: bool,
 }
 
 /// Vitess's `--tablet-grpc-*` or `--vtgate-grpc-*` flags: TLS towards the upstream.
@@ -798,6 +800,7 @@ fn mysql_listener(l: RawMysql) -> Result<ListenerConfig, String> {
             allow_plaintext: l.insecure_plaintext,
             handshake_timeout: handshake_timeout(l.handshake_timeout_seconds)?,
             max_allowed_packet,
+            allow_clear_text: l.mysql_allow_clear_text_without_tls,
         }),
     })
 }
@@ -1156,7 +1159,7 @@ mod tests {
     #[test]
     fn mysql_listener_with_every_key() {
         let c = parse(&mysql(&format!(
-            "{MYSQL_TLS}mysql-server-ssl-ca = \"/ca\"\nmysql-server-ssl-crl = \"/crl\"\nmysql-server-tls-min-version = \"TLSv1.3\"\nmysql-server-require-secure-transport = true\nmysql-auth-server-impl = \"clientcert\"\nmax-allowed-packet = 2048\nhandshake-timeout-seconds = 2\n"
+            "{MYSQL_TLS}mysql-server-ssl-ca = \"/ca\"\nmysql-server-ssl-crl = \"/crl\"\nmysql-server-tls-min-version = \"TLSv1.3\"\nmysql-server-require-secure-transport = true\nmysql-auth-server-impl = \"clientcert\"\nmax-allowed-packet = 2048\nhandshake-timeout-seconds = 2\nmysql-allow-clear-text-without-tls = true\n"
         )))
         .expect("valid mysql listener");
         let ProtocolConfig::Mysql(m) = &c.listeners[0].protocol else {
@@ -1169,6 +1172,7 @@ mod tests {
         assert_eq!(m.auth, MysqlAuth::ClientCert);
         assert_eq!(m.max_allowed_packet, 2048);
         assert_eq!(m.handshake_timeout, Duration::from_secs(2));
+        assert!(m.allow_clear_text);
         let c = parse(&mysql(
             "insecure-plaintext = true\nmysql-auth-server-impl = \"passthrough\"\n",
         ))
@@ -1178,6 +1182,10 @@ mod tests {
         };
         assert!(m.tls.is_none() && m.allow_plaintext);
         assert_eq!(m.max_allowed_packet, DEFAULT_MAX_ALLOWED_PACKET);
+        assert!(
+            !m.allow_clear_text,
+            "clear-text passwords are off unless set"
+        );
     }
 
     #[test]

@@ -86,6 +86,10 @@ pub struct MysqlConfig {
     pub handshake_timeout: Duration,
     /// `max-allowed-packet`: the largest command a client may send (bytes).
     pub max_allowed_packet: usize,
+    /// `mysql-allow-clear-text-without-tls`: relay authentication in which the client sends
+    /// its password in clear ([`handshake::sends_password_in_clear`]) over the plaintext hop to
+    /// the upstream. Off: such a login is refused before the client sends the password.
+    pub allow_clear_text: bool,
 }
 
 /// Default `max-allowed-packet` (MariaDB's default, 16 MiB, is smaller; this leaves room).
@@ -96,6 +100,9 @@ type Io = Box<dyn super::AsyncReadWrite>;
 /// Largest packet accepted before the login succeeded: logins carry at most 64 KiB of
 /// connection attributes, auth exchanges a few hundred bytes.
 const HANDSHAKE_MAX_PACKET: usize = 80 * 1024;
+/// How a caching_sha2_password full-authentication request is named in refusals.
+const FULL_AUTHENTICATION_LABEL: &[u8] = b"caching_sha2_password full authentication";
+
 /// Relay buffer size, each way.
 const RELAY_BUFFER: usize = 64 * 1024;
 
@@ -195,6 +202,9 @@ enum LoginError {
     CapabilitiesChanged { missing: u32, missing_ext: u32 },
     #[error("auth response over 255 bytes without CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA")]
     LongAuthResponse,
+    /// The upstream asked for the password in clear; the client was not asked for it.
+    #[error("the upstream asked for authentication that sends the password in clear ({plugin}); refused (mysql-allow-clear-text-without-tls = false)")]
+    ClearTextPassword { plugin: String },
     #[error("auth switch response has sequence {got}, expected {expected}")]
     AuthSequence { got: u8, expected: u8 },
     /// The upstream's ERR already went to the client.
@@ -272,6 +282,10 @@ impl LoginError {
             Self::UpstreamGreeting(_) => (
                 er::UPSTREAM,
                 "vtguard: the upstream's greeting is not valid".into(),
+            ),
+            Self::ClearTextPassword { plugin } => (
+                er::ACCESS_DENIED,
+                format!("vtguard: the server asked for the password in clear ({plugin}), which vtguard does not relay to its upstream; use an account with another authentication plugin, or set mysql-allow-clear-text-without-tls = true on the listener"),
             ),
             Self::CapabilitiesChanged { .. } => (
                 er::UPSTREAM,
@@ -586,7 +600,11 @@ impl MysqlProxy {
             return Err(LoginError::UpstreamRefused { err: ug });
         }
         let ug = Greeting::parse(&ug).map_err(LoginError::UpstreamGreeting)?;
-        *self.template.lock() = Some(ug.clone());
+        // The next greetings advertise this server's plugin, never one that would have clients
+        // send their password in clear to vtguard.
+        if !handshake::sends_password_in_clear(&ug.auth_plugin) || self.cfg.allow_clear_text {
+            *self.template.lock() = Some(ug.clone());
+        }
         Ok((upstream, ug))
     }
 
@@ -624,6 +642,7 @@ impl MysqlProxy {
         }
         let mut last_client_seq = c.login_seq;
         if !login.auth_response.is_empty() {
+            self.no_clear_text(&ug.auth_plugin)?;
             // The response answers vtguard's challenge: have the client answer the upstream's.
             write_packet(
                 &mut c.io,
@@ -659,7 +678,15 @@ impl MysqlProxy {
                     .map_err(LoginError::read(
                         "reading the upstream's authentication reply",
                     ))?;
-            write_packet(&mut c.io, seq.wrapping_add(delta), &p)
+            c.reply = seq.wrapping_add(delta);
+            // A switch to a clear-text plugin, or a request for full authentication: the client
+            // would answer with its password. Checked before the client sees the request.
+            if let Some(plugin) = handshake::auth_switch_plugin(&p) {
+                self.no_clear_text(plugin)?;
+            } else if p == handshake::FULL_AUTHENTICATION {
+                self.no_clear_text(FULL_AUTHENTICATION_LABEL)?;
+            }
+            write_packet(&mut c.io, c.reply, &p)
                 .await
                 .map_err(LoginError::io("writing the authentication reply"))?;
             match p.first() {
@@ -682,6 +709,19 @@ impl MysqlProxy {
                 }
             }
         }
+    }
+
+    /// Refuses a plugin that would have the client send its password in clear, unless the
+    /// listener allows it.
+    fn no_clear_text(&self, plugin: &[u8]) -> Result<(), LoginError> {
+        let clear =
+            plugin == FULL_AUTHENTICATION_LABEL || handshake::sends_password_in_clear(plugin);
+        if clear && !self.cfg.allow_clear_text {
+            return Err(LoginError::ClearTextPassword {
+                plugin: String::from_utf8_lossy(plugin).into_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// The command phase, until either side closes or a client packet is refused.
@@ -1055,6 +1095,7 @@ mod tests {
             allow_plaintext: true,
             handshake_timeout: Duration::from_secs(1),
             max_allowed_packet: DEFAULT_MAX_ALLOWED_PACKET,
+            allow_clear_text: false,
         };
         let listener = ListenerConfig {
             name: "m".into(),

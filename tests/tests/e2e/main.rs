@@ -16,6 +16,7 @@ mod grpc_acl;
 mod grpc_bad_input;
 mod grpc_kernel;
 mod grpc_python;
+mod impostor;
 mod kernel;
 mod mysql;
 mod mysql_agent;

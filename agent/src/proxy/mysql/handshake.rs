@@ -341,6 +341,28 @@ impl Login {
     }
 }
 
+/// Client authentication plugins that answer with the password itself (over a connection the
+/// client takes for secure, which towards vtguard it is): `mysql_clear_password` (and the
+/// server plugins that use it, e.g. LDAP simple bind), MariaDB's PAM `dialog`, and
+/// `sha256_password`, which sends it in clear over TLS. (`caching_sha2_password` answers with
+/// a scramble; only its full authentication, [`FULL_AUTHENTICATION`], sends the password.)
+pub fn sends_password_in_clear(plugin: &[u8]) -> bool {
+    matches!(
+        plugin,
+        b"mysql_clear_password" | b"dialog" | b"sha256_password"
+    )
+}
+
+/// The plugin an AuthSwitchRequest payload (`0xfe`, plugin name, NUL, data) names.
+pub fn auth_switch_plugin(p: &[u8]) -> Option<&[u8]> {
+    let rest = p.strip_prefix(&[0xfe])?;
+    Some(&rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())])
+}
+
+/// caching_sha2_password's AuthMoreData "perform full authentication": the client answers
+/// with its password in clear when the connection is secure.
+pub const FULL_AUTHENTICATION: [u8; 2] = [0x01, 0x04];
+
 /// An AuthSwitchRequest: authenticate again with `plugin` against `data`.
 pub fn auth_switch(plugin: &[u8], data: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(2 + plugin.len() + data.len() + 1);
