@@ -76,14 +76,21 @@ impl Admin for Service {
             Status::invalid_argument(format!("{e}; the policy in force is unchanged"))
         })?;
         let enforcer = self.enforcer()?;
-        let changes = diff(&enforcer.acl(), &new);
+        let mut changes = diff(&enforcer.acl(), &new);
+        let total_changes = changes.len() as u64;
         if !req.dry_run {
             enforcer.replace_from(new, &req.path);
-            info!(source = %req.path, changes = changes.len(), "table ACL loaded through the admin API");
+            info!(source = %req.path, changes = total_changes, "table ACL loaded through the admin API");
+        }
+        // The summary stays small whatever the policy's size; the count is always whole.
+        if req.max_changes > 0 {
+            changes.truncate(req.max_changes as usize);
         }
         Ok(Response::new(LoadPolicyResponse {
             changes,
             applied: !req.dry_run,
+            total_changes,
+            version: enforcer.version(),
         }))
     }
 
@@ -199,7 +206,11 @@ pub async fn serve(path: &Path, state: Arc<State>) -> Result<(), Error> {
     info!(socket = %path.display(), "admin API listening");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     tonic::transport::Server::builder()
-        .add_service(AdminServer::new(Service { state }))
+        .add_service(
+            AdminServer::new(Service { state })
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
         .serve_with_incoming(incoming)
         .await
         .map_err(|e| Error::Socket {
@@ -207,6 +218,10 @@ pub async fn serve(path: &Path, state: Arc<State>) -> Result<(), Error> {
             source: io::Error::other(e),
         })
 }
+
+/// The largest admin message either way: policies (and their JSON) of any realistic size fit,
+/// not only those under gRPC's default of 4 MiB.
+pub const MAX_MESSAGE: usize = 1 << 30;
 
 /// A client of the admin socket.
 pub async fn client(path: &Path) -> Result<AdminClient<tonic::transport::Channel>, Error> {
@@ -225,7 +240,9 @@ pub async fn client(path: &Path) -> Result<AdminClient<tonic::transport::Channel
             path: path.to_owned(),
             detail: std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()),
         })?;
-    Ok(AdminClient::new(channel))
+    Ok(AdminClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE))
 }
 
 /// What changes between two policies: groups and table entries added or removed, and

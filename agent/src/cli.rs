@@ -78,6 +78,9 @@ pub enum PolicyCommand {
         /// Report what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// List every change (by default the first 50 and a count of the rest).
+        #[arg(long)]
+        full_diff: bool,
         /// The agent's admin socket.
         #[arg(long, default_value = crate::admin::DEFAULT_SOCKET)]
         socket: PathBuf,
@@ -194,8 +197,9 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             PolicyCommand::Load {
                 file,
                 dry_run,
+                full_diff,
                 socket,
-            } => policy_load(&file, dry_run, &socket),
+            } => policy_load(&file, dry_run, full_diff, &socket),
             PolicyCommand::Show { socket } => policy_show(&socket),
             PolicyCommand::Check(args) => policy_check(args),
         },
@@ -227,30 +231,74 @@ where
     Ok(reply)
 }
 
-fn policy_load(file: &Path, dry_run: bool, socket: &Path) -> anyhow::Result<ExitCode> {
+/// Change lines `policy load` prints unless `--full-diff`.
+const SHOWN_CHANGES: u32 = 50;
+
+fn policy_load(
+    file: &Path,
+    dry_run: bool,
+    full_diff: bool,
+    socket: &Path,
+) -> anyhow::Result<ExitCode> {
     let content =
         std::fs::read(file).with_context(|| format!("reading policy {}", file.display()))?;
+    let path = file.display().to_string();
     let req = LoadPolicyRequest {
         content,
-        path: file.display().to_string(),
+        path: path.clone(),
         dry_run,
+        max_changes: if full_diff { 0 } else { SHOWN_CHANGES },
     };
-    let resp = admin(socket, |mut c| async move { c.load_policy(req).await })?;
+    // The version before, so that a reply lost after the agent applied the policy is not
+    // reported as a failure (nor a failure as success).
+    let before = policy_version(socket);
+    let resp = match admin(socket, |mut c| async move { c.load_policy(req).await }) {
+        Ok(r) => r,
+        Err(e) => {
+            let after = policy_version(socket);
+            return match (before, after) {
+                (Some((b, _)), Some((a, source))) if !dry_run && a > b && source == path => {
+                    println!("policy loaded (version {a}); the agent's reply was lost: {e:#}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                _ => Err(e),
+            };
+        }
+    };
     for c in &resp.changes {
         println!("{c}");
     }
-    if resp.changes.is_empty() {
+    let shown = resp.changes.len() as u64;
+    if resp.total_changes > shown {
+        println!(
+            "… and {} more changes ({} in all; --full-diff lists them all)",
+            resp.total_changes - shown,
+            resp.total_changes
+        );
+    }
+    if resp.total_changes == 0 {
         println!("no changes");
     }
-    println!(
-        "{}",
-        if resp.applied {
-            "policy loaded"
-        } else {
-            "dry run: nothing changed"
-        }
-    );
+    if resp.applied {
+        println!(
+            "policy loaded: version {}, {} changes",
+            resp.version, resp.total_changes
+        );
+    } else {
+        println!("dry run: nothing changed");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The policy version in force and where it came from, if the agent answers.
+fn policy_version(socket: &Path) -> Option<(u64, String)> {
+    let resp = admin(
+        socket,
+        |mut c| async move { c.status(StatusRequest {}).await },
+    )
+    .ok()?;
+    let status: crate::status::Status = serde_json::from_str(&resp.json).ok()?;
+    status.policy.map(|p| (p.version, p.source))
 }
 
 fn policy_show(socket: &Path) -> anyhow::Result<ExitCode> {

@@ -557,7 +557,8 @@ fn policy_load_through_the_cli_swaps_valid_files_and_refuses_invalid_ones() {
     ]);
     assert_eq!(code, 0);
     assert!(
-        out.contains("+ \"bob\" gains READER on \"t2\"") && out.ends_with("policy loaded\n"),
+        out.contains("+ \"bob\" gains READER on \"t2\"")
+            && out.lines().last() == Some("policy loaded: version 2, 4 changes"),
         "{out}"
     );
     let (_, out, err) = vtguard(&["policy", "show", "--socket", sock]);
@@ -579,6 +580,140 @@ fn policy_load_through_the_cli_swaps_valid_files_and_refuses_invalid_ones() {
     assert!(
         err.contains("admin socket /nonexistent/admin.sock: cannot connect"),
         "{err}"
+    );
+}
+
+/// A policy of 20 000 groups and 200 000 table entries (over 20 MB of JSON): what one of the
+/// largest tableacl files looks like.
+fn large_policy(groups: usize, skip: Option<usize>) -> String {
+    let mut out = String::from("{\"table_groups\": [");
+    let mut first = true;
+    for g in (0..groups).filter(|g| Some(*g) != skip) {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        let tables: Vec<String> = (0..10)
+            .map(|t| format!("\"keyspace_{g:05}_table_with_a_long_descriptive_name_{t:02}\""))
+            .collect();
+        let readers: Vec<String> = (0..12)
+            .map(|r| format!("\"service-reader-{r:02}.example\""))
+            .collect();
+        out.push_str(&format!(
+            "{{\"name\": \"group_{g:05}\", \"table_names_or_prefixes\": [{}], \"readers\": [{}], \"writers\": [\"writer-{g:05}\"], \"admins\": [\"dba\"]}}",
+            tables.join(", "),
+            readers.join(", ")
+        ));
+    }
+    out.push_str("]}");
+    out
+}
+
+#[test]
+fn a_policy_of_200k_entries_round_trips_through_load_show_and_diff() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let acl = tmp.path().join("acl.json");
+    fs::write(&acl, r#"{"table_groups": []}"#).expect("acl");
+    let socket = tmp.path().join("admin.sock");
+    let config = write_config(
+        tmp.path(),
+        &format!(
+            "{}[admin]\nsocket = \"{}\"\n{}",
+            tableacl_section(&acl),
+            socket.display(),
+            Listener::grpc("vttablet", ([127, 0, 0, 1], free_port()).into())
+                .plaintext()
+                .port(free_port())
+                .no_query_log()
+                .toml()
+        ),
+    );
+    let _agent = start_until(&config, "admin API listening");
+    let sock = socket.to_str().expect("utf-8");
+    let big = tmp.path().join("big.json");
+    let text = large_policy(20_000, None);
+    assert!(text.len() > 20_000_000, "over 20 MB: {}", text.len());
+    fs::write(&big, &text).expect("big policy");
+    let big = big.to_str().expect("utf-8");
+
+    // Load: a bounded summary, the whole count, and success only because it took effect.
+    let (code, out, err) = vtguard(&["policy", "load", big, "--socket", sock]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.len(),
+        52,
+        "50 changes, the rest counted, the verdict: {out:.2000}"
+    );
+    assert!(
+        lines[50].starts_with("… and ") && lines[50].contains("--full-diff"),
+        "{}",
+        lines[50]
+    );
+    let total: u64 = lines[51]
+        .strip_prefix("policy loaded: version 2, ")
+        .and_then(|r| r.strip_suffix(" changes"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", lines[51]));
+    assert!(total >= 200_000, "every table is a change: {total}");
+
+    // Show: the whole policy comes back.
+    let (code, out, err) = vtguard(&["policy", "show", "--socket", sock]);
+    assert_eq!(code, 0, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("policy show prints JSON");
+    let groups = shown["table_groups"].as_array().expect("table_groups");
+    assert_eq!(groups.len(), 20_000);
+    assert_eq!(
+        groups[19_999]["table_names_or_prefixes"][9],
+        "keyspace_19999_table_with_a_long_descriptive_name_09"
+    );
+
+    // Diff: the same file changes nothing; one group less is exactly that group's entries.
+    let (code, out, _) = vtguard(&["policy", "load", big, "--socket", sock, "--dry-run"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "no changes\ndry run: nothing changed\n")
+    );
+    let smaller = tmp.path().join("smaller.json");
+    fs::write(&smaller, large_policy(20_000, Some(123))).expect("smaller policy");
+    let (code, out, err) = vtguard(&[
+        "policy",
+        "load",
+        smaller.to_str().expect("utf-8"),
+        "--socket",
+        sock,
+        "--dry-run",
+        "--full-diff",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let changes: Vec<&str> = out.lines().filter(|l| !l.starts_with("dry run")).collect();
+    assert!(
+        !changes.is_empty() && changes.iter().all(|l| l.contains("00123")),
+        "{out:.3000}"
+    );
+    assert!(
+        changes
+            .iter()
+            .any(|l| l.contains("keyspace_00123_table_with_a_long_descriptive_name_09")),
+        "{out:.3000}"
+    );
+
+    // A file that is not valid: failure, and the version in force stays.
+    fs::write(&smaller, &text[..text.len() / 2]).expect("truncated policy");
+    let (code, _, err) = vtguard(&[
+        "policy",
+        "load",
+        smaller.to_str().expect("utf-8"),
+        "--socket",
+        sock,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the policy in force is unchanged"), "{err}");
+    let (_, out, _) = vtguard(&["status", "--socket", sock, "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
+    assert_eq!(
+        status["policy"]["version"], 2,
+        "the failed load changed nothing"
     );
 }
 
