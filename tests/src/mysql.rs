@@ -505,6 +505,21 @@ pub fn tls_login(
     rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
     Vec<u8>,
 )> {
+    tls_login_with(pki, addr, client, user, tls12_only, 0)
+}
+
+/// [`tls_login`] asking for `extra` capability flags too (e.g. CLIENT_MULTI_STATEMENTS).
+pub fn tls_login_with(
+    pki: &Pki,
+    addr: SocketAddr,
+    client: &str,
+    user: &str,
+    tls12_only: bool,
+    extra: u32,
+) -> std::io::Result<(
+    rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    Vec<u8>,
+)> {
     use std::io::{Read, Write};
     use vtguard_agent::{proxy::mysql::handshake::cap, tls};
     let mut roots = rustls::RootCertStore::empty();
@@ -535,7 +550,7 @@ pub fn tls_login(
     tcp.read_exact(&mut h)?;
     let mut g = vec![0u8; usize::from(h[0]) | usize::from(h[1]) << 8];
     tcp.read_exact(&mut g)?;
-    let login = login_payload(user, cap::SSL);
+    let login = login_payload(user, cap::SSL | extra);
     let mut first = packet(1, &login[..32]);
     conn.write_tls(&mut first)?;
     assert!(

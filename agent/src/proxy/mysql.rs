@@ -29,6 +29,7 @@
 
 pub mod handshake;
 pub mod packet;
+mod responses;
 
 use std::{
     io,
@@ -50,6 +51,7 @@ use tracing::{debug, info, warn};
 use self::{
     handshake::{cap, Greeting, Login},
     packet::Header,
+    responses::{Event, Expect, Responses},
 };
 use super::listener::{self, Core, Deps, DialError, ListenerConfig, Serve, TlsRefusal};
 use crate::{
@@ -150,8 +152,6 @@ pub const INSECURE_TRANSPORT: &str =
 
 /// Relay state shared by the two directions, to follow LOAD DATA LOCAL exchanges.
 const IDLE: u8 = 0;
-/// A COM_QUERY went upstream; its response's first packet tells whether a file is wanted.
-const AWAIT_QUERY: u8 = 1;
 /// The upstream asked for a local file: client packets are file data until an empty one.
 const INFILE: u8 = 2;
 
@@ -480,11 +480,12 @@ impl MysqlProxy {
             .map_err(LoginError::io("writing the greeting"))?;
         let mut c = self.client_login(tcp).await?;
         match self.login(&mut c).await {
-            Ok((upstream, identity)) => Ok(Session {
+            Ok((upstream, identity, capabilities)) => Ok(Session {
                 client: c.io,
                 upstream,
                 identity,
                 tls: c.over_tls,
+                capabilities,
             }),
             Err(e) => {
                 if let Some(err) = e.reply() {
@@ -531,13 +532,15 @@ impl MysqlProxy {
         })
     }
 
-    /// From the login packet to an authenticated upstream session.
-    async fn login(&self, c: &mut ClientLogin) -> Result<(Io, Identity), LoginError> {
+    /// From the login packet to an authenticated upstream session: the upstream connection,
+    /// the caller, and the capabilities the session runs with.
+    async fn login(&self, c: &mut ClientLogin) -> Result<(Io, Identity, u32), LoginError> {
         let (login, identity) = self.identify(c)?;
         let (mut upstream, greeting) = self.open_upstream(&identity).await?;
-        self.authenticate(c, &mut upstream, &login, &greeting)
+        let capabilities = self
+            .authenticate(c, &mut upstream, &login, &greeting)
             .await?;
-        Ok((upstream, identity))
+        Ok((upstream, identity, capabilities))
     }
 
     /// The login's checks, and who it proves the caller is.
@@ -616,7 +619,7 @@ impl MysqlProxy {
         upstream: &mut Io,
         login: &Login,
         ug: &Greeting,
-    ) -> Result<(), LoginError> {
+    ) -> Result<u32, LoginError> {
         // The client chose from what vtguard advertised; a flag that changes the wire format
         // must be one the upstream also has (it does, unless the upstream just changed).
         const WIRE: u32 = cap::PROTOCOL_41
@@ -690,7 +693,7 @@ impl MysqlProxy {
                 .await
                 .map_err(LoginError::io("writing the authentication reply"))?;
             match p.first() {
-                Some(0x00) => return Ok(()),
+                Some(0x00) => return Ok(fwd.capabilities),
                 Some(0xff) => {
                     return Err(LoginError::UpstreamLogin {
                         user: String::from_utf8_lossy(&login.user).into_owned(),
@@ -730,14 +733,25 @@ impl MysqlProxy {
         let (ur, uw) = tokio::io::split(s.upstream);
         let cw = Arc::new(tokio::sync::Mutex::new(cw));
         let state = AtomicU8::new(IDLE);
+        let responses = Mutex::new(Responses::new(s.capabilities));
         let up = self.client_to_upstream(
             BufReader::with_capacity(RELAY_BUFFER, cr),
             uw,
-            &cw,
-            &state,
+            Relay {
+                client: &cw,
+                state: &state,
+                responses: &responses,
+            },
             &s.identity,
         );
-        let down = upstream_to_client(ur, &cw, &state);
+        let down = upstream_to_client(
+            ur,
+            Relay {
+                client: &cw,
+                state: &state,
+                responses: &responses,
+            },
+        );
         tokio::select! {
             r = up => r,
             r = down => r,
@@ -748,8 +762,7 @@ impl MysqlProxy {
         &self,
         mut cr: R,
         mut uw: W,
-        cw: &tokio::sync::Mutex<C>,
-        state: &AtomicU8,
+        relay: Relay<'_, C>,
         id: &Identity,
     ) -> Result<(), RelayError>
     where
@@ -757,6 +770,7 @@ impl MysqlProxy {
         W: AsyncWrite + Unpin,
         C: AsyncWrite + Unpin,
     {
+        let (cw, state) = (relay.client, relay.state);
         let max = self.cfg.max_allowed_packet;
         let mut buf = vec![0u8; RELAY_BUFFER];
         loop {
@@ -814,17 +828,14 @@ impl MysqlProxy {
                 let message = refusal.message();
                 info!(listener = %self.core.name, identity = %id, command = format!("{command:#04x}"), message = %message, "denied");
                 let (code, sqlstate) = refusal.code();
-                write_packet(
-                    &mut *cw.lock().await,
-                    1,
-                    &handshake::err(code, sqlstate, &message, true),
-                )
-                .await
-                .map_err(RelayError::WriteClient)?;
+                let mut err = Vec::new();
+                packet::encode(&mut err, 1, &handshake::err(code, sqlstate, &message, true));
+                relay.answer(err).await?;
                 continue;
             }
-            if command == com::QUERY {
-                state.store(AWAIT_QUERY, Ordering::Release);
+            if let Some(expect) = Expect::of(command) {
+                // Queued before the command leaves: its response cannot come before its entry.
+                relay.responses.lock().expect(expect);
             }
             let mut out = Vec::with_capacity(payload.len() + 4);
             packet::encode(&mut out, 0, &payload);
@@ -930,6 +941,8 @@ struct Session {
     upstream: Io,
     identity: Identity,
     tls: bool,
+    /// The capabilities the client and the upstream agreed on (the wire format).
+    capabilities: u32,
 }
 
 /// What a greeting advertises before the upstream was ever seen: flags every MySQL-protocol
@@ -1041,33 +1054,84 @@ where
     Ok(())
 }
 
-/// Upstream bytes go to the client as they come; only packet starts are looked at, to see
-/// the upstream ask for a local file in answer to a query.
-async fn upstream_to_client<R, C>(
-    mut ur: R,
-    cw: &tokio::sync::Mutex<C>,
-    state: &AtomicU8,
-) -> Result<(), RelayError>
+/// What the two directions of a session's relay share.
+struct Relay<'a, C> {
+    /// The client's writing half; whoever writes holds it for the whole write.
+    client: &'a tokio::sync::Mutex<C>,
+    /// LOAD DATA LOCAL: whether client packets are file data.
+    state: &'a AtomicU8,
+    /// The responses the upstream owes, and vtguard's own answers queued behind them.
+    responses: &'a Mutex<Responses>,
+}
+
+impl<C> Clone for Relay<'_, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C> Copy for Relay<'_, C> {}
+
+impl<C: AsyncWrite + Unpin> Relay<'_, C> {
+    /// Sends vtguard's own answer to a command (a whole packet): at once when the upstream owes
+    /// no response, else after the responses to the commands before it (in order, as a
+    /// pipelining client expects).
+    async fn answer(&self, packet: Vec<u8>) -> Result<(), RelayError> {
+        // The client's writer first: the upstream direction holds it while it takes entries off
+        // the queue and writes what they release, so "idle" cannot change under this write.
+        let mut w = self.client.lock().await;
+        let now = {
+            let mut r = self.responses.lock();
+            if r.idle() {
+                Some(packet)
+            } else {
+                r.answer_later(packet);
+                None
+            }
+        };
+        if let Some(p) = now {
+            w.write_all(&p).await.map_err(RelayError::WriteClient)?;
+            w.flush().await.map_err(RelayError::WriteClient)?;
+        }
+        Ok(())
+    }
+}
+
+/// Upstream bytes go to the client as they come. Where a response ends, vtguard's own answers
+/// queued behind it go out before the next one; a LOCAL INFILE request switches the client's
+/// direction to file data.
+async fn upstream_to_client<R, C>(mut ur: R, relay: Relay<'_, C>) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin,
     C: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; RELAY_BUFFER];
-    let mut tracker = packet::Tracker::default();
+    let mut events = Vec::new();
     loop {
         let n = ur.read(&mut buf).await.map_err(RelayError::Upstream)?;
+        let mut w = relay.client.lock().await;
         if n == 0 {
-            let _ = cw.lock().await.shutdown().await;
+            let _ = w.shutdown().await;
             return Ok(());
         }
-        tracker.feed(&buf[..n], |_, first| {
-            if state.load(Ordering::Acquire) == AWAIT_QUERY {
-                let next = if first == Some(0xfb) { INFILE } else { IDLE };
-                state.store(next, Ordering::Release);
+        relay.responses.lock().feed(&buf[..n], |e| events.push(e));
+        let mut from = 0;
+        for e in events.drain(..) {
+            match e {
+                Event::Infile => relay.state.store(INFILE, Ordering::Release),
+                Event::Ended { answers, .. } if answers.is_empty() => {}
+                Event::Ended { at, answers } => {
+                    w.write_all(&buf[from..at])
+                        .await
+                        .map_err(RelayError::WriteClient)?;
+                    from = at;
+                    for a in answers {
+                        w.write_all(&a).await.map_err(RelayError::WriteClient)?;
+                    }
+                }
             }
-        });
-        let mut w = cw.lock().await;
-        w.write_all(&buf[..n])
+        }
+        w.write_all(&buf[from..n])
             .await
             .map_err(RelayError::WriteClient)?;
         w.flush().await.map_err(RelayError::WriteClient)?;
@@ -1138,6 +1202,7 @@ mod tests {
                         groups: vec![],
                     },
                     tls: false,
+                    capabilities: cap::PROTOCOL_41 | cap::DEPRECATE_EOF,
                 };
                 let p = proxy();
                 let relay = p.relay(session);

@@ -22,6 +22,7 @@ mod mysql;
 mod mysql_agent;
 mod mysql_bad_input;
 mod mysql_kernel;
+mod mysql_pipelining;
 mod tls_rotation;
 
 /// The demo's scenario (tests/examples/vtguard-demo), run in-process by [`demo`].
