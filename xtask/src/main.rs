@@ -18,7 +18,7 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 const OBJECT: &str = "ebpf/prebuilt/vtguard.bpf.o";
 /// Debian packages the tests drive: bpftool (attachment checks), iproute2 (network
 /// namespaces), curl and python3 (real clients), util-linux (setpriv, to run as non-root).
-const APT_PACKAGES: [(&str, &str); 8] = [
+const APT_PACKAGES: [(&str, &str); 10] = [
     ("bpftool", "bpftool"),
     ("ip", "iproute2"),
     ("curl", "curl"),
@@ -28,6 +28,10 @@ const APT_PACKAGES: [(&str, &str); 8] = [
     ("mariadbd", "mariadb-server"),
     ("mariadb", "mariadb-client"),
     ("sysbench", "sysbench"),
+    // The cluster policy: etcd-client's build script compiles etcd's protos with protoc, and
+    // the cluster tests start a real etcd.
+    ("protoc", "protobuf-compiler"),
+    ("etcd", "etcd-server"),
 ];
 
 #[derive(Parser)]
