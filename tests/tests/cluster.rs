@@ -240,9 +240,11 @@ fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Dura
     start.elapsed()
 }
 
-/// `vtguard policy status --cluster --json`: (exit code, etcd revision, node → (revision,
-/// status, error)).
-fn cluster_status(etcd: &str) -> (i32, i64, Vec<(String, i64, String, String)>) {
+/// One node in `policy status --cluster --json`: (node, revision, status, error).
+type NodeRow = (String, i64, String, String);
+
+/// `vtguard policy status --cluster --json`: (exit code, etcd revision, nodes).
+fn cluster_status(etcd: &str) -> (i32, i64, Vec<NodeRow>) {
     let (code, out, err) = vtguard(&["policy", "status", "--cluster", "--etcd", etcd, "--json"]);
     assert!(code == 0 || code == 4, "policy status --cluster: {err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
@@ -387,10 +389,9 @@ fn agents_keep_enforcing_without_etcd_start_from_the_persisted_policy_and_catch_
         "every node reports the disconnection",
         Duration::from_secs(5),
         || {
-            nodes.iter().all(|n| {
-                n.status()
-                    .contains(&format!("cluster: disconnected since unix time"))
-            })
+            nodes
+                .iter()
+                .all(|n| n.status().contains("cluster: disconnected since unix time"))
         },
     );
     for n in &nodes {
@@ -413,7 +414,7 @@ fn agents_keep_enforcing_without_etcd_start_from_the_persisted_policy_and_catch_
     assert!(nodes[2].allows("alice") && !nodes[2].allows("bob"));
     let st = nodes[2].status();
     assert!(
-        st.contains(&format!("disconnected since unix time"))
+        st.contains("disconnected since unix time")
             && st.contains(&format!("enforcing revision {rev} (persisted)")),
         "{st}"
     );
@@ -451,7 +452,7 @@ fn agents_keep_enforcing_without_etcd_start_from_the_persisted_policy_and_catch_
             "{}: {log}",
             n.name
         );
-        assert!(n.status().contains(&format!("cluster: connected since")));
+        assert!(n.status().contains("cluster: connected since"));
     }
 }
 
