@@ -1029,6 +1029,62 @@ fn one_line(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// `[cluster]` errors are one line naming the key and the fix; defaults fill the rest.
+    #[test]
+    fn cluster_section_is_validated_with_the_fix() {
+        let listener = "[[listener]]\nname = \"l\"\nprotocol = \"grpc\"\nservice = \"vttablet\"\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\ninsecure-plaintext = true\n";
+        let parse =
+            |cluster: &str| Config::parse(Path::new("c.toml"), &format!("{cluster}\n{listener}"));
+        let err = |cluster: &str| parse(cluster).expect_err(cluster).to_string();
+        let c = parse("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nnode = \"n1\"\n[tableacl]\nqueryserver-config-strict-table-acl = true\n")
+            .expect("valid")
+            .cluster
+            .expect("cluster");
+        assert_eq!(c.etcd.prefix, "/vtguard");
+        assert_eq!(c.lease_ttl, Duration::from_secs(10));
+        assert!(c.acl.as_ref().is_some_and(|s| s.strict));
+        for (cluster, want) in [
+            (
+                "[cluster]\netcd = []",
+                "[cluster] etcd is empty: list etcd's client URLs",
+            ),
+            (
+                "[cluster]\netcd = [\"127.0.0.1:2379\"]",
+                "use http:// or https://",
+            ),
+            (
+                "[cluster]\netcd = [\"https://e:2379\"]",
+                "without etcd-ca: set etcd-ca",
+            ),
+            (
+                "[cluster]\netcd = [\"http://e:2379\"]\nprefix = \"vt/\"",
+                "[cluster] prefix \"vt/\": use an absolute key path",
+            ),
+            (
+                "[cluster]\netcd = [\"http://e:2379\"]\nnode = \"a b\"",
+                "[cluster] node \"a b\": use letters",
+            ),
+            (
+                "[cluster]\netcd = [\"http://e:2379\"]\nlease-ttl-seconds = 1",
+                "lease-ttl-seconds 1: use 2 to 300",
+            ),
+            (
+                "[cluster]\netcd = [\"http://e:2379\"]\n[tableacl]\ntable-acl-config = \"/a.json\"",
+                "with [cluster] the table ACL comes from etcd: remove it",
+            ),
+            (
+                "[tableacl]\nqueryserver-config-strict-table-acl = true",
+                "[tableacl] table-acl-config is missing",
+            ),
+        ] {
+            let e = err(cluster);
+            assert!(
+                e.starts_with("config c.toml: ") && e.contains(want),
+                "{cluster}: {e}"
+            );
+        }
+    }
+
     fn parse(text: &str) -> Result<Config, Error> {
         Config::parse(Path::new("/etc/vtguard/agent.toml"), text)
     }
