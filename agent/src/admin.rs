@@ -49,6 +49,8 @@ pub struct State {
     pub listeners: Vec<Arc<dyn Listener>>,
     /// When the agent started (unix seconds).
     pub started: i64,
+    /// `[cluster]`: the policy comes from etcd, not from the admin API.
+    pub cluster: Option<Arc<crate::cluster::Node>>,
 }
 
 struct Service {
@@ -72,6 +74,11 @@ impl Admin for Service {
         req: Request<LoadPolicyRequest>,
     ) -> Result<Response<LoadPolicyResponse>, Status> {
         let req = req.into_inner();
+        if self.state.cluster.is_some() {
+            return Err(Status::failed_precondition(
+                "this agent takes its policy from etcd ([cluster]): load it into the cluster with `vtguard policy load FILE --config CONFIG` (or --etcd URL)",
+            ));
+        }
         let new = TableAcl::parse(&req.path, &req.content).map_err(|e| {
             Status::invalid_argument(format!("{e}; the policy in force is unchanged"))
         })?;
@@ -184,6 +191,7 @@ pub fn status(state: &State) -> crate::status::Status {
         connections,
         policy,
         kernel,
+        cluster: state.cluster.as_ref().map(|c| c.status()),
     }
 }
 

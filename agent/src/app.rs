@@ -13,8 +13,9 @@ use tracing::{error, info, warn};
 
 use crate::{
     acl::Enforcer,
+    cluster::{document::NodeView, Node},
     config::Config,
-    kernel::{Attach, Kernel, Origin},
+    kernel::{Attach, Kernel, KernelPolicy, Origin, PolicySummary},
     proxy::listener::{self, Deps, Listener},
     sessions::Sessions,
 };
@@ -42,14 +43,49 @@ struct Agent {
     enforcer: Option<Arc<Enforcer>>,
     sessions: Arc<Sessions>,
     listeners: Vec<Arc<dyn Listener>>,
+    /// `[cluster]`: the policy comes from etcd.
+    cluster: Option<Arc<Node>>,
 }
 
 async fn run_async(config: Config) -> anyhow::Result<()> {
     info!(config = %config.source.display(), listeners = config.listeners.len(), kernel = config.kernel.is_some(), "starting vtguard");
     let mut tasks = Tasks::new();
     let kernel = start_kernel(&config, &mut tasks)?;
-    let enforcer = match &config.tableacl {
-        Some(t) => {
+    let sessions = Arc::new(Sessions::default());
+    if let Some(k) = &config.kernel {
+        sessions.set_policy(&k.policy, false);
+    }
+    let mut cluster = None;
+    let enforcer = match (&config.tableacl, &config.cluster) {
+        (_, Some(c)) => {
+            let enforcer = c.acl.as_ref().map(|s| {
+                let e = Arc::new(Enforcer::new(crate::acl::TableAcl::default(), s.clone()));
+                e.set_source("none yet (cluster)");
+                e
+            });
+            let view = NodeView {
+                cell: c.cell.clone(),
+                listeners: config
+                    .listeners
+                    .iter()
+                    .map(|l| (l.name.clone(), l.upstream.port()))
+                    .collect(),
+            };
+            info!(node = %c.node, cell = ?c.cell, etcd = %c.etcd.endpoints.join(","), prefix = %c.etcd.prefix, state_dir = %c.state_dir.display(), "cluster config");
+            let node = Node::new(
+                c.clone(),
+                view,
+                enforcer.clone(),
+                kernel.clone(),
+                Arc::clone(&sessions),
+                config.kernel.as_ref().map(|k| k.policy.clone()),
+            );
+            node.start().await?;
+            tasks.spawn(Arc::clone(&node).run());
+            cluster = Some(node);
+            enforcer
+        }
+        (Some(t), None) => {
             let enforcer = t.start()?;
             let (t, e) = (t.clone(), Arc::clone(&enforcer));
             tasks.spawn(async move {
@@ -58,18 +94,15 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
             });
             Some(enforcer)
         }
-        None => None,
+        (None, None) => None,
     };
-    let sessions = Arc::new(Sessions::default());
-    if let Some(k) = &config.kernel {
-        sessions.set_policy(&k.policy, false);
-    }
     let mut agent = Agent {
         config,
         kernel,
         enforcer,
         sessions,
         listeners: Vec::new(),
+        cluster,
     };
     agent.start_listeners(&mut tasks).await?;
     agent.start_admin(&mut tasks);
@@ -189,11 +222,13 @@ impl Agent {
             kernel: self.kernel.clone(),
             listeners: self.listeners.clone(),
             started: crate::acl::now_unix(),
+            cluster: self.cluster.clone(),
         });
         if let Some(addr) = self.config.metrics {
             let (k, s) = (self.kernel.clone(), Arc::clone(&self.sessions));
+            let cluster = self.cluster.is_some();
             tasks.spawn(async move {
-                crate::metrics::serve(addr, k, s)
+                crate::metrics::serve(addr, k, s, cluster)
                     .await
                     .map_err(anyhow::Error::from)
             });
@@ -211,12 +246,15 @@ impl Agent {
         if let Some(k) = &self.kernel {
             // Applying may wait out the previous generation's grace period: off the async
             // workers.
-            let (k, source, sessions) = (
+            let (k, source, sessions, cluster) = (
                 Arc::clone(k),
                 self.config.source.clone(),
                 Arc::clone(&self.sessions),
+                self.cluster.clone(),
             );
-            tokio::task::spawn_blocking(move || reload_kernel(&k, &source, &sessions));
+            tokio::task::spawn_blocking(move || {
+                reload_kernel(&k, &source, &sessions, cluster.as_deref())
+            });
         }
         if let (Some(e), Some(t)) = (&self.enforcer, &self.config.tableacl) {
             t.reload(e);
@@ -227,27 +265,51 @@ impl Agent {
     }
 }
 
-/// Re-reads the config's kernel policy (with the listeners' identities) and applies it. The
-/// open connections of identities it no longer lets through are closed at once, and again
-/// after the kernel has the new policy (a reconnect in between went through the old one).
-fn reload_kernel(kernel: &Kernel, source: &std::path::Path, sessions: &Sessions) {
+/// Re-reads the config's kernel policy (with the listeners' identities) and applies it (with
+/// the cluster policy's grants, under `[cluster]`).
+fn reload_kernel(
+    kernel: &Kernel,
+    source: &std::path::Path,
+    sessions: &Sessions,
+    cluster: Option<&Node>,
+) {
     match Config::load(source) {
-        Ok(Config { kernel: Some(new), .. }) => {
-            for c in sessions.set_policy(&new.policy, true) {
-                warn!(listener = %c.listener, identity = %c.identity, port = c.port, connections = c.connections, "identity lost access to the upstream: its open connections are closed");
+        Ok(Config { kernel: Some(new), .. }) => match cluster {
+            Some(node) => node.reload_base(new.policy),
+            None => {
+                apply_kernel_policy(kernel, sessions, &new.policy, "SIGHUP");
             }
-            match kernel.apply_policy(&new.policy) {
-                Ok(s) => {
-                    info!(generation = s.generation, protected_ports = ?s.protected_ports, grants = s.grants, "kernel policy reloaded");
-                    sessions.applied();
-                }
-                // The kernel keeps the previous policy; vtguard goes on refusing, at its own
-                // door, the identities the new one removed.
-                Err(e) => error!(error = %e, "kernel policy reload failed; the kernel keeps the previous policy and vtguard refuses the identities the new one removed"),
-            }
-        }
+        },
         Ok(_) => error!("config reload: the [kernel] section is gone; the previous policy stays in force (detach with `vtguard kernel detach`)"),
         Err(e) => error!(error = %e, "config reload failed; the previous policy stays in force"),
+    }
+}
+
+/// Puts a kernel policy in force: the one path for SIGHUP and the cluster policy. The open
+/// connections of identities it no longer lets through are closed at once, and again after
+/// the kernel has the new policy (a reconnect in between went through the old one). Blocking:
+/// the kernel may wait out the previous generation's grace period.
+pub(crate) fn apply_kernel_policy(
+    kernel: &Kernel,
+    sessions: &Sessions,
+    policy: &KernelPolicy,
+    why: &str,
+) -> Option<PolicySummary> {
+    for c in sessions.set_policy(policy, true) {
+        warn!(listener = %c.listener, identity = %c.identity, port = c.port, connections = c.connections, "identity lost access to the upstream: its open connections are closed");
+    }
+    match kernel.apply_policy(policy) {
+        Ok(s) => {
+            info!(generation = s.generation, protected_ports = ?s.protected_ports, grants = s.grants, by = why, "kernel policy reloaded");
+            sessions.applied();
+            Some(s)
+        }
+        // The kernel keeps the previous policy; vtguard goes on refusing, at its own door, the
+        // identities the new one removed.
+        Err(e) => {
+            error!(error = %e, by = why, "kernel policy reload failed; the kernel keeps the previous policy and vtguard refuses the identities the new one removed");
+            None
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The command line: `vtguard run`, `vtguard status`, `vtguard kernel status|detach`,
-//! `vtguard policy load|show|check`.
+//! `vtguard policy load|show|check`, and against etcd `vtguard policy load --etcd|history|
+//! rollback|status --cluster`.
 
 use std::{
     fmt::Write as _,
@@ -72,7 +73,8 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate a Vitess tableacl file, print what changes, and swap it in atomically. An
-    /// invalid file changes nothing.
+    /// invalid file changes nothing. With --etcd or --config: a cluster policy document,
+    /// written to etcd if nobody changed it since it was diffed.
     Load {
         file: PathBuf,
         /// Report what would change; change nothing.
@@ -84,6 +86,43 @@ pub enum PolicyCommand {
         /// The agent's admin socket.
         #[arg(long, default_value = crate::admin::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// Cluster: write only if etcd's policy is still at this revision (the one a dry run
+        /// showed).
+        #[arg(long, value_name = "REV")]
+        if_revision: Option<i64>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Cluster: the revisions of the policy etcd still keeps, newest first.
+    History {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// At most this many revisions.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cluster: write revision REV's document again, as a new revision.
+    Rollback {
+        rev: i64,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Report what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Cluster: which revision every node enforces (exit 4 if one lags or refused it).
+    Status {
+        /// Read every node's state from etcd (required: the local agent's is `vtguard status`).
+        #[arg(long, required = true)]
+        cluster: bool,
+        #[command(flatten)]
+        etcd: ClusterArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// The policy in force, as Vitess tableacl JSON.
     Show {
@@ -93,6 +132,62 @@ pub enum PolicyCommand {
     },
     /// Would this caller be allowed to run this SQL? The decision and the rule that made it.
     Check(CheckArgs),
+}
+
+/// Where etcd is: `--etcd URL…` (with `--prefix` and TLS files) or an agent config's
+/// `[cluster]`.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// etcd client URL (repeat for several).
+    #[arg(long = "etcd", value_name = "URL")]
+    pub etcd: Vec<String>,
+    /// Key prefix in etcd.
+    #[arg(long, requires = "etcd")]
+    pub prefix: Option<String>,
+    /// CA bundle for https:// endpoints.
+    #[arg(long, requires = "etcd")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate for etcd.
+    #[arg(long, requires = "etcd")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Client key for etcd.
+    #[arg(long, requires = "etcd")]
+    pub etcd_key: Option<PathBuf>,
+    /// Take etcd's address from this agent config's [cluster].
+    #[arg(long, short, conflicts_with = "etcd")]
+    pub config: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    fn is_set(&self) -> bool {
+        !self.etcd.is_empty() || self.config.is_some()
+    }
+
+    /// The etcd to talk to.
+    fn etcd(&self) -> anyhow::Result<crate::cluster::EtcdConfig> {
+        if let Some(c) = &self.config {
+            return Ok(Config::load(c)?
+                .cluster
+                .with_context(|| {
+                    format!(
+                        "config {} has no [cluster] section: give --etcd URL",
+                        c.display()
+                    )
+                })?
+                .etcd);
+        }
+        if self.etcd.is_empty() {
+            anyhow::bail!("where is etcd? give --etcd URL (repeat for several) or --config with a [cluster] section");
+        }
+        crate::config::etcd_config(
+            self.etcd.clone(),
+            self.prefix.clone(),
+            self.etcd_ca.clone(),
+            self.etcd_cert.clone(),
+            self.etcd_key.clone(),
+        )
+        .map_err(|m| anyhow::anyhow!("{}", m.replace("[cluster] etcd", "--etcd")))
+    }
 }
 
 /// `vtguard policy check`.
@@ -199,7 +294,30 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 dry_run,
                 full_diff,
                 socket,
-            } => policy_load(&file, dry_run, full_diff, &socket),
+                if_revision,
+                cluster,
+            } => {
+                if cluster.is_set() {
+                    crate::cluster::command::load(&cluster.etcd()?, &file, dry_run, if_revision)
+                } else if if_revision.is_some() {
+                    anyhow::bail!("--if-revision is for the cluster policy: give --etcd URL or --config with [cluster]")
+                } else {
+                    policy_load(&file, dry_run, full_diff, &socket)
+                }
+            }
+            PolicyCommand::History {
+                cluster,
+                limit,
+                json,
+            } => crate::cluster::command::history(&cluster.etcd()?, limit, json),
+            PolicyCommand::Rollback {
+                rev,
+                cluster,
+                dry_run,
+            } => crate::cluster::command::rollback(&cluster.etcd()?, rev, dry_run),
+            PolicyCommand::Status { etcd, json, .. } => {
+                crate::cluster::command::status(&etcd.etcd()?, json)
+            }
             PolicyCommand::Show { socket } => policy_show(&socket),
             PolicyCommand::Check(args) => policy_check(args),
         },
@@ -415,7 +533,7 @@ fn kernel_detach(pins: &PinArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Columns padded to their widest cell, two spaces apart, no trailing blanks.
-fn table<const N: usize>(out: &mut String, head: [&str; N], rows: &[[String; N]]) {
+pub(crate) fn table<const N: usize>(out: &mut String, head: [&str; N], rows: &[[String; N]]) {
     let mut w = head.map(str::len);
     for r in rows {
         for (w, c) in w.iter_mut().zip(r) {
@@ -508,6 +626,25 @@ pub fn status_text(s: &Status) -> String {
                 p.mode, p.strict, p.dry_run, p.exempt.as_deref().unwrap_or("-")
             );
         }
+    }
+    if let Some(c) = &s.cluster {
+        let _ =
+            writeln!(
+            out,
+            "cluster: {} since unix time {}, enforcing revision {} ({}); node {}{}, etcd {} {}{}",
+            if c.connected { "connected" } else { "disconnected" },
+            c.since,
+            c.revision,
+            c.source,
+            c.node,
+            c.cell.as_deref().map(|x| format!(" in cell {x}")).unwrap_or_default(),
+            c.endpoints.join(","),
+            c.prefix,
+            c.error
+                .as_deref()
+                .map(|e| format!("; refused revision {}: {e}", c.seen))
+                .unwrap_or_default(),
+        );
     }
     match &s.kernel {
         None => out.push_str("kernel: not configured (upstream ports are not protected)\n"),

@@ -19,6 +19,7 @@ use serde::{de::DeserializeOwned, Deserialize};
 use crate::{
     acl::{self, TableAclConfig},
     admin,
+    cluster::{self, ClusterConfig, EtcdConfig},
     identity::EffectiveCallerId,
     kernel::{KernelConfig, KernelPolicy, DEFAULT_BPFFS},
     proxy::{
@@ -51,6 +52,8 @@ pub struct Config {
     /// Kernel enforcement; `None` runs the listeners without it (TLS and identity only).
     pub kernel: Option<KernelConfig>,
     pub tableacl: Option<TableAclConfig>,
+    /// `[cluster]`: the table ACL and grants come from etcd.
+    pub cluster: Option<ClusterConfig>,
     pub listeners: Vec<ListenerConfig>,
     /// The admin API's Unix socket.
     pub admin_socket: PathBuf,
@@ -63,6 +66,7 @@ pub struct Config {
 struct RawConfig {
     kernel: Option<RawKernel>,
     tableacl: Option<RawTableAcl>,
+    cluster: Option<RawCluster>,
     /// Each listener is read on its own, so that an error can name it.
     #[serde(default)]
     listener: Vec<toml::Table>,
@@ -74,6 +78,20 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawCluster {
+    etcd: Vec<String>,
+    prefix: Option<String>,
+    cell: Option<String>,
+    node: Option<String>,
+    etcd_ca: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    lease_ttl_seconds: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,7 +138,7 @@ impl From<RawMode> for acl::Mode {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawTableAcl {
-    table_acl_config: PathBuf,
+    table_acl_config: Option<PathBuf>,
     #[serde(default)]
     queryserver_config_strict_table_acl: bool,
     #[serde(default)]
@@ -321,7 +339,20 @@ impl Config {
             ));
         }
         let mut kernel = raw.kernel.map(kernel).transpose().map_err(invalid)?;
-        let tableacl = raw.tableacl.map(tableacl).transpose().map_err(invalid)?;
+        let (tableacl, cluster) = match raw.cluster {
+            None => (
+                raw.tableacl.map(tableacl).transpose().map_err(invalid)?,
+                None,
+            ),
+            Some(c) => {
+                let acl = raw
+                    .tableacl
+                    .map(cluster_tableacl)
+                    .transpose()
+                    .map_err(invalid)?;
+                (None, Some(cluster_config(c, acl).map_err(invalid)?))
+            }
+        };
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         for table in raw.listener {
             let l = listener(table).map_err(invalid)?;
@@ -367,6 +398,7 @@ impl Config {
             metrics,
             kernel,
             tableacl,
+            cluster,
             listeners,
             admin_socket,
         })
@@ -399,7 +431,167 @@ fn grant_listener_identities(
     }
 }
 
+/// `[tableacl]` beside `[cluster]`: settings only, the ACL comes from etcd. Returns the
+/// settings and `enforce-tableacl-config`.
+fn cluster_tableacl(t: RawTableAcl) -> Result<(acl::Settings, bool), String> {
+    if let Some(f) = &t.table_acl_config {
+        return Err(format!(
+            "[tableacl] table-acl-config {}: with [cluster] the table ACL comes from etcd: remove it (put the file into the cluster with `vtguard policy load`)",
+            f.display()
+        ));
+    }
+    if t.table_acl_config_reload_interval.is_some() {
+        return Err("[tableacl] table-acl-config-reload-interval: with [cluster] agents watch etcd: remove it".into());
+    }
+    Ok((acl_settings(&t), t.enforce_tableacl_config))
+}
+
+fn acl_settings(t: &RawTableAcl) -> acl::Settings {
+    acl::Settings {
+        strict: t.queryserver_config_strict_table_acl,
+        dry_run: t.queryserver_config_enable_table_acl_dry_run,
+        exempt: Some(t.queryserver_config_acl_exempt_acl.clone()).filter(|e| !e.is_empty()),
+        mode: t.mode.into(),
+    }
+}
+
+/// The host name, the default `[cluster] node`.
+pub(crate) fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..end].to_vec())
+        .ok()
+        .filter(|h| !h.is_empty())
+}
+
+/// Checks one etcd endpoint: `http(s)://host:port`.
+pub fn etcd_endpoint(e: &str) -> Result<bool, String> {
+    let uri: http::Uri = e
+        .parse()
+        .map_err(|_| format!("{e:?} is not a URL: use http://host:2379 or https://host:2379"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("{e:?}: use http:// or https://")),
+    };
+    if uri.host().is_none_or(str::is_empty) || uri.port_u16().is_none() {
+        return Err(format!(
+            "{e:?}: give a host and a port, e.g. http://127.0.0.1:2379"
+        ));
+    }
+    Ok(tls)
+}
+
+/// The etcd part of `[cluster]`, shared with the CLI's `--etcd` flags.
+pub fn etcd_config(
+    endpoints: Vec<String>,
+    prefix: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<EtcdConfig, String> {
+    if endpoints.is_empty() {
+        return Err("[cluster] etcd is empty: list etcd's client URLs, e.g. etcd = [\"http://127.0.0.1:2379\"]".into());
+    }
+    let mut tls = BTreeSet::new();
+    for e in &endpoints {
+        tls.insert(etcd_endpoint(e).map_err(|m| format!("[cluster] etcd {m}"))?);
+    }
+    if tls.len() > 1 {
+        return Err("[cluster] etcd mixes http:// and https:// endpoints: use one scheme".into());
+    }
+    let tls = tls.contains(&true);
+    if tls && ca.is_none() {
+        return Err("[cluster] etcd uses https:// without etcd-ca: set etcd-ca to the CA bundle that signed etcd's certificate".into());
+    }
+    if !tls && (ca.is_some() || cert.is_some()) {
+        return Err("[cluster] etcd-ca/etcd-cert are set but etcd is http://: use https:// endpoints, or remove them".into());
+    }
+    if cert.is_some() != key.is_some() {
+        return Err("[cluster] etcd-cert and etcd-key go together: set both or neither".into());
+    }
+    let prefix = prefix.unwrap_or_else(|| cluster::DEFAULT_PREFIX.to_owned());
+    if !prefix.starts_with('/')
+        || prefix.len() < 2
+        || prefix.ends_with('/')
+        || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "[cluster] prefix {prefix:?}: use an absolute key path without a trailing '/', e.g. \"{}\"",
+            cluster::DEFAULT_PREFIX
+        ));
+    }
+    Ok(EtcdConfig {
+        endpoints,
+        ca,
+        cert,
+        key,
+        prefix,
+    })
+}
+
+fn cluster_config(
+    c: RawCluster,
+    acl: Option<(acl::Settings, bool)>,
+) -> Result<ClusterConfig, String> {
+    let etcd = etcd_config(c.etcd, c.prefix, c.etcd_ca, c.etcd_cert, c.etcd_key)?;
+    let node = match c.node {
+        Some(n) => n,
+        None => hostname().ok_or(
+            "[cluster] node is not set and the host name cannot be read: set node = \"...\"",
+        )?,
+    };
+    if node.is_empty()
+        || !node
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "[cluster] node {node:?}: use letters, digits, '-', '_' and '.'"
+        ));
+    }
+    if let Some(cell) = c.cell.as_ref().filter(|c| c.is_empty() || c.contains('/')) {
+        return Err(format!("[cluster] cell {cell:?}: give a Vitess cell name"));
+    }
+    let state_dir = c
+        .state_dir
+        .unwrap_or_else(|| PathBuf::from(cluster::DEFAULT_STATE_DIR));
+    if !state_dir.is_absolute() {
+        return Err(format!(
+            "[cluster] state-dir {} is not an absolute path: use e.g. {}",
+            state_dir.display(),
+            cluster::DEFAULT_STATE_DIR
+        ));
+    }
+    let lease_ttl = match c.lease_ttl_seconds {
+        None => cluster::DEFAULT_LEASE_TTL,
+        Some(s @ 2..=300) => Duration::from_secs(s as u64),
+        Some(s) => return Err(format!("[cluster] lease-ttl-seconds {s}: use 2 to 300")),
+    };
+    let (acl, enforce) = match acl {
+        Some((s, e)) => (Some(s), e),
+        None => (None, false),
+    };
+    Ok(ClusterConfig {
+        etcd,
+        cell: c.cell,
+        node,
+        state_dir,
+        lease_ttl,
+        acl,
+        enforce,
+    })
+}
+
 fn tableacl(t: RawTableAcl) -> Result<TableAclConfig, String> {
+    let Some(file) = t.table_acl_config.clone() else {
+        return Err("[tableacl] table-acl-config is missing: set it to a Vitess tableacl file (or add [cluster] to take the table ACL from etcd)".into());
+    };
     let reload_interval = match t.table_acl_config_reload_interval {
         None => None,
         Some(s) if (0.1..=86_400.0).contains(&s) => Some(Duration::from_secs_f64(s)),
@@ -410,15 +602,10 @@ fn tableacl(t: RawTableAcl) -> Result<TableAclConfig, String> {
         }
     };
     Ok(TableAclConfig {
-        file: t.table_acl_config,
+        file,
         enforce: t.enforce_tableacl_config,
         reload_interval,
-        settings: acl::Settings {
-            strict: t.queryserver_config_strict_table_acl,
-            dry_run: t.queryserver_config_enable_table_acl_dry_run,
-            exempt: Some(t.queryserver_config_acl_exempt_acl).filter(|e| !e.is_empty()),
-            mode: t.mode.into(),
-        },
+        settings: acl_settings(&t),
     })
 }
 
@@ -844,6 +1031,62 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `[cluster]` errors are one line naming the key and the fix; defaults fill the rest.
+    #[test]
+    fn cluster_section_is_validated_with_the_fix() {
+        let listener = "[[listener]]\nname = \"l\"\nprotocol = \"grpc\"\nservice = \"vttablet\"\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\ninsecure-plaintext = true\n";
+        let parse =
+            |cluster: &str| Config::parse(Path::new("c.toml"), &format!("{cluster}\n{listener}"));
+        let err = |cluster: &str| parse(cluster).expect_err(cluster).to_string();
+        let c = parse("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nnode = \"n1\"\n[tableacl]\nqueryserver-config-strict-table-acl = true\n")
+            .expect("valid")
+            .cluster
+            .expect("cluster");
+        assert_eq!(c.etcd.prefix, "/vtguard");
+        assert_eq!(c.lease_ttl, Duration::from_secs(10));
+        assert!(c.acl.as_ref().is_some_and(|s| s.strict));
+        for (cluster, want) in [
+            (
+                "[cluster]\netcd = []",
+                "[cluster] etcd is empty: list etcd's client URLs",
+            ),
+            (
+                "[cluster]\netcd = [\"127.0.0.1:2379\"]",
+                "use http:// or https://",
+            ),
+            (
+                "[cluster]\netcd = [\"https://e:2379\"]",
+                "without etcd-ca: set etcd-ca",
+            ),
+            (
+                "[cluster]\netcd = [\"http://e:2379\"]\nprefix = \"vt/\"",
+                "[cluster] prefix \"vt/\": use an absolute key path",
+            ),
+            (
+                "[cluster]\netcd = [\"http://e:2379\"]\nnode = \"a b\"",
+                "[cluster] node \"a b\": use letters",
+            ),
+            (
+                "[cluster]\netcd = [\"http://e:2379\"]\nlease-ttl-seconds = 1",
+                "lease-ttl-seconds 1: use 2 to 300",
+            ),
+            (
+                "[cluster]\netcd = [\"http://e:2379\"]\n[tableacl]\ntable-acl-config = \"/a.json\"",
+                "with [cluster] the table ACL comes from etcd: remove it",
+            ),
+            (
+                "[tableacl]\nqueryserver-config-strict-table-acl = true",
+                "[tableacl] table-acl-config is missing",
+            ),
+        ] {
+            let e = err(cluster);
+            assert!(
+                e.starts_with("config c.toml: ") && e.contains(want),
+                "{cluster}: {e}"
+            );
+        }
+    }
 
     fn parse(text: &str) -> Result<Config, Error> {
         Config::parse(Path::new("/etc/vtguard/agent.toml"), text)

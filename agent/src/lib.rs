@@ -5,6 +5,7 @@ pub mod acl;
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod identity;
 pub mod kernel;

@@ -154,6 +154,48 @@ impl Default for Metrics {
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
 
+/// The cluster policy's metrics (`[cluster]`), exposed only on agents that have one.
+pub struct ClusterMetrics {
+    /// `vtguard_policy_revision`: the etcd revision of the policy in force (0: none).
+    pub revision: prometheus_client::metrics::gauge::Gauge,
+    /// `vtguard_cluster_connected`: 1 while the agent holds a working connection to etcd.
+    pub connected: prometheus_client::metrics::gauge::Gauge,
+    /// `vtguard_policy_apply_duration_seconds`: from a revision read in etcd to it being in
+    /// force (table ACL swapped, kernel grants flipped, removed identities cut off).
+    pub apply_seconds: Histogram,
+}
+
+static CLUSTER: LazyLock<ClusterMetrics> = LazyLock::new(|| ClusterMetrics {
+    revision: Default::default(),
+    connected: Default::default(),
+    // 100 µs … ~6.5 s.
+    apply_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 17)),
+});
+
+/// The process-wide cluster metrics.
+pub fn cluster() -> &'static ClusterMetrics {
+    &CLUSTER
+}
+
+fn register_cluster(r: &mut Registry) {
+    let c = cluster();
+    r.register(
+        "vtguard_policy_revision",
+        "etcd revision of the cluster policy in force (0: none)",
+        c.revision.clone(),
+    );
+    r.register(
+        "vtguard_cluster_connected",
+        "1 while the agent is connected to etcd, 0 otherwise",
+        c.connected.clone(),
+    );
+    r.register(
+        "vtguard_policy_apply_duration_seconds",
+        "Time from a cluster policy revision read in etcd to it being in force",
+        c.apply_seconds.clone(),
+    );
+}
+
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
     &METRICS
@@ -465,12 +507,17 @@ pub async fn serve(
     addr: SocketAddr,
     kernel: Option<Arc<Kernel>>,
     sessions: Arc<Sessions>,
+    cluster: bool,
 ) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error { addr, source })?;
     info!(listen = %addr, "metrics endpoint listening (/metrics, /healthz)");
-    let registry = Arc::new(registry(metrics(), kernel.clone(), sessions));
+    let mut registry = registry(metrics(), kernel.clone(), sessions);
+    if cluster {
+        register_cluster(&mut registry);
+    }
+    let registry = Arc::new(registry);
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(x) => x,

@@ -21,6 +21,9 @@ pub struct Status {
     pub policy: Option<PolicyStatus>,
     /// The pinned kernel state; `None` without `[kernel]`.
     pub kernel: Option<KernelReport>,
+    /// The cluster policy's state; `None` without `[cluster]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterStatus>,
 }
 
 /// A listener's wire protocol (also the `protocol` label of `vtguard_connections_total`).
@@ -193,6 +196,7 @@ pub(crate) mod tests {
                 cached_decisions: 7,
             }),
             kernel,
+            cluster: None,
         }
     }
 

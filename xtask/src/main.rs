@@ -21,7 +21,7 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 const OBJECT: &str = "ebpf/prebuilt/vtguard.bpf.o";
 /// Debian packages the tests drive: bpftool (attachment checks), iproute2 (network
 /// namespaces), curl and python3 (real clients), util-linux (setpriv, to run as non-root).
-const APT_PACKAGES: [(&str, &str); 8] = [
+const APT_PACKAGES: [(&str, &str); 10] = [
     ("bpftool", "bpftool"),
     ("ip", "iproute2"),
     ("curl", "curl"),
@@ -31,6 +31,10 @@ const APT_PACKAGES: [(&str, &str); 8] = [
     ("mariadbd", "mariadb-server"),
     ("mariadb", "mariadb-client"),
     ("sysbench", "sysbench"),
+    // The cluster policy: etcd-client's build script compiles etcd's protos with protoc, and
+    // the cluster tests start a real etcd.
+    ("protoc", "protobuf-compiler"),
+    ("etcd", "etcd-server"),
 ];
 
 #[derive(Parser)]
@@ -487,6 +491,9 @@ fn demo(root: &Path) -> Result<()> {
         prepare_machine()?;
     } else {
         println!("xtask demo: not root: the demo runs without the kernel programs (run it with sudo for the whole scenario)");
+        if !have("protoc") {
+            bail!("building the agent needs protoc (etcd-client compiles etcd's API with it): run `sudo apt-get install protobuf-compiler`, or run `sudo cargo xtask demo`, which installs it");
+        }
     }
     let agent = build_executable(
         root,
@@ -511,7 +518,8 @@ fn bench(root: &Path) -> Result<()> {
     // listener vs direct; acl: table-ACL decisions and loads; mysql_proxy: sysbench
     // oltp_point_select, 16 threads, through vtguard's MySQL listener (TLS with a client
     // certificate) and straight to MariaDB with TLS, in one run.
-    for bench in ["kernel_hook", "grpc_proxy", "acl", "mysql_proxy"] {
+    // cluster: 100 agents and a real etcd, time from `policy load` to the last agent applying.
+    for bench in ["kernel_hook", "grpc_proxy", "acl", "mysql_proxy", "cluster"] {
         run(Command::new("cargo").current_dir(root).args([
             "bench",
             "-p",

@@ -10,6 +10,7 @@
 use std::path::Path;
 
 mod agent;
+mod cluster;
 mod demo;
 mod grpc;
 mod grpc_acl;
