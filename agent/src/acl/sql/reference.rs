@@ -1,0 +1,185 @@
+//! The cross-check: the same (role, table) needs read from sqlparser's MySQL AST instead of
+//! vtguard's extractor. Tests and the differential fuzz target compare the two on every
+//! statement sqlparser can parse; it decides nothing in the agent.
+
+use std::{collections::HashSet, ops::ControlFlow};
+
+use sqlparser::{
+    ast::{ObjectName, Query, Statement, TableFactor, TableObject, TableWithJoins, Visit, Visitor},
+    dialect::MySqlDialect,
+    parser::Parser,
+};
+
+use crate::acl::tableacl::Role;
+
+/// Relations in visit order, and CTE names (which are not tables).
+#[derive(Default)]
+struct Relations {
+    all: Vec<String>,
+    /// CTE names anywhere in the statement.
+    pub ctes: HashSet<String>,
+}
+
+impl Visitor for Relations {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        if let Some(with) = &q.with {
+            for cte in &with.cte_tables {
+                self.ctes.insert(cte.alias.name.value.clone());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
+        self.all.push(unqualified(r));
+        ControlFlow::Continue(())
+    }
+}
+
+/// The table name without keyspace qualifier (Vitess compares unqualified names).
+fn unqualified(name: &ObjectName) -> String {
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .map(|i| i.value.clone())
+        .unwrap_or_else(|| name.to_string())
+}
+
+/// Tables named directly in a FROM/table list (not inside derived tables).
+fn direct_tables(t: &TableWithJoins, out: &mut Vec<String>) {
+    factor_tables(&t.relation, out);
+    for j in &t.joins {
+        factor_tables(&j.relation, out);
+    }
+}
+
+fn factor_tables(f: &TableFactor, out: &mut Vec<String>) {
+    match f {
+        TableFactor::Table { name, .. } => out.push(unqualified(name)),
+        TableFactor::NestedJoin {
+            table_with_joins, ..
+        } => direct_tables(table_with_joins, out),
+        _ => {}
+    }
+}
+
+/// The needs of each statement of `sql` as sqlparser's AST gives them: `None` when sqlparser
+/// cannot parse the text; per statement `None` for kinds the cross-check does not cover (only
+/// SELECT, INSERT, REPLACE, UPDATE, DELETE and table DDL are compared). The second value is
+/// every CTE name of the text (the AST does not scope them, so comparisons leave those names
+/// out).
+pub fn needs(sql: &str) -> Option<(Vec<Option<Vec<(Role, String)>>>, HashSet<String>)> {
+    let statements = Parser::parse_sql(&MySqlDialect {}, sql).ok()?;
+    let mut ctes = HashSet::new();
+    let out = statements
+        .iter()
+        .map(|s| {
+            let (n, c) = statement_needs(s);
+            ctes.extend(c);
+            n
+        })
+        .collect();
+    Some((out, ctes))
+}
+
+fn statement_needs(s: &Statement) -> (Option<Vec<(Role, String)>>, HashSet<String>) {
+    let mut rel = Relations::default();
+    let _ = s.visit(&mut rel);
+    let tables: Vec<String> = rel
+        .all
+        .iter()
+        .filter(|t| !rel.ctes.contains(*t))
+        .cloned()
+        .collect();
+    // `targets` need `role`; every other relation of the statement is read.
+    let checked = |role: Role, targets: Vec<String>| {
+        let mut readers = tables.clone();
+        let mut needs: Vec<(Role, String)> = Vec::new();
+        for t in targets {
+            if let Some(i) = readers.iter().position(|r| *r == t) {
+                readers.remove(i);
+            }
+            needs.push((role, t));
+        }
+        needs.extend(readers.into_iter().map(|t| (Role::Reader, t)));
+        needs.sort();
+        needs.dedup();
+        Some(needs)
+    };
+    let needs = match s {
+        Statement::Query(q) if is_next_value(q) => checked(Role::Writer, tables.clone()),
+        Statement::Query(_) => checked(Role::Reader, vec![]),
+        Statement::Insert(i) => {
+            let target = match &i.table {
+                TableObject::TableName(n) => vec![unqualified(n)],
+                _ => vec![],
+            };
+            checked(Role::Writer, target)
+        }
+        Statement::Update(u) => {
+            let mut targets = Vec::new();
+            direct_tables(&u.table, &mut targets);
+            checked(Role::Writer, targets)
+        }
+        Statement::Delete(d) => {
+            let mut targets = Vec::new();
+            let from = match &d.from {
+                sqlparser::ast::FromTable::WithFromKeyword(f)
+                | sqlparser::ast::FromTable::WithoutKeyword(f) => f,
+            };
+            for t in from {
+                direct_tables(t, &mut targets);
+            }
+            for t in d.using.iter().flatten() {
+                direct_tables(t, &mut targets);
+            }
+            checked(Role::Writer, targets)
+        }
+        Statement::CreateTable(_)
+        | Statement::AlterTable(_)
+        | Statement::Drop { .. }
+        | Statement::CreateView(_)
+        | Statement::AlterView(_)
+        | Statement::CreateIndex(_)
+        | Statement::RenameTable(_)
+        | Statement::Truncate(_) => checked(Role::Admin, ddl_names(s)),
+        _ => None,
+    };
+    (needs, rel.ctes)
+}
+
+/// `SELECT NEXT VALUE FROM …`, as the parser reads it (`SELECT next AS value FROM …`).
+fn is_next_value(q: &Query) -> bool {
+    use sqlparser::ast::{Expr, SelectItem, SetExpr};
+    let SetExpr::Select(sel) = q.body.as_ref() else {
+        return false;
+    };
+    matches!(
+        sel.projection.as_slice(),
+        [SelectItem::ExprWithAlias { expr: Expr::Identifier(next), alias }]
+            if next.quote_style.is_none()
+                && alias.quote_style.is_none()
+                && next.value.eq_ignore_ascii_case("next")
+                && alias.value.eq_ignore_ascii_case("value")
+    )
+}
+
+/// The tables a DDL statement names.
+fn ddl_names(s: &Statement) -> Vec<String> {
+    match s {
+        Statement::CreateTable(c) => vec![unqualified(&c.name)],
+        Statement::AlterTable(a) => vec![unqualified(&a.name)],
+        Statement::Drop { names, .. } => names.iter().map(unqualified).collect(),
+        Statement::CreateView(v) => vec![unqualified(&v.name)],
+        Statement::AlterView(v) => vec![unqualified(&v.name)],
+        Statement::CreateIndex(i) => vec![unqualified(&i.table_name)],
+        Statement::RenameTable(r) => r
+            .iter()
+            .flat_map(|x| [unqualified(&x.old_name), unqualified(&x.new_name)])
+            .collect(),
+        Statement::Truncate(t) => t.table_names.iter().map(|n| unqualified(&n.name)).collect(),
+        _ => vec![],
+    }
+}
