@@ -10,6 +10,9 @@ use sqlparser::{
     parser::Parser,
 };
 
+use std::collections::BTreeSet;
+
+use super::{classify, Class, Mode};
 use crate::acl::tableacl::Role;
 
 /// Relations in visit order, and CTE names (which are not tables).
@@ -87,12 +90,26 @@ pub fn needs(sql: &str) -> Option<(Vec<Option<Vec<(Role, String)>>>, HashSet<Str
 fn statement_needs(s: &Statement) -> (Option<Vec<(Role, String)>>, HashSet<String>) {
     let mut rel = Relations::default();
     let _ = s.visit(&mut rel);
-    let tables: Vec<String> = rel
+    let mut tables: Vec<String> = rel
         .all
         .iter()
         .filter(|t| !rel.ctes.contains(*t))
         .cloned()
         .collect();
+    // DELETE FROM t1, t2 USING …: t1 and t2 name the USING list's references, not tables.
+    if let Statement::Delete(d) = s {
+        if d.using.is_some() {
+            let (sqlparser::ast::FromTable::WithFromKeyword(from)
+            | sqlparser::ast::FromTable::WithoutKeyword(from)) = &d.from;
+            let mut named = Vec::new();
+            from.iter().for_each(|t| direct_tables(t, &mut named));
+            for n in named {
+                if let Some(i) = tables.iter().position(|t| *t == n) {
+                    tables.remove(i);
+                }
+            }
+        }
+    }
     // `targets` need `role`; every other relation of the statement is read.
     let checked = |role: Role, targets: Vec<String>| {
         let mut readers = tables.clone();
@@ -129,11 +146,11 @@ fn statement_needs(s: &Statement) -> (Option<Vec<(Role, String)>>, HashSet<Strin
                 sqlparser::ast::FromTable::WithFromKeyword(f)
                 | sqlparser::ast::FromTable::WithoutKeyword(f) => f,
             };
-            for t in from {
-                direct_tables(t, &mut targets);
-            }
-            for t in d.using.iter().flatten() {
-                direct_tables(t, &mut targets);
+            match &d.using {
+                // DELETE FROM t1, t2 USING <references>: t1 and t2 name references (often by
+                // alias); the references are the tables.
+                Some(using) => using.iter().for_each(|t| direct_tables(t, &mut targets)),
+                None => from.iter().for_each(|t| direct_tables(t, &mut targets)),
             }
             checked(Role::Writer, targets)
         }
@@ -169,8 +186,33 @@ fn is_next_value(q: &Query) -> bool {
 /// The tables a DDL statement names.
 fn ddl_names(s: &Statement) -> Vec<String> {
     match s {
-        Statement::CreateTable(c) => vec![unqualified(&c.name)],
-        Statement::AlterTable(a) => vec![unqualified(&a.name)],
+        Statement::CreateTable(c) => {
+            let mut out = vec![unqualified(&c.name)];
+            if let Some(like) = &c.like {
+                let (sqlparser::ast::CreateTableLikeKind::Parenthesized(l)
+                | sqlparser::ast::CreateTableLikeKind::Plain(l)) = like;
+                out.push(unqualified(&l.name));
+            }
+            out.extend(references(s));
+            out
+        }
+        Statement::AlterTable(a) => {
+            let mut out = vec![unqualified(&a.name)];
+            for op in &a.operations {
+                if let sqlparser::ast::AlterTableOperation::RenameTable { table_name } = op {
+                    let (sqlparser::ast::RenameTableNameKind::As(n)
+                    | sqlparser::ast::RenameTableNameKind::To(n)) = table_name;
+                    out.push(unqualified(n));
+                }
+            }
+            out.extend(references(s));
+            out
+        }
+        Statement::Drop {
+            table: Some(t),
+            object_type: sqlparser::ast::ObjectType::Index,
+            ..
+        } => vec![unqualified(t)],
         Statement::Drop { names, .. } => names.iter().map(unqualified).collect(),
         Statement::CreateView(v) => vec![unqualified(&v.name)],
         Statement::AlterView(v) => vec![unqualified(&v.name)],
@@ -182,4 +224,69 @@ fn ddl_names(s: &Statement) -> Vec<String> {
         Statement::Truncate(t) => t.table_names.iter().map(|n| unqualified(&n.name)).collect(),
         _ => vec![],
     }
+}
+
+/// The parent tables of foreign keys (`REFERENCES parent`), read from the statement's
+/// canonical text: the AST keeps them in constraints that the visitor does not reach.
+fn references(s: &Statement) -> Vec<String> {
+    let text = s.to_string();
+    let mut out = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("REFERENCES ") {
+        rest = &rest[i + "REFERENCES ".len()..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != '(')
+            .collect();
+        let last = name.rsplit('.').next().unwrap_or_default();
+        out.push(last.trim_matches('`').replace("``", "`"));
+    }
+    out
+}
+
+/// The differential check the fuzz target runs: for a text sqlparser parses and the extractor
+/// reads, each statement sqlparser's AST covers names the same (role, table) pairs. `Err` holds
+/// the difference. CTE names are left out of both sides (the AST does not scope them), and
+/// `dual` in any case.
+pub fn differential(sql: &str) -> Result<(), String> {
+    let Some((reference, ctes)) = needs(sql) else {
+        return Ok(());
+    };
+    let Ok(ours) = classify(sql, Mode::Vitess) else {
+        // Unreadable: denied, which is safe; sqlparser accepts more than MySQL does.
+        return Ok(());
+    };
+    if reference.len() != ours.len() {
+        return Ok(());
+    }
+    // sqlparser reads UPDATE's and DELETE's modifiers (IGNORE, LOW_PRIORITY, QUICK) as a
+    // table name followed by an alias.
+    let modifier = |t: &String| {
+        ["ignore", "low_priority", "quick"]
+            .iter()
+            .any(|m| t.eq_ignore_ascii_case(m))
+    };
+    if reference
+        .iter()
+        .flatten()
+        .flatten()
+        .any(|(_, t)| modifier(t))
+    {
+        return Ok(());
+    }
+    let keep = |v: &Vec<(Role, String)>| -> BTreeSet<(Role, String)> {
+        v.iter()
+            .filter(|(_, t)| !ctes.contains(t) && !t.eq_ignore_ascii_case("dual"))
+            .cloned()
+            .collect()
+    };
+    for (r, o) in reference.iter().zip(&ours) {
+        if let (Some(r), Class::Checked { needs, .. }) = (r, o) {
+            let (r, o) = (keep(r), keep(needs));
+            if r != o {
+                return Err(format!("sqlparser: {r:?}\nextractor: {o:?}"));
+            }
+        }
+    }
+    Ok(())
 }
