@@ -53,6 +53,56 @@ const MAX_NESTING: usize = 3;
 /// Distinct server versions in versioned comments beyond which the text is refused.
 const MAX_VERSIONS: usize = 6;
 
+/// The statement's shape, as Vitess's plan cache normalises it: its tokens with number, string
+/// and placeholder literals replaced by `?`, comments and spacing dropped. `None` when the
+/// shape would not decide the classification alone, so the text must be classified itself:
+/// the text does not lex, holds a backslash in a quoted token or a versioned comment (other
+/// readings depend on literal text), or runs text from a literal (PREPARE, EXECUTE).
+///
+/// Why two texts with one shape need the same (role, table) pairs: [`classify`] reads each
+/// token's kind, and the text only of words, backticked names and double-quoted strings (kept
+/// as written in the shape: identifiers, table names, keywords); it reads a single-quoted
+/// string's text only for PREPARE … FROM and EXECUTE IMMEDIATE, which have no shape. So two
+/// texts with one shape give [`classify`] token sequences that differ only in texts it never
+/// reads, and it returns the same classes for both. Tokens are written with their kind and
+/// length, so no two token sequences share a shape.
+pub fn shape(sql: &str, mode: Mode) -> Option<String> {
+    let l = lexer::lex(sql, base_options(mode)).ok()?;
+    if l.backslash || !l.versions.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(sql.len() + l.tokens.len() * 3);
+    for t in &l.tokens {
+        if t.is("PREPARE") || t.is("EXECUTE") {
+            return None;
+        }
+        let (tag, text) = match t.kind {
+            Kind::Number | Kind::String | Kind::Param => ('?', ""),
+            Kind::Word => ('w', t.text),
+            Kind::Quoted => ('q', t.text),
+            Kind::DqString => ('d', t.text),
+            Kind::Var => ('v', t.text),
+            Kind::Punct => ('p', t.text),
+            Kind::VersionedOpen | Kind::VersionedClose => return None,
+        };
+        out.push(tag);
+        if !text.is_empty() {
+            out.push_str(&text.len().to_string());
+            out.push(':');
+            out.push_str(text);
+        }
+    }
+    Some(out)
+}
+
+/// The lexer options of the first reading in `mode`.
+fn base_options(mode: Mode) -> Options {
+    Options {
+        slash_comments: mode == Mode::Vitess,
+        ..Options::default()
+    }
+}
+
 /// Classifies every statement of `sql`.
 pub fn classify(sql: &str, mode: Mode) -> Result<Vec<Class>, ParseError> {
     classify_nested(sql, mode, 0)
@@ -62,10 +112,7 @@ fn classify_nested(sql: &str, mode: Mode, depth: usize) -> Result<Vec<Class>, Pa
     if depth > MAX_NESTING {
         return Err(ParseError("prepared statements nest too deeply".into()));
     }
-    let base = Options {
-        slash_comments: mode == Mode::Vitess,
-        ..Options::default()
-    };
+    let base = base_options(mode);
     let primary = lexer::lex(sql, base).map_err(|e| ParseError(e.to_string()))?;
     if mode == Mode::Secure && primary.backslash_after_high_byte {
         return Err(ParseError(

@@ -128,6 +128,7 @@ mod com {
 mod er {
     pub const ACCESS_DENIED: (u16, &str) = (1045, "28000");
     pub const TABLEACCESS_DENIED: (u16, &str) = (1142, "42000");
+    pub const PARSE_ERROR: (u16, &str) = (1064, "42000");
     pub const HANDSHAKE: (u16, &str) = (1043, "08S01");
     pub const NET_PACKET_TOO_LARGE: (u16, &str) = (1153, "08S01");
     pub const UNKNOWN_COM: (u16, &str) = (1047, "08S01");
@@ -748,6 +749,8 @@ impl MysqlProxy {
                     || command == com::TABLE_DUMP
                 {
                     er::NOT_SUPPORTED
+                } else if crate::acl::decide::is_unreadable(&message) {
+                    er::PARSE_ERROR
                 } else {
                     er::TABLEACCESS_DENIED
                 };

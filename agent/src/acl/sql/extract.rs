@@ -656,8 +656,11 @@ impl<'t, 'a> Extractor<'t, 'a> {
                 _ => false,
             };
             if alias {
-                let a = t.ident().or_else(|| t.string_value()).unwrap_or_default();
-                self.aliases.push(a);
+                // A string alias is not recorded: the extractor reads no literal's text (the
+                // shape cache relies on it), so a DELETE target naming it is checked as a table.
+                if let Some(a) = t.ident() {
+                    self.aliases.push(a);
+                }
                 self.i += 1;
                 if self.punct(0, b'(') && !self.starts_query() {
                     self.paren(*st)?;
@@ -1085,7 +1088,11 @@ impl<'t, 'a> Extractor<'t, 'a> {
             return self.fail("CREATE what?");
         };
         self.i += 1;
-        let up = kind.text.to_ascii_uppercase();
+        let up = if kind.kind == Kind::Word {
+            kind.text.to_ascii_uppercase()
+        } else {
+            String::new()
+        };
         match up.as_str() {
             "TABLE" => {
                 self.if_exists();
@@ -1148,7 +1155,11 @@ impl<'t, 'a> Extractor<'t, 'a> {
             return self.fail("ALTER what?");
         };
         self.i += 1;
-        let up = kind.text.to_ascii_uppercase();
+        let up = if kind.kind == Kind::Word {
+            kind.text.to_ascii_uppercase()
+        } else {
+            String::new()
+        };
         match up.as_str() {
             "TABLE" => {
                 self.table(Role::Admin)?;
@@ -1229,7 +1240,11 @@ impl<'t, 'a> Extractor<'t, 'a> {
             return self.fail("DROP what?");
         };
         self.i += 1;
-        let up = kind.text.to_ascii_uppercase();
+        let up = if kind.kind == Kind::Word {
+            kind.text.to_ascii_uppercase()
+        } else {
+            String::new()
+        };
         match up.as_str() {
             "TABLE" | "TABLES" | "VIEW" => {
                 self.if_exists();
