@@ -14,6 +14,8 @@
 #[cfg(test)]
 mod corpus;
 pub mod extract;
+#[cfg(test)]
+mod families;
 pub mod lexer;
 #[doc(hidden)]
 pub mod reference;
@@ -50,6 +52,8 @@ pub struct ParseError(pub String);
 
 /// How deep PREPARE 'PREPARE …' may nest before the text is refused.
 const MAX_NESTING: usize = 3;
+/// The oldest server version whose reading of versioned comments is checked (MySQL 5.7.0).
+const OLDEST_SERVER: u32 = 50700;
 /// Distinct server versions in versioned comments beyond which the text is refused.
 const MAX_VERSIONS: usize = 6;
 
@@ -161,7 +165,14 @@ fn other_readings(
     let mut versions = l.versions.clone();
     versions.sort_unstable();
     // A server of version v runs the versioned comments up to v: one reading below each.
-    thresholds.extend(versions.iter().map(|v| Some(v.saturating_sub(1))));
+    // Servers older than MySQL 5.7 (which Vitess does not support) are not considered;
+    // MariaDB's `/*M!` (version 1 here) is skipped by MySQL.
+    thresholds.extend(
+        versions
+            .iter()
+            .filter(|&&v| v == 1 || v > OLDEST_SERVER)
+            .map(|v| Some(v.saturating_sub(1))),
+    );
     let escapes: &[bool] = if l.backslash { &[true, false] } else { &[true] };
     let mut out = Vec::new();
     for &skip_versions_above in &thresholds {

@@ -1582,14 +1582,18 @@ pub fn split<'t, 'a>(toks: &'t [Token<'a>]) -> Vec<&'t [Token<'a>]> {
     let mut program = false;
     for (i, t) in toks.iter().enumerate() {
         if i == from {
-            program = t.is("CREATE")
-                && toks[i..]
-                    .iter()
-                    .take(12)
-                    .take_while(|x| !x.is_punct(b'(') && !x.is_punct(b';'))
-                    .any(|x| {
-                        x.is("PROCEDURE") || x.is("FUNCTION") || x.is("TRIGGER") || x.is("EVENT")
-                    });
+            program = (t.is("BEGIN") && toks.get(i + 1).is_some_and(|n| n.is("NOT")))
+                || t.is("CREATE")
+                    && toks[i..]
+                        .iter()
+                        .take(12)
+                        .take_while(|x| !x.is_punct(b'(') && !x.is_punct(b';'))
+                        .any(|x| {
+                            x.is("PROCEDURE")
+                                || x.is("FUNCTION")
+                                || x.is("TRIGGER")
+                                || x.is("EVENT")
+                        });
             depth = 0;
         }
         if program && t.kind == Kind::Word {
