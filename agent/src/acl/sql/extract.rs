@@ -553,7 +553,7 @@ impl<'t, 'a> Extractor<'t, 'a> {
             // `TABLE t` (a query), `WITH TABLE t` (EXCHANGE PARTITION): a name follows.
             if self
                 .peek()
-                .is_some_and(|n| n.ident().is_some() && !reserved(n))
+                .is_some_and(|n| (n.ident().is_some() && !reserved(n)) || n.is_punct(b'.'))
             {
                 if st.ddl {
                     self.table(Role::Admin)?;
@@ -609,7 +609,12 @@ impl<'t, 'a> Extractor<'t, 'a> {
             return self.fail("a table reference was expected at the end");
         };
         if t.is_punct(b'(') {
-            if self.starts_query() {
+            // `(SELECT …)` is a derived table; `((SELECT …) d JOIN t …)` a nested join whose
+            // first reference is a derived table (its tables keep the list's role).
+            let derived = ["SELECT", "WITH", "VALUES", "TABLE"]
+                .iter()
+                .any(|w| self.kw(1, w));
+            if derived {
                 // A derived table: its tables are read.
                 self.paren(State::query())?;
             } else {
@@ -1014,7 +1019,11 @@ impl<'t, 'a> Extractor<'t, 'a> {
         // A target names a table reference (by alias or name); one that names neither is
         // checked as a table too.
         for t in targets {
-            let known = self.aliases.contains(&t) || self.needs.iter().any(|(_, n)| *n == t);
+            let known = self.aliases.contains(&t)
+                || self
+                    .needs
+                    .iter()
+                    .any(|(r, n)| *r == Role::Writer && *n == t);
             if !known && !self.ctes.contains(&t) {
                 self.need(Role::Writer, t);
             }

@@ -159,6 +159,15 @@ const FAMILIES: &[(&str, &[(Role, &str)])] = &[
         &[(W, "t"), (R, "secret")],
     ),
     ("update (select * from secret) d set d.a = 1", &[(R, "secret")]),
+    (
+        "update ((select * from t) d join secret on 1) set secret.a = 1",
+        &[(R, "t"), (W, "secret")],
+    ),
+    (
+        "select * from ((select a from t) d join secret on 1)",
+        &[(R, "t"), (R, "secret")],
+    ),
+    ("table .secret", &[(R, "secret")]),
     // DELETE.
     ("delete from secret", &[(W, "secret")]),
     ("delete low_priority quick ignore from secret where a = 1", &[(W, "secret")]),
@@ -169,6 +178,10 @@ const FAMILIES: &[(&str, &[(Role, &str)])] = &[
     ("delete a from t as a", &[(W, "t")]),
     ("delete a.* from t as a, secret b", &[(W, "t"), (W, "secret")]),
     ("delete secret from t", &[(W, "t"), (W, "secret")]),
+    (
+        "delete secret from t where x in (select 1 from secret)",
+        &[(W, "t"), (W, "secret"), (R, "secret")],
+    ),
     ("delete ks.secret from ks.secret join t on 1", &[(W, "secret"), (W, "t")]),
     ("delete from secret partition (p0) where a = 1 order by b limit 1", &[(W, "secret")]),
     // DDL.
