@@ -54,12 +54,15 @@ fn bench(c: &mut Criterion) {
         .collect();
     assert!(enforcer.check("me", &[], &texts[0]).is_allow());
     let mut i = 0;
-    c.bench_function("acl/decide_3_table_join_10k_groups_distinct_literals", |b| {
-        b.iter(|| {
-            i = (i + 1) % texts.len();
-            enforcer.check("me", &[], &texts[i])
-        })
-    });
+    c.bench_function(
+        "acl/decide_3_table_join_10k_groups_distinct_literals",
+        |b| {
+            b.iter(|| {
+                i = (i + 1) % texts.len();
+                enforcer.check("me", &[], &texts[i])
+            })
+        },
+    );
 
     let big = policy_json(10_000, 10);
     let mut g = c.benchmark_group("acl/load");

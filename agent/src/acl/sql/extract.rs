@@ -1329,10 +1329,8 @@ impl<'t, 'a> Extractor<'t, 'a> {
             .iter()
             .any(|w| self.kw(0, w))
             && (self.kw(1, "FROM") || self.kw(1, "IN"));
-        if table_from {
-            self.i += 2;
-            self.table(Role::Reader)?;
-        } else if self.kw(0, "CREATE") && (self.kw(1, "TABLE") || self.kw(1, "VIEW")) {
+        let create = self.kw(0, "CREATE") && (self.kw(1, "TABLE") || self.kw(1, "VIEW"));
+        if table_from || create {
             self.i += 2;
             self.table(Role::Reader)?;
         } else if self.kw(0, "VSCHEMA")

@@ -73,7 +73,7 @@ fn factor_tables(f: &TableFactor, out: &mut Vec<String>) {
 /// SELECT, INSERT, REPLACE, UPDATE, DELETE and table DDL are compared). The second value is
 /// every CTE name of the text (the AST does not scope them, so comparisons leave those names
 /// out).
-pub fn needs(sql: &str) -> Option<(Vec<Option<Vec<(Role, String)>>>, HashSet<String>)> {
+pub fn needs(sql: &str) -> Option<(Vec<Option<Needs>>, HashSet<String>)> {
     let statements = Parser::parse_sql(&MySqlDialect {}, sql).ok()?;
     let mut ctes = HashSet::new();
     let out = statements
@@ -87,7 +87,10 @@ pub fn needs(sql: &str) -> Option<(Vec<Option<Vec<(Role, String)>>>, HashSet<Str
     Some((out, ctes))
 }
 
-fn statement_needs(s: &Statement) -> (Option<Vec<(Role, String)>>, HashSet<String>) {
+/// The (role, table) pairs of one statement.
+pub type Needs = Vec<(Role, String)>;
+
+fn statement_needs(s: &Statement) -> (Option<Needs>, HashSet<String>) {
     let mut rel = Relations::default();
     let _ = s.visit(&mut rel);
     let mut tables: Vec<String> = rel
