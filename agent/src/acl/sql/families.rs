@@ -417,3 +417,65 @@ fn text_that_cannot_be_read_is_refused_as_unreadable() {
         );
     }
 }
+
+/// What sysbench, Django, Rails and mysqldump send: allowed in both modes when every role is
+/// granted.
+const APPLICATIONS: &[&str] = &[
+    // Rails' MySQL adapter on every new connection (with `encoding:`), and its queries.
+    "SET NAMES utf8mb4 COLLATE utf8mb4_unicode_ci, @@SESSION.sql_mode = CONCAT(CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), ',NO_AUTO_VALUE_ON_ZERO'), @@SESSION.sql_auto_is_null = 0, @@SESSION.wait_timeout = 2147483",
+    "SELECT `users`.* FROM `users` WHERE `users`.`id` = 1 LIMIT 1",
+    "SELECT 1 AS one FROM `users` WHERE `users`.`email` = BINARY 'a@b.c' LIMIT 1",
+    "SHOW FULL FIELDS FROM `users`",
+    "INSERT INTO `users` (`email`, `created_at`) VALUES ('a@b.c', '2024-01-01 00:00:00.000000')",
+    "UPDATE `users` SET `users`.`updated_at` = '2024-01-01 00:00:00' WHERE `users`.`id` = 1",
+    "SELECT GET_LOCK('rails_migration', 0)",
+    // Django.
+    "SELECT @@SQL_AUTO_IS_NULL",
+    "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    "SELECT VERSION()",
+    "SELECT (1) AS `a` FROM `auth_user` WHERE `auth_user`.`username` = 'x' LIMIT 1",
+    "SAVEPOINT `s140245_x1`",
+    "RELEASE SAVEPOINT `s140245_x1`",
+    "SELECT `django_session`.`session_key`, `django_session`.`session_data` FROM `django_session` WHERE (`django_session`.`expire_date` > '2024-01-01 00:00:00' AND `django_session`.`session_key` = 'abc') LIMIT 21",
+    // sysbench oltp_read_write.
+    "BEGIN",
+    "SELECT c FROM sbtest1 WHERE id=5",
+    "SELECT c FROM sbtest1 WHERE id BETWEEN 1 AND 100",
+    "SELECT SUM(k) FROM sbtest1 WHERE id BETWEEN 1 AND 100",
+    "SELECT c FROM sbtest1 WHERE id BETWEEN 1 AND 100 ORDER BY c",
+    "SELECT DISTINCT c FROM sbtest1 WHERE id BETWEEN 1 AND 100 ORDER BY c",
+    "UPDATE sbtest1 SET k=k+1 WHERE id=5",
+    "UPDATE sbtest1 SET c='83868641912-28773972837' WHERE id=5",
+    "DELETE FROM sbtest1 WHERE id=5",
+    "INSERT INTO sbtest1 (id, k, c, pad) VALUES (5, 4993, '83868641912', '67847967377')",
+    "COMMIT",
+    // mysqldump.
+    "/*!40100 SET @@SQL_MODE='' */",
+    "/*!40103 SET TIME_ZONE='+00:00' */",
+    "SET SQL_QUOTE_SHOW_CREATE=1",
+    "START TRANSACTION /*!40100 WITH CONSISTENT SNAPSHOT */",
+    "SHOW VARIABLES LIKE 'ndbinfo\\_version'",
+    "SHOW CREATE DATABASE IF NOT EXISTS `shop`",
+    "SHOW TABLE STATUS FROM `shop` WHERE Name = 'users'",
+    "SHOW CREATE TABLE `users`",
+    "SELECT /*!40001 SQL_NO_CACHE */ * FROM `users`",
+    "LOCK TABLES `users` READ /*!32311 LOCAL */",
+    "UNLOCK TABLES",
+    "SET CHARACTER SET utf8mb4",
+];
+
+#[test]
+fn application_statements_are_allowed() {
+    let everything = TableAcl::parse(
+        "all.json",
+        br#"{"table_groups": [{"name": "all", "table_names_or_prefixes": ["%"], "readers": ["u"], "writers": ["u"], "admins": ["u"]}]}"#,
+    )
+    .expect("acl");
+    for mode in [Mode::Vitess, Mode::Secure] {
+        let s = Settings { mode, ..settings() };
+        for sql in APPLICATIONS {
+            let d = decide(&everything, &s, "u", &[], sql);
+            assert!(d.is_allow(), "{mode:?}: {sql}: {d:?}");
+        }
+    }
+}
