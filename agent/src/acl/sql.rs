@@ -226,11 +226,14 @@ fn reading(
     // empty" and runs nothing.
     let statements = extract::split(toks);
     let mut out = Vec::with_capacity(statements.len());
+    let unreadable = |e: extract::Unreadable| ParseError(format!("{} (at byte {})", e.why, e.at));
     for s in statements {
-        let mut x = extract::Extractor::new(s, mode, sql.len());
-        let class = x
-            .statement()
-            .map_err(|e| ParseError(format!("{} (at byte {})", e.why, e.at)))?;
+        let mut x = extract::Extractor::new(s.tokens, mode, sql.len());
+        let class = x.statement().map_err(unreadable)?;
+        if s.program && mode == Mode::Vitess {
+            // Vitess does not check a stored program; what may follow its true end is checked.
+            out.extend(extract::inside_program(s.tokens, mode, sql.len()).map_err(unreadable)?);
+        }
         match x.prepared.take() {
             Some(text) => out.push(merge(classify_nested(&text, mode, depth + 1)?)),
             None => out.push(class),

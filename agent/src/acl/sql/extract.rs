@@ -537,7 +537,8 @@ impl<'t, 'a> Extractor<'t, 'a> {
             // NTH_VALUE(…) FROM FIRST|LAST OVER …: not a table list (OVER, RESPECT and
             // IGNORE are reserved, so no table reference can be followed by them).
             let nth_value = (self.kw(0, "FIRST") || self.kw(0, "LAST"))
-                && (self.kw(1, "OVER") || self.kw(1, "RESPECT") || self.kw(1, "IGNORE"));
+                && (self.kw(1, "OVER")
+                    || ((self.kw(1, "RESPECT") || self.kw(1, "IGNORE")) && self.kw(2, "NULLS")));
             if st.query && !nth_value {
                 st.list = Some(*last_list);
                 st.expect = true;
@@ -1580,9 +1581,17 @@ static EOF: Token<'static> = Token {
     start: 0,
 };
 
+/// One statement of a multi-statement text.
+pub struct Piece<'t, 'a> {
+    pub tokens: &'t [Token<'a>],
+    /// A stored program (CREATE PROCEDURE|FUNCTION|TRIGGER|EVENT, BEGIN NOT ATOMIC) whose body
+    /// may hold `;`.
+    pub program: bool,
+}
+
 /// Splits tokens into statements at top-level `;`. A stored program's body (CREATE
 /// PROCEDURE … BEGIN …; …; END) is one statement: BEGIN … END blocks are followed.
-pub fn split<'t, 'a>(toks: &'t [Token<'a>]) -> Vec<&'t [Token<'a>]> {
+pub fn split<'t, 'a>(toks: &'t [Token<'a>]) -> Vec<Piece<'t, 'a>> {
     let mut out = Vec::new();
     let mut from = 0;
     let mut depth = 0usize;
@@ -1617,13 +1626,59 @@ pub fn split<'t, 'a>(toks: &'t [Token<'a>]) -> Vec<&'t [Token<'a>]> {
         }
         if t.is_punct(b';') && depth == 0 {
             if i > from {
-                out.push(&toks[from..i]);
+                out.push(Piece {
+                    tokens: &toks[from..i],
+                    program,
+                });
             }
             from = i + 1;
         }
     }
     if from < toks.len() {
-        out.push(&toks[from..]);
+        out.push(Piece {
+            tokens: &toks[from..],
+            program,
+        });
     }
     out
+}
+
+/// Words that start a statement only inside a stored program's body.
+const BODY_ONLY: &[&str] = &[
+    "END", "DECLARE", "IF", "ELSE", "ELSEIF", "WHILE", "REPEAT", "LOOP", "LEAVE", "ITERATE",
+    "RETURN", "OPEN", "FETCH", "CLOSE", "SIGNAL", "RESIGNAL", "GET", "CASE", "WHEN", "UNTIL",
+];
+
+/// The statements a stored program's text holds after its first `;`, as the server would run
+/// them if its BEGIN … END blocks end earlier than they seem to (`begin` is also a valid
+/// variable name): each one that reads as a statement; one that does not read and does not
+/// start like a body statement makes the text unreadable.
+pub fn inside_program<'t, 'a>(
+    program: &'t [Token<'a>],
+    mode: Mode,
+    end: usize,
+) -> Result<Vec<Class>> {
+    let mut out = Vec::new();
+    let mut pieces = program.split(|t| t.is_punct(b';')).skip(1);
+    for piece in pieces.by_ref() {
+        if piece.is_empty() {
+            continue;
+        }
+        let mut x = Extractor::new(piece, mode, end);
+        match x.statement() {
+            Ok(c @ Class::Checked { .. }) => out.push(c),
+            Ok(_) => {}
+            Err(e) => {
+                let first = &piece[0];
+                let label = piece.len() > 1
+                    && (piece[1].is_punct(b':')
+                        || (piece[1].kind == Kind::Param
+                            && piece[1].start == first.start + first.text.len()));
+                if !(is_any(first, BODY_ONLY) || first.is("BEGIN") || label) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(out)
 }

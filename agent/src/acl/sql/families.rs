@@ -479,3 +479,43 @@ fn application_statements_are_allowed() {
         }
     }
 }
+
+/// Statements hidden after a stored program whose blocks end earlier than they seem (`begin`
+/// is also a variable name) are still checked in vitess mode.
+#[test]
+fn what_follows_a_stored_program_is_checked() {
+    let vitess = Settings {
+        mode: Mode::Vitess,
+        ..settings()
+    };
+    let none = granting(&[]);
+    for sql in [
+        "create procedure p() begin declare begin int; end; delete from secret; select 1 as end",
+        "create procedure p() begin select 1; end; delete from secret",
+    ] {
+        let d = decide(&none, &vitess, "u", &[], sql);
+        assert!(!d.is_allow(), "{sql}: {d:?}");
+    }
+    assert!(decide(
+        &none,
+        &vitess,
+        "u",
+        &[],
+        "create procedure p() begin select 1; end"
+    )
+    .is_allow());
+}
+
+#[test]
+fn fuzz_and_review_findings() {
+    // NTH_VALUE's FROM FIRST|LAST is followed by OVER or RESPECT|IGNORE NULLS; `FROM first
+    // IGNORE INDEX (i)` is a table.
+    let c = classify("select * from first ignore index (i)", Mode::Secure).expect("readable");
+    assert_eq!(
+        c,
+        vec![Class::Checked {
+            plan: "Select",
+            needs: vec![(R, "first".into())]
+        }]
+    );
+}
