@@ -331,4 +331,61 @@ mod tests {
             "another spelling is decided on its own"
         );
     }
+
+    #[test]
+    fn statement_shapes_merge_only_texts_that_differ_in_literals() {
+        let s = |q: &str| sql::shape(q, Mode::Secure);
+        assert_eq!(
+            s("select * from t where a = 1"),
+            s("select  *  from t /* c */ where a = 'x'")
+        );
+        assert_ne!(
+            s("select * from t where a = 1"),
+            s("select * from u where a = 1")
+        );
+        assert_ne!(s("select * from t"), s("select * from T"));
+        assert_ne!(s("select * from `t`"), s("select * from t"));
+        assert_ne!(s("select * from \"t\""), s("select * from \"u\""));
+        assert_ne!(s("select * from ab"), s("select * from a b"));
+        for no_shape in [
+            "select 'a\\' from t",
+            "select 1 /*!50000 from t */",
+            "prepare p from 'select 1'",
+            "execute immediate 'delete from t'",
+            "select 'open",
+        ] {
+            assert_eq!(s(no_shape), None, "{no_shape}");
+        }
+
+        let acl = TableAcl::parse(
+            "acl.json",
+            br#"{"table_groups": [{"name": "g", "table_names_or_prefixes": ["t"], "readers": ["alice"], "writers": ["alice"]}]}"#,
+        )
+        .expect("acl");
+        let settings = Settings {
+            strict: true,
+            dry_run: false,
+            exempt: None,
+            mode: Mode::Secure,
+        };
+        let e = Enforcer::new(acl, settings);
+        assert!(e
+            .check("alice", &[], "select * from t where a = 1")
+            .is_allow());
+        assert!(e
+            .check("alice", &[], "select * from t where a = 2")
+            .is_allow());
+        assert_eq!(e.cached_shapes(), 1, "one shape for both");
+        assert!(!e
+            .check("alice", &[], "select * from secret where a = 3")
+            .is_allow());
+        // A string alias is never taken as naming the DELETE target.
+        assert!(e.check("alice", &[], "delete x from t as x").is_allow());
+        assert!(!e
+            .check("alice", &[], "delete secret from t as 'secret'")
+            .is_allow());
+        assert!(!e
+            .check("alice", &[], "delete secret from t as 'other'")
+            .is_allow());
+    }
 }

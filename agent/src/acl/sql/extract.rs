@@ -1670,10 +1670,11 @@ pub fn inside_program<'t, 'a>(
             Ok(_) => {}
             Err(e) => {
                 let first = &piece[0];
+                // `lbl: LOOP …` (Vitess's lexer reads `:loop` as a placeholder). Spacing is not
+                // looked at: the shape cache drops it.
                 let label = piece.len() > 1
                     && (piece[1].is_punct(b':')
-                        || (piece[1].kind == Kind::Param
-                            && piece[1].start == first.start + first.text.len()));
+                        || (piece[1].kind == Kind::Param && piece[1].text.starts_with(':')));
                 if !(is_any(first, BODY_ONLY) || first.is("BEGIN") || label) {
                     return Err(e);
                 }
