@@ -9,7 +9,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(sql) = std::str::from_utf8(data) else {
         return;
     };
-    if let Err(diff) = vtguard_agent::acl::sql::reference::differential(sql) {
+    if let Err(diff) = vtguard_agent::acl::sql::reference::differential(
+        sql,
+        vtguard_agent::acl::sql::reference::Compare::NoneMissed,
+    ) {
         panic!("{sql:?}\n{diff}");
     }
 });

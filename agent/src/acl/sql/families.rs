@@ -508,6 +508,20 @@ fn what_follows_a_stored_program_is_checked() {
 
 #[test]
 fn fuzz_and_review_findings() {
+    // Fuzz (differential): sqlparser reads `x * from t` as a product with a column named
+    // `from`; FROM is reserved in MySQL, so the server reads a FROM clause, and so does vtguard.
+    let c = classify(
+        "SELECT JSON_ARRAselect /* XOR of columns in where */ * from t where a xor bY(1)",
+        Mode::Vitess,
+    )
+    .expect("readable");
+    assert_eq!(
+        c,
+        vec![Class::Checked {
+            plan: "Select",
+            needs: vec![(R, "t".into())]
+        }]
+    );
     // NTH_VALUE's FROM FIRST|LAST is followed by OVER or RESPECT|IGNORE NULLS; `FROM first
     // IGNORE INDEX (i)` is a table.
     let c = classify("select * from first ignore index (i)", Mode::Secure).expect("readable");
