@@ -7,7 +7,7 @@ pub mod sql;
 pub mod tableacl;
 
 use std::{
-    collections::HashMap,
+    hash::{Hash, Hasher},
     sync::{Arc, Mutex},
 };
 
@@ -20,14 +20,28 @@ pub use tableacl::{Role, TableAcl, TableGroup};
 
 /// The ACL in force and how it is applied; the ACL can be replaced atomically (requests see
 /// the old one or the new one).
+///
+/// Two caches spare the work of a decision:
+/// - decisions, by (ACL generation, username, groups, SQL text exactly as sent): a hit costs a
+///   hash of the text; a new ACL starts a new generation, so no decision made under the old one
+///   is ever returned;
+/// - classifications, by statement shape ([`sql::shape`]: literals normalised, as Vitess's
+///   plan cache does): a text that differs from a known one only in its literals is decided
+///   from the known (role, table) needs, without being parsed again. The classification does
+///   not depend on the ACL, so this cache outlives ACL swaps.
 pub struct Enforcer {
-    acl: ArcSwap<TableAcl>,
+    current: ArcSwap<Current>,
     settings: Settings,
-    cache: Mutex<HashMap<CacheKey, Decision>>,
+    decisions: quick_cache::sync::Cache<DecisionKey, Decision>,
+    shapes: quick_cache::sync::Cache<String, Arc<Vec<sql::Class>>>,
     /// Where the ACL in force came from, and when (unix seconds).
     origin: Mutex<(String, i64)>,
-    /// How many times an ACL was put in force (1 = the first).
-    version: std::sync::atomic::AtomicU64,
+}
+
+/// The ACL in force and its generation (how many times an ACL was put in force).
+struct Current {
+    acl: Arc<TableAcl>,
+    generation: u64,
 }
 
 /// `mode` as config files, the CLI and `vtguard status` spell it.
@@ -63,27 +77,77 @@ pub(crate) fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// (username, groups, SQL text): the SQL is taken exactly as sent, so that two spellings never
-/// share a decision.
-type CacheKey = (String, Vec<String>, String);
+/// (ACL generation, username, groups, SQL text): the SQL is taken exactly as sent, so that two
+/// spellings never share a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DecisionKey {
+    generation: u64,
+    username: String,
+    groups: Vec<String>,
+    sql: String,
+}
 
-/// Decisions kept before the cache starts over.
+/// A [`DecisionKey`] borrowed from a request, to look a decision up without copying.
+struct DecisionKeyRef<'a> {
+    generation: u64,
+    username: &'a str,
+    groups: &'a [String],
+    sql: &'a str,
+}
+
+fn hash_key<H: Hasher>(h: &mut H, generation: u64, username: &str, groups: &[String], sql: &str) {
+    generation.hash(h);
+    username.hash(h);
+    groups.len().hash(h);
+    for g in groups {
+        g.as_str().hash(h);
+    }
+    sql.hash(h);
+}
+
+impl Hash for DecisionKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        hash_key(h, self.generation, &self.username, &self.groups, &self.sql);
+    }
+}
+
+impl Hash for DecisionKeyRef<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        hash_key(h, self.generation, self.username, self.groups, self.sql);
+    }
+}
+
+impl quick_cache::Equivalent<DecisionKey> for DecisionKeyRef<'_> {
+    fn equivalent(&self, k: &DecisionKey) -> bool {
+        self.generation == k.generation
+            && self.username == k.username
+            && self.groups == k.groups.as_slice()
+            && self.sql == k.sql
+    }
+}
+
+/// Decisions kept (the least useful are evicted first).
 const CACHE_CAPACITY: usize = 10_000;
+/// Statement shapes kept.
+const SHAPE_CAPACITY: usize = 10_000;
 
 impl Enforcer {
     pub fn new(acl: TableAcl, settings: Settings) -> Self {
         Self {
-            acl: ArcSwap::from_pointee(acl),
+            current: ArcSwap::from_pointee(Current {
+                acl: Arc::new(acl),
+                generation: 1,
+            }),
             settings,
-            cache: Mutex::new(HashMap::new()),
+            decisions: quick_cache::sync::Cache::new(CACHE_CAPACITY),
+            shapes: quick_cache::sync::Cache::new(SHAPE_CAPACITY),
             origin: Mutex::new((String::new(), now_unix())),
-            version: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
     /// The ACL in force.
     pub fn acl(&self) -> Arc<TableAcl> {
-        self.acl.load_full()
+        self.current.load().acl.clone()
     }
 
     /// Where the ACL in force came from, and when it was loaded (unix seconds).
@@ -105,29 +169,51 @@ impl Enforcer {
         *self.origin.lock().unwrap_or_else(|p| p.into_inner()) = (source.to_owned(), now_unix());
     }
 
-    /// Decides one SQL string for a caller (from the cache when the same caller sent the same
-    /// text under the same ACL).
+    /// Decides one SQL string for a caller: from the decision cache when the same caller sent
+    /// the same text under the same ACL, else from the shape cache's classification.
     pub fn check(&self, username: &str, groups: &[String], sql: &str) -> Decision {
-        let key = (username.to_owned(), groups.to_vec(), sql.to_owned());
-        if let Some(d) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return d.clone();
+        let current = self.current.load();
+        let key = DecisionKeyRef {
+            generation: current.generation,
+            username,
+            groups,
+            sql,
+        };
+        if let Some(d) = self.decisions.get(&key) {
+            return d;
         }
-        // Decided outside the lock; a swap in between is handled by clearing after storing.
-        let acl = self.acl.load();
-        let d = decide::decide(&acl, &self.settings, username, groups, sql);
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if Arc::ptr_eq(&acl, &self.acl.load()) {
-            if cache.len() >= CACHE_CAPACITY {
-                cache.clear();
-            }
-            cache.insert(key, d.clone());
-        }
+        let d = self.decide(&current.acl, username, groups, sql);
+        // Stored under the generation it was made with: after a swap nobody looks it up.
+        self.decisions.insert(
+            DecisionKey {
+                generation: current.generation,
+                username: username.to_owned(),
+                groups: groups.to_vec(),
+                sql: sql.to_owned(),
+            },
+            d.clone(),
+        );
         d
+    }
+
+    /// A decision without the decision cache, classifying through the shape cache.
+    fn decide(&self, acl: &TableAcl, username: &str, groups: &[String], sql: &str) -> Decision {
+        let s = &self.settings;
+        let Some(shape) = sql::shape(sql, s.mode) else {
+            return decide::decide(acl, s, username, groups, sql);
+        };
+        if let Some(classes) = self.shapes.get(shape.as_str()) {
+            return decide::decide_classes(acl, s, username, groups, sql, Ok(&classes));
+        }
+        match sql::classify(sql, s.mode) {
+            Ok(classes) => {
+                let classes = Arc::new(classes);
+                self.shapes.insert(shape, classes.clone());
+                decide::decide_classes(acl, s, username, groups, sql, Ok(&classes))
+            }
+            // Not kept by shape: the message tells where in this text reading stopped.
+            Err(e) => decide::decide_classes(acl, s, username, groups, sql, Err(&e)),
+        }
     }
 
     /// Decides one (role, table) need outside SQL (MessageStream's WRITER on its table).
@@ -140,7 +226,7 @@ impl Enforcer {
         table: &str,
     ) -> Decision {
         decide::decide_table(
-            &self.acl.load(),
+            &self.current.load().acl,
             &self.settings,
             username,
             groups,
@@ -150,23 +236,30 @@ impl Enforcer {
         )
     }
 
-    /// Swaps in a new ACL and forgets every cached decision.
+    /// Swaps in a new ACL and forgets every cached decision (statement shapes stay: their
+    /// classification does not depend on the ACL).
     pub fn replace(&self, acl: TableAcl) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        self.acl.store(Arc::new(acl));
-        cache.clear();
-        self.version
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let acl = Arc::new(acl);
+        self.current.rcu(|c| Current {
+            acl: acl.clone(),
+            generation: c.generation + 1,
+        });
+        self.decisions.clear();
     }
 
     /// How many times an ACL was put in force (1 = the one it started with).
     pub fn version(&self) -> u64 {
-        self.version.load(std::sync::atomic::Ordering::Relaxed)
+        self.current.load().generation
     }
 
     /// Cached decisions right now.
     pub fn cached(&self) -> usize {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.decisions.len()
+    }
+
+    /// Statement shapes whose classification is cached.
+    pub fn cached_shapes(&self) -> usize {
+        self.shapes.len()
     }
 
     pub fn settings(&self) -> &Settings {
@@ -265,5 +358,62 @@ mod tests {
             !e.check("alice", &[], "SELECT * FROM t").is_allow(),
             "another spelling is decided on its own"
         );
+    }
+
+    #[test]
+    fn statement_shapes_merge_only_texts_that_differ_in_literals() {
+        let s = |q: &str| sql::shape(q, Mode::Secure);
+        assert_eq!(
+            s("select * from t where a = 1"),
+            s("select  *  from t /* c */ where a = 'x'")
+        );
+        assert_ne!(
+            s("select * from t where a = 1"),
+            s("select * from u where a = 1")
+        );
+        assert_ne!(s("select * from t"), s("select * from T"));
+        assert_ne!(s("select * from `t`"), s("select * from t"));
+        assert_ne!(s("select * from \"t\""), s("select * from \"u\""));
+        assert_ne!(s("select * from ab"), s("select * from a b"));
+        for no_shape in [
+            "select 'a\\' from t",
+            "select 1 /*!50000 from t */",
+            "prepare p from 'select 1'",
+            "execute immediate 'delete from t'",
+            "select 'open",
+        ] {
+            assert_eq!(s(no_shape), None, "{no_shape}");
+        }
+
+        let acl = TableAcl::parse(
+            "acl.json",
+            br#"{"table_groups": [{"name": "g", "table_names_or_prefixes": ["t"], "readers": ["alice"], "writers": ["alice"]}]}"#,
+        )
+        .expect("acl");
+        let settings = Settings {
+            strict: true,
+            dry_run: false,
+            exempt: None,
+            mode: Mode::Secure,
+        };
+        let e = Enforcer::new(acl, settings);
+        assert!(e
+            .check("alice", &[], "select * from t where a = 1")
+            .is_allow());
+        assert!(e
+            .check("alice", &[], "select * from t where a = 2")
+            .is_allow());
+        assert_eq!(e.cached_shapes(), 1, "one shape for both");
+        assert!(!e
+            .check("alice", &[], "select * from secret where a = 3")
+            .is_allow());
+        // A string alias is never taken as naming the DELETE target.
+        assert!(e.check("alice", &[], "delete x from t as x").is_allow());
+        assert!(!e
+            .check("alice", &[], "delete secret from t as 'secret'")
+            .is_allow());
+        assert!(!e
+            .check("alice", &[], "delete secret from t as 'other'")
+            .is_allow());
     }
 }

@@ -2,7 +2,7 @@
 //! Vitess's denial text.
 
 use super::{
-    sql::{classify, Class, Mode},
+    sql::{classify, Class, Mode, ParseError},
     tableacl::{Role, TableAcl},
 };
 
@@ -38,6 +38,12 @@ const DRY_RUN: &str = "dry run; would deny: ";
 impl Decision {
     pub fn is_allow(&self) -> bool {
         matches!(self, Decision::Allow { .. })
+    }
+
+    /// A denial because the statement cannot be read (not an ACL refusal, nor a kind secure
+    /// mode refuses by design).
+    pub fn is_unreadable(&self) -> bool {
+        matches!(self, Decision::Deny { message, .. } if is_unreadable(message))
     }
 
     /// Under dry run: the denial this allow stands for.
@@ -125,12 +131,42 @@ pub fn decide(
     if let Some(d) = gate(s, username, groups) {
         return d;
     }
-    let verdict = match classify(sql, s.mode) {
-        Err(e) => Decision::Deny {
-            message: format!("vtguard: {e}"),
-            role: None,
-            table: None,
-        },
+    decide_classes(
+        acl,
+        s,
+        username,
+        groups,
+        sql,
+        classify(sql, s.mode).as_deref(),
+    )
+}
+
+/// [`decide`] with the statement already classified (the enforcer's shape cache), for a caller
+/// that the exempt ACL and strict mode do not decide.
+pub(crate) fn decide_classes(
+    acl: &TableAcl,
+    s: &Settings,
+    username: &str,
+    groups: &[String],
+    sql: &str,
+    classes: Result<&[Class], &ParseError>,
+) -> Decision {
+    if let Some(d) = gate(s, username, groups) {
+        return d;
+    }
+    let verdict = match classes {
+        Err(e) => {
+            let digest = digest(sql);
+            tracing::info!(digest = %digest, reason = %e, "table ACL: a statement cannot be read");
+            Decision::Deny {
+                message: format!(
+                    "vtguard: {e}; the statement (sha256 {}) is refused: check its syntax against MySQL's",
+                    &digest[..16]
+                ),
+                role: None,
+                table: None,
+            }
+        }
         Ok(classes) => {
             let mut verdict = Decision::Allow {
                 reason: "every table is granted".into(),
@@ -151,11 +187,11 @@ pub fn decide(
                             if table == "dual" {
                                 continue;
                             }
-                            if !acl.allows(username, groups, role, &table) {
+                            if !acl.allows(username, groups, *role, table) {
                                 verdict = Decision::Deny {
-                                    message: denial_message(plan, username, groups, &table),
-                                    role: Some(role),
-                                    table: Some(table),
+                                    message: denial_message(plan, username, groups, table),
+                                    role: Some(*role),
+                                    table: Some(table.clone()),
                                 };
                                 break 'statements;
                             }
@@ -167,6 +203,24 @@ pub fn decide(
         }
     };
     dry_run(s, verdict)
+}
+
+/// How the message of a statement that cannot be read starts.
+const UNREADABLE: &str = "vtguard: SQL cannot be parsed";
+
+/// Whether a denial's message says the statement cannot be read (not an ACL refusal): the
+/// MySQL listener answers those with ERR 1064, as a server does for a syntax error.
+pub fn is_unreadable(message: &str) -> bool {
+    message.starts_with(UNREADABLE)
+}
+
+/// The SHA-256 of a statement, in hex: logged instead of the text.
+pub fn digest(sql: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(sql.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

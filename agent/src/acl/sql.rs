@@ -1,21 +1,27 @@
-//! SQL → the (role, table) pairs a statement needs, per VITESS.md §3, with a MySQL-dialect
-//! parser. Every statement of a multi-statement string is classified; MySQL executable
-//! comments (`/*! … */`, `/*!50000 … */`) are unwrapped first, since MySQL runs their content.
+//! SQL → the (role, table) pairs a statement needs, per VITESS.md §3.
 //!
-//! Statements the parser cannot read but MySQL runs (LOAD DATA, HANDLER, `TABLE t`,
-//! PREPARE … FROM, DO, SELECT … INTO, SELECT NEXT n VALUES) are recognized from their leading
-//! words by a small quote- and comment-aware lexer ([`special`]); anything else the parser
-//! cannot read is an error, which the caller denies with the parser's message.
+//! [`lexer`] tokenizes with MySQL's lexical rules and [`extract`] walks the tokens to every
+//! place MySQL's grammar names a table; [`reference`] reads the same needs from sqlparser's
+//! AST and serves as the cross-check in tests and fuzzing. Every statement of a
+//! multi-statement string is classified; executable comments (`/*! … */`, `/*!50000 … */`,
+//! `/*M! … */`) are read as code, since the server runs them.
+//!
+//! A text can read differently on the server: without backslash escapes (sql_mode
+//! `NO_BACKSLASH_ESCAPES`), or with versioned comments skipped (an older server). Every such
+//! reading is classified and their needs are added up, so a statement is allowed only if each
+//! reading is; in secure mode a reading that cannot be read makes the statement unreadable.
 
-use std::{collections::HashSet, ops::ControlFlow};
-
-use sqlparser::{
-    ast::{ObjectName, Query, Statement, TableFactor, TableObject, TableWithJoins, Visit, Visitor},
-    dialect::MySqlDialect,
-    parser::Parser,
-};
+#[cfg(test)]
+mod corpus;
+pub mod extract;
+#[cfg(test)]
+mod families;
+pub mod lexer;
+#[doc(hidden)]
+pub mod reference;
 
 use super::tableacl::Role;
+use lexer::{Kind, Options, Token};
 
 /// Vitess's decisions exactly, or with the holes Vitess leaves closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,309 +40,206 @@ pub enum Class {
     },
     /// Not checked by table ACLs (SET, SHOW, BEGIN, … and, in `vitess` mode, LOAD DATA and CALL).
     Unchecked { kind: &'static str },
-    /// Refused outright (secure mode), with the reason.
+    /// Refused by design (secure mode), with the reason: it names the kind of statement and
+    /// the setting that governs it.
     Denied { reason: String },
 }
 
-/// Why SQL could not be classified.
+/// Why SQL could not be classified: the statement cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("SQL cannot be parsed: {0}")]
 pub struct ParseError(pub String);
 
-/// MySQL runs the content of `/*! … */` and `/*!NNNNN … */`: make it plain SQL. Quotes are
-/// respected, so a string holding "/*!" is left alone.
-pub fn unwrap_executable_comments(sql: &str) -> String {
-    let b = sql.as_bytes();
-    let mut out = String::with_capacity(sql.len());
-    let mut i = 0;
-    let mut quote: Option<u8> = None;
-    let mut in_exec = false;
-    while i < b.len() {
-        let c = b[i];
-        if let Some(q) = quote {
-            if c == b'\\' && q != b'`' && i + 1 < b.len() {
-                out.push_str(&sql[i..i + 2]);
-                i += 2;
-                continue;
-            }
-            if c == q {
-                quote = None;
-            }
-            let ch = sql[i..].chars().next().unwrap_or(' ');
-            out.push(ch);
-            i += ch.len_utf8();
-            continue;
-        }
-        if c == b'\'' || c == b'"' || c == b'`' {
-            quote = Some(c);
-            out.push(c as char);
-            i += 1;
-            continue;
-        }
-        if !in_exec && sql[i..].starts_with("/*!") {
-            i += 3;
-            while i < b.len() && b[i].is_ascii_digit() {
-                i += 1;
-            }
-            out.push(' ');
-            in_exec = true;
-            continue;
-        }
-        if in_exec && sql[i..].starts_with("*/") {
-            i += 2;
-            out.push(' ');
-            in_exec = false;
-            continue;
-        }
-        let ch = sql[i..].chars().next().unwrap_or(' ');
-        out.push(ch);
-        i += ch.len_utf8();
+/// How deep PREPARE 'PREPARE …' may nest before the text is refused.
+const MAX_NESTING: usize = 3;
+/// The oldest server version whose reading of versioned comments is checked (MySQL 5.7.0).
+const OLDEST_SERVER: u32 = 50700;
+/// Distinct server versions in versioned comments beyond which the text is refused.
+const MAX_VERSIONS: usize = 6;
+
+/// The statement's shape, as Vitess's plan cache normalises it: its tokens with number, string
+/// and placeholder literals replaced by `?`, comments and spacing dropped. `None` when the
+/// shape would not decide the classification alone, so the text must be classified itself:
+/// the text does not lex, holds a backslash in a quoted token or a versioned comment (other
+/// readings depend on literal text), or runs text from a literal (PREPARE, EXECUTE).
+///
+/// Why two texts with one shape need the same (role, table) pairs: [`classify`] reads each
+/// token's kind, and the text only of words, backticked names and double-quoted strings (kept
+/// as written in the shape: identifiers, table names, keywords); it reads a single-quoted
+/// string's text only for PREPARE … FROM and EXECUTE IMMEDIATE, which have no shape. So two
+/// texts with one shape give [`classify`] token sequences that differ only in texts it never
+/// reads, and it returns the same classes for both. Tokens are written with their kind and
+/// length, so no two token sequences share a shape.
+pub fn shape(sql: &str, mode: Mode) -> Option<String> {
+    let l = lexer::lex(sql, base_options(mode)).ok()?;
+    if l.backslash || !l.versions.is_empty() {
+        return None;
     }
-    out
-}
-
-/// Relations in visit order, and CTE names (which are not tables).
-#[derive(Default)]
-struct Relations {
-    all: Vec<String>,
-    ctes: HashSet<String>,
-}
-
-impl Visitor for Relations {
-    type Break = ();
-
-    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
-        if let Some(with) = &q.with {
-            for cte in &with.cte_tables {
-                self.ctes.insert(cte.alias.name.value.clone());
-            }
+    let mut out = String::with_capacity(sql.len() + l.tokens.len() * 3);
+    for t in &l.tokens {
+        if t.is("PREPARE") || t.is("EXECUTE") {
+            return None;
         }
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
-        self.all.push(unqualified(r));
-        ControlFlow::Continue(())
-    }
-}
-
-/// The table name without keyspace qualifier (Vitess compares unqualified names).
-fn unqualified(name: &ObjectName) -> String {
-    name.0
-        .last()
-        .and_then(|p| p.as_ident())
-        .map(|i| i.value.clone())
-        .unwrap_or_else(|| name.to_string())
-}
-
-/// Tables named directly in a FROM/table list (not inside derived tables).
-fn direct_tables(t: &TableWithJoins, out: &mut Vec<String>) {
-    factor_tables(&t.relation, out);
-    for j in &t.joins {
-        factor_tables(&j.relation, out);
-    }
-}
-
-fn factor_tables(f: &TableFactor, out: &mut Vec<String>) {
-    match f {
-        TableFactor::Table { name, .. } => out.push(unqualified(name)),
-        TableFactor::NestedJoin {
-            table_with_joins, ..
-        } => direct_tables(table_with_joins, out),
-        _ => {}
-    }
-}
-
-/// Classifies every statement of `sql`.
-pub fn classify(sql: &str, mode: Mode) -> Result<Vec<Class>, ParseError> {
-    let plain = unwrap_executable_comments(sql);
-    match Parser::parse_sql(&MySqlDialect {}, &plain) {
-        Ok(statements) => Ok(statements.iter().map(|s| classify_one(s, mode)).collect()),
-        // Slow path: one statement at a time, so that a statement only the recognizers know
-        // does not hide the others.
-        Err(whole) => {
-            let mut out = Vec::new();
-            for piece in split_statements(&plain) {
-                match Parser::parse_sql(&MySqlDialect {}, piece) {
-                    Ok(st) => out.extend(st.iter().map(|s| classify_one(s, mode))),
-                    Err(e) => match special(piece, mode) {
-                        Some(c) => out.push(c?),
-                        None => return Err(ParseError(e.to_string())),
-                    },
-                }
-            }
-            if out.is_empty() {
-                return Err(ParseError(whole.to_string()));
-            }
-            Ok(out)
-        }
-    }
-}
-
-/// A top-level lexeme of MySQL text: enough to recognize statements by their leading words.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Lex {
-    /// A bare word (keyword, name or number), as written.
-    Word(String),
-    /// A backticked identifier, unescaped.
-    Quoted(String),
-    /// A '…' or "…" string, unescaped.
-    Str(String),
-    /// `@name`, `@@name`, `@'name'`.
-    Var,
-    Punct(char),
-}
-
-/// Lexes `text` into (byte range, lexeme), skipping whitespace and comments. `None` when a
-/// quote or comment is left open.
-fn lex(text: &str) -> Option<Vec<(std::ops::Range<usize>, Lex)>> {
-    let b = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    // Reads a quoted run starting at the quote `b[i]`; returns (end, unescaped).
-    let quoted = |mut i: usize| -> Option<(usize, String)> {
-        let q = b[i];
-        let mut v = Vec::new();
-        i += 1;
-        loop {
-            let c = *b.get(i)?;
-            if c == b'\\' && q != b'`' {
-                v.push(*b.get(i + 1)?);
-                i += 2;
-            } else if c == q {
-                if b.get(i + 1) == Some(&q) {
-                    v.push(q);
-                    i += 2;
-                } else {
-                    return Some((i + 1, String::from_utf8_lossy(&v).into_owned()));
-                }
-            } else {
-                v.push(c);
-                i += 1;
-            }
-        }
-    };
-    while i < b.len() {
-        let c = b[i];
-        let start = i;
-        if c.is_ascii_whitespace() {
-            i += 1;
-        } else if c == b'#'
-            || (text[i..].starts_with("--") && b.get(i + 2).is_none_or(|n| n.is_ascii_whitespace()))
-        {
-            i = text[i..].find('\n').map_or(b.len(), |n| i + n + 1);
-        } else if text[i..].starts_with("/*") {
-            i = i + 2 + text[i + 2..].find("*/")? + 2;
-        } else if c == b'\'' || c == b'"' {
-            let (end, v) = quoted(i)?;
-            out.push((start..end, Lex::Str(v)));
-            i = end;
-        } else if c == b'`' {
-            let (end, v) = quoted(i)?;
-            out.push((start..end, Lex::Quoted(v)));
-            i = end;
-        } else if c == b'@' {
-            i += 1;
-            while b.get(i) == Some(&b'@') {
-                i += 1;
-            }
-            match b.get(i) {
-                Some(q @ (b'\'' | b'"' | b'`')) if *q != 0 => i = quoted(i)?.0,
-                _ => {
-                    while i < b.len() && (b[i].is_ascii_alphanumeric() || b"_$.".contains(&b[i])) {
-                        i += 1;
-                    }
-                }
-            }
-            out.push((start..i, Lex::Var));
-        } else if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 {
-            while i < b.len()
-                && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80)
-            {
-                i += 1;
-            }
-            out.push((start..i, Lex::Word(text[start..i].to_owned())));
-        } else {
-            let ch = text[i..].chars().next()?;
-            i += ch.len_utf8();
-            out.push((start..i, Lex::Punct(ch)));
+        let (tag, text) = match t.kind {
+            Kind::Number | Kind::String | Kind::Param => ('?', ""),
+            Kind::Word => ('w', t.text),
+            Kind::Quoted => ('q', t.text),
+            Kind::DqString => ('d', t.text),
+            Kind::Var => ('v', t.text),
+            Kind::Punct => ('p', t.text),
+            Kind::VersionedOpen | Kind::VersionedClose => return None,
+        };
+        out.push(tag);
+        if !text.is_empty() {
+            out.push_str(&text.len().to_string());
+            out.push(':');
+            out.push_str(text);
         }
     }
     Some(out)
 }
 
-/// Splits `text` at top-level `;` (not inside quotes or comments); empty pieces are dropped.
-/// Text the lexer cannot read stays one piece (the parser then reports it).
-fn split_statements(text: &str) -> Vec<&str> {
-    let Some(lexemes) = lex(text) else {
-        return vec![text];
-    };
-    let mut out = Vec::new();
-    let mut from = 0;
-    let mut words = false;
-    for (range, l) in &lexemes {
-        if *l == Lex::Punct(';') {
-            if words {
-                out.push(&text[from..range.start]);
-            }
-            from = range.end;
-            words = false;
-        } else {
-            words = true;
-        }
+/// The lexer options of the first reading in `mode`.
+fn base_options(mode: Mode) -> Options {
+    Options {
+        slash_comments: mode == Mode::Vitess,
+        ..Options::default()
     }
-    if words {
-        out.push(&text[from..]);
-    }
-    out
 }
 
-type Lexemes = [(std::ops::Range<usize>, Lex)];
-
-/// Whether lexeme `i` is the keyword `kw`.
-fn is_kw(lx: &Lexemes, i: usize, kw: &str) -> bool {
-    matches!(lx.get(i), Some((_, Lex::Word(w))) if w.eq_ignore_ascii_case(kw))
+/// Classifies every statement of `sql`.
+pub fn classify(sql: &str, mode: Mode) -> Result<Vec<Class>, ParseError> {
+    classify_nested(sql, mode, 0)
 }
 
-/// A possibly qualified name at `lx[i..]` (`t`, `ks.t`, `` `ks`.`t` ``): the unqualified
-/// name and the index after it.
-fn name_at(lx: &Lexemes, mut i: usize) -> Option<(String, usize)> {
-    loop {
-        let part = match &lx.get(i)?.1 {
-            Lex::Word(v) | Lex::Quoted(v) => v.clone(),
-            _ => return None,
-        };
-        i += 1;
-        if lx.get(i).map(|x| &x.1) == Some(&Lex::Punct('.')) {
-            i += 1;
+fn classify_nested(sql: &str, mode: Mode, depth: usize) -> Result<Vec<Class>, ParseError> {
+    if depth > MAX_NESTING {
+        return Err(ParseError("prepared statements nest too deeply".into()));
+    }
+    let base = base_options(mode);
+    let primary = lexer::lex(sql, base).map_err(|e| ParseError(e.to_string()))?;
+    if mode == Mode::Secure && primary.backslash_after_high_byte {
+        return Err(ParseError(
+            "a backslash in a string follows a non-ASCII byte: under a multi-byte connection character set (GBK, SJIS, …) the server may read the string otherwise; escape quotes by doubling them".into(),
+        ));
+    }
+    let mut out = reading(sql, &primary.tokens, mode, depth)?;
+    if out.is_empty() {
+        return Err(ParseError("the text holds no statement".into()));
+    }
+    for opts in other_readings(&primary, mode, base)? {
+        // A reading that does not tokenize is one the server rejects too.
+        let Ok(other) = lexer::lex(sql, opts) else {
             continue;
-        }
-        return Some((part, i));
-    }
-}
-
-/// The index of the first top-level (outside parentheses) keyword among `kws` at or after `i`.
-fn find_kw(lx: &Lexemes, i: usize, kws: &[&str]) -> Option<usize> {
-    let mut depth = 0i32;
-    for (j, (_, l)) in lx.iter().enumerate().skip(i) {
-        match l {
-            Lex::Punct('(') => depth += 1,
-            Lex::Punct(')') => depth -= 1,
-            Lex::Word(w) if depth == 0 && kws.iter().any(|k| w.eq_ignore_ascii_case(k)) => {
-                return Some(j)
+        };
+        match reading(sql, &other.tokens, mode, depth) {
+            Ok(classes) => out.extend(classes),
+            Err(e) if mode == Mode::Secure => {
+                return Err(ParseError(format!(
+                    "{} (when read {})",
+                    e.0.trim_start_matches("SQL cannot be parsed: "),
+                    describe(opts)
+                )))
             }
-            _ => {}
+            Err(_) => {}
         }
     }
-    None
+    Ok(out)
 }
 
-/// Parses `text` (a rewrite of a statement) and classifies it; `None` if it does not parse.
-fn reparse(text: &str, mode: Mode) -> Option<Result<Class, ParseError>> {
-    let st = Parser::parse_sql(&MySqlDialect {}, text).ok()?;
-    Some(Ok(merge(
-        st.iter().map(|s| classify_one(s, mode)).collect(),
-    )))
+/// The other ways the server may read the text the lexer saw.
+fn other_readings(
+    l: &lexer::Lexed<'_>,
+    mode: Mode,
+    base: Options,
+) -> Result<Vec<Options>, ParseError> {
+    if !l.backslash && l.versions.is_empty() {
+        return Ok(Vec::new());
+    }
+    if l.versions.len() > MAX_VERSIONS && mode == Mode::Secure {
+        return Err(ParseError(format!(
+            "more than {MAX_VERSIONS} distinct versions in versioned comments"
+        )));
+    }
+    let mut thresholds: Vec<Option<u32>> = vec![None];
+    let mut versions = l.versions.clone();
+    versions.sort_unstable();
+    // A server of version v runs the versioned comments up to v: one reading below each.
+    // Servers older than MySQL 5.7 (which Vitess does not support) are not considered;
+    // MariaDB's `/*M!` (version 1 here) is skipped by MySQL.
+    thresholds.extend(
+        versions
+            .iter()
+            .filter(|&&v| v == 1 || v > OLDEST_SERVER)
+            .map(|v| Some(v.saturating_sub(1))),
+    );
+    let escapes: &[bool] = if l.backslash { &[true, false] } else { &[true] };
+    let mut out = Vec::new();
+    for &skip_versions_above in &thresholds {
+        for &backslash_escapes in escapes {
+            let o = Options {
+                backslash_escapes,
+                skip_versions_above,
+                ..base
+            };
+            if o != base {
+                out.push(o);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn describe(o: Options) -> String {
+    let mut parts = Vec::new();
+    if !o.backslash_escapes {
+        parts.push("without backslash escapes (sql_mode NO_BACKSLASH_ESCAPES)".to_owned());
+    }
+    if let Some(v) = o.skip_versions_above {
+        parts.push(format!("by a server of version {v}"));
+    }
+    parts.join(" and ")
+}
+
+/// Classifies the statements of one reading.
+fn reading(
+    sql: &str,
+    tokens: &[Token<'_>],
+    mode: Mode,
+    depth: usize,
+) -> Result<Vec<Class>, ParseError> {
+    let owned;
+    let toks = if tokens
+        .iter()
+        .any(|t| matches!(t.kind, Kind::VersionedOpen | Kind::VersionedClose))
+    {
+        owned = tokens
+            .iter()
+            .filter(|t| !matches!(t.kind, Kind::VersionedOpen | Kind::VersionedClose))
+            .copied()
+            .collect::<Vec<_>>();
+        &owned[..]
+    } else {
+        tokens
+    };
+    // No statement at all (all of it in skipped comments): the server answers "Query was
+    // empty" and runs nothing.
+    let statements = extract::split(toks);
+    let mut out = Vec::with_capacity(statements.len());
+    let unreadable = |e: extract::Unreadable| ParseError(format!("{} (at byte {})", e.why, e.at));
+    for s in statements {
+        let mut x = extract::Extractor::new(s.tokens, mode, sql.len());
+        let class = x.statement().map_err(unreadable)?;
+        if s.program && mode == Mode::Vitess {
+            // Vitess does not check a stored program; what may follow its true end is checked.
+            out.extend(extract::inside_program(s.tokens, mode, sql.len()).map_err(unreadable)?);
+        }
+        match x.prepared.take() {
+            Some(text) => out.push(merge(classify_nested(&text, mode, depth + 1)?)),
+            None => out.push(class),
+        }
+    }
+    Ok(out)
 }
 
 /// One class for several (a prepared string holding more than one statement): any denial
@@ -360,320 +263,6 @@ fn merge(classes: Vec<Class>) -> Class {
             kind: "session or metadata statement",
         },
     }
-}
-
-/// The SQL inside a prepared or immediately executed string: a literal is classified as if
-/// sent directly; anything else cannot be seen, so secure mode denies it.
-fn prepared(literal: Option<&str>, what: &str, mode: Mode) -> Result<Class, ParseError> {
-    match (mode, literal) {
-        (Mode::Vitess, _) => Ok(Class::Unchecked { kind: "PREPARE" }),
-        (Mode::Secure, Some(sql)) => Ok(merge(classify(sql, mode)?)),
-        (Mode::Secure, None) => Ok(Class::Denied {
-            reason: format!("{what} of text that is not a string literal: the statement cannot be checked; use a literal"),
-        }),
-    }
-}
-
-/// Recognizes a statement the parser cannot read by its leading words. `None`: not one of
-/// these (the caller denies it with the parser's message).
-fn special(piece: &str, mode: Mode) -> Option<Result<Class, ParseError>> {
-    let lx = lex(piece)?;
-    let kw = |i: usize, k: &str| is_kw(&lx, i, k);
-    let secure = mode == Mode::Secure;
-    // LOAD DATA|XML … INTO TABLE t: writes t.
-    if kw(0, "LOAD") && (kw(1, "DATA") || kw(1, "XML")) {
-        let into = find_kw(&lx, 2, &["INTO"])?;
-        if !kw(into + 1, "TABLE") {
-            return None;
-        }
-        let (table, _) = name_at(&lx, into + 2)?;
-        return Some(Ok(if secure {
-            Class::Checked {
-                plan: "Load",
-                needs: vec![(Role::Writer, table)],
-            }
-        } else {
-            Class::Unchecked { kind: "LOAD DATA" }
-        }));
-    }
-    // HANDLER t OPEN | READ …: reads t. HANDLER t CLOSE releases it.
-    if kw(0, "HANDLER") {
-        let (table, next) = name_at(&lx, 1)?;
-        if !secure || kw(next, "CLOSE") {
-            return Some(Ok(Class::Unchecked { kind: "HANDLER" }));
-        }
-        if !(kw(next, "OPEN") || kw(next, "READ")) {
-            return None;
-        }
-        return Some(Ok(Class::Checked {
-            plan: "Handler",
-            needs: vec![(Role::Reader, table)],
-        }));
-    }
-    // TABLE t [ORDER BY …] [LIMIT …] is SELECT * FROM t.
-    if kw(0, "TABLE") {
-        let r = &lx[0].0;
-        return reparse(
-            &format!("{}SELECT * FROM{}", &piece[..r.start], &piece[r.end..]),
-            mode,
-        );
-    }
-    // DO expr, …: evaluates expressions, which may read tables through subqueries.
-    if kw(0, "DO") {
-        if !secure {
-            return Some(Ok(Class::Unchecked { kind: "DO" }));
-        }
-        let r = &lx[0].0;
-        return reparse(
-            &format!("{}SELECT{}", &piece[..r.start], &piece[r.end..]),
-            mode,
-        );
-    }
-    // PREPARE s FROM 'sql' | @var.
-    if kw(0, "PREPARE") && kw(2, "FROM") {
-        let literal = match (&lx.get(3)?.1, lx.len()) {
-            (Lex::Str(sql), 4) => Some(sql.as_str()),
-            _ => None,
-        };
-        return Some(prepared(literal, "PREPARE", mode));
-    }
-    // SELECT NEXT n VALUES FROM seq: advances the sequence (WRITER).
-    if kw(0, "SELECT") && kw(1, "NEXT") && kw(3, "VALUES") && kw(4, "FROM") {
-        let (seq, end) = name_at(&lx, 5)?;
-        if end != lx.len() {
-            return None;
-        }
-        return Some(Ok(Class::Checked {
-            plan: "Select",
-            needs: vec![(Role::Writer, seq)],
-        }));
-    }
-    // SELECT … INTO OUTFILE|DUMPFILE|@vars: the INTO part aside, a SELECT.
-    if kw(0, "SELECT") || kw(0, "WITH") || lx.first().map(|x| &x.1) == Some(&Lex::Punct('(')) {
-        let into = find_kw(&lx, 1, &["INTO"])?;
-        let file = kw(into + 1, "OUTFILE") || kw(into + 1, "DUMPFILE");
-        if file && secure {
-            return Some(Ok(Class::Denied {
-                reason: "SELECT … INTO OUTFILE/DUMPFILE writes a file on the database server"
-                    .into(),
-            }));
-        }
-        let end = find_kw(
-            &lx,
-            into + 1,
-            &[
-                "FROM", "WHERE", "GROUP", "HAVING", "ORDER", "LIMIT", "FOR", "LOCK", "UNION",
-                "WINDOW",
-            ],
-        )
-        .map_or(piece.len(), |j| lx[j].0.start);
-        let start = lx[into].0.start;
-        return reparse(&format!("{} {}", &piece[..start], &piece[end..]), mode);
-    }
-    None
-}
-
-fn classify_one(s: &Statement, mode: Mode) -> Class {
-    let mut rel = Relations::default();
-    let _ = s.visit(&mut rel);
-    let tables: Vec<String> = rel
-        .all
-        .iter()
-        .filter(|t| !rel.ctes.contains(*t))
-        .cloned()
-        .collect();
-    // `targets` need `role`; every other relation of the statement is read.
-    let checked = |plan: &'static str, role: Role, targets: Vec<String>| {
-        let mut readers = tables.clone();
-        let mut needs: Vec<(Role, String)> = Vec::new();
-        for t in targets {
-            if let Some(i) = readers.iter().position(|r| *r == t) {
-                readers.remove(i);
-            }
-            needs.push((role, t));
-        }
-        needs.extend(readers.into_iter().map(|t| (Role::Reader, t)));
-        needs.sort();
-        needs.dedup();
-        Class::Checked { plan, needs }
-    };
-    match s {
-        // SELECT NEXT VALUE FROM seq advances a sequence: WRITER (the parser reads it as a
-        // column `next` aliased `value`).
-        Statement::Query(q) if is_next_value(q) => checked("Select", Role::Writer, tables.clone()),
-        Statement::Query(_) => checked("Select", Role::Reader, vec![]),
-        Statement::Insert(i) => {
-            let target = match &i.table {
-                TableObject::TableName(n) => vec![unqualified(n)],
-                _ => vec![],
-            };
-            checked(
-                if i.replace_into { "Replace" } else { "Insert" },
-                Role::Writer,
-                target,
-            )
-        }
-        Statement::Update(u) => {
-            let mut targets = Vec::new();
-            direct_tables(&u.table, &mut targets);
-            checked("Update", Role::Writer, targets)
-        }
-        Statement::Delete(d) => {
-            let mut targets = Vec::new();
-            let from = match &d.from {
-                sqlparser::ast::FromTable::WithFromKeyword(f)
-                | sqlparser::ast::FromTable::WithoutKeyword(f) => f,
-            };
-            for t in from {
-                direct_tables(t, &mut targets);
-            }
-            for t in d.using.iter().flatten() {
-                direct_tables(t, &mut targets);
-            }
-            checked("Delete", Role::Writer, targets)
-        }
-        Statement::CreateTable(_)
-        | Statement::AlterTable(_)
-        | Statement::Drop { .. }
-        | Statement::CreateView(_)
-        | Statement::AlterView(_)
-        | Statement::CreateIndex(_)
-        | Statement::RenameTable(_)
-        | Statement::Truncate(_) => {
-            // Every table the DDL names (RENAME: both names) needs ADMIN; a view's query is read.
-            checked("DDL", Role::Admin, ddl_names(s))
-        }
-        Statement::Flush { tables: names, .. } if !names.is_empty() => Class::Checked {
-            plan: "Flush",
-            needs: names
-                .iter()
-                .map(|n| (Role::Admin, unqualified(n)))
-                .collect(),
-        },
-        Statement::Analyze(_) => checked("Analyze", Role::Writer, tables.clone()),
-        Statement::LoadData { table_name, .. } => match mode {
-            Mode::Vitess => Class::Unchecked { kind: "LOAD DATA" },
-            Mode::Secure => Class::Checked {
-                plan: "Load",
-                needs: vec![(Role::Writer, unqualified(table_name))],
-            },
-        },
-        // EXECUTE s runs a statement checked when it was prepared. EXECUTE IMMEDIATE 'sql'
-        // (MariaDB) runs text; the parser reads it as EXECUTE named `immediate` with
-        // parameters, which MySQL's EXECUTE never has (it takes USING), so any parameter
-        // list is read as text to run.
-        Statement::Execute {
-            immediate,
-            parameters,
-            ..
-        } if *immediate || !parameters.is_empty() => {
-            let literal = match parameters.as_slice() {
-                [sqlparser::ast::Expr::Value(v)] => match &v.value {
-                    sqlparser::ast::Value::SingleQuotedString(s)
-                    | sqlparser::ast::Value::DoubleQuotedString(s) => Some(s.as_str()),
-                    _ => None,
-                },
-                _ => None,
-            };
-            prepared(literal, "EXECUTE IMMEDIATE", mode).unwrap_or_else(|e| Class::Denied {
-                reason: e.to_string(),
-            })
-        }
-        Statement::Execute { .. } | Statement::Deallocate { .. } => Class::Unchecked {
-            kind: "EXECUTE of a prepared statement",
-        },
-        Statement::Prepare { statement, .. } => match mode {
-            Mode::Vitess => Class::Unchecked { kind: "PREPARE" },
-            Mode::Secure => classify_one(statement, mode),
-        },
-        // CALL runs stored code that table ACLs cannot see: secure mode lets it through only
-        // where the policy grants WRITER on the entry `call:<procedure>` explicitly.
-        Statement::Call(f) => match mode {
-            Mode::Vitess => Class::Unchecked { kind: "CALL" },
-            Mode::Secure => Class::Checked {
-                plan: "Call",
-                needs: vec![(Role::Writer, format!("call:{}", unqualified(&f.name)))],
-            },
-        },
-        Statement::Set(_)
-        | Statement::ShowTables { .. }
-        | Statement::ShowColumns { .. }
-        | Statement::ShowVariables { .. }
-        | Statement::ShowStatus { .. }
-        | Statement::ShowCreate { .. }
-        | Statement::ShowDatabases { .. }
-        | Statement::ShowFunctions { .. }
-        | Statement::ShowVariable { .. }
-        | Statement::ShowProcessList { .. }
-        | Statement::ShowSchemas { .. }
-        | Statement::ShowCharset(_)
-        | Statement::ShowObjects(_)
-        | Statement::ShowViews { .. }
-        | Statement::ShowCollation { .. }
-        | Statement::Kill { .. }
-        | Statement::UnlockTables
-        | Statement::Explain { .. }
-        | Statement::ExplainTable { .. }
-        | Statement::StartTransaction { .. }
-        | Statement::Commit { .. }
-        | Statement::Rollback { .. }
-        | Statement::Savepoint { .. }
-        | Statement::ReleaseSavepoint { .. }
-        | Statement::Use(_) => Class::Unchecked {
-            kind: "session or metadata statement",
-        },
-        _ => match mode {
-            Mode::Vitess => Class::Unchecked { kind: "other" },
-            Mode::Secure => Class::Denied {
-                reason: format!(
-                    "vtguard does not check this kind of statement ({})",
-                    kind_name(s)
-                ),
-            },
-        },
-    }
-}
-
-/// `SELECT NEXT VALUE FROM …`, as the parser reads it (`SELECT next AS value FROM …`).
-fn is_next_value(q: &Query) -> bool {
-    use sqlparser::ast::{Expr, SelectItem, SetExpr};
-    let SetExpr::Select(sel) = q.body.as_ref() else {
-        return false;
-    };
-    matches!(
-        sel.projection.as_slice(),
-        [SelectItem::ExprWithAlias { expr: Expr::Identifier(next), alias }]
-            if next.quote_style.is_none()
-                && alias.quote_style.is_none()
-                && next.value.eq_ignore_ascii_case("next")
-                && alias.value.eq_ignore_ascii_case("value")
-    )
-}
-
-/// The tables a DDL statement names.
-fn ddl_names(s: &Statement) -> Vec<String> {
-    match s {
-        Statement::CreateTable(c) => vec![unqualified(&c.name)],
-        Statement::AlterTable(a) => vec![unqualified(&a.name)],
-        Statement::Drop { names, .. } => names.iter().map(unqualified).collect(),
-        Statement::CreateView(v) => vec![unqualified(&v.name)],
-        Statement::AlterView(v) => vec![unqualified(&v.name)],
-        Statement::CreateIndex(i) => vec![unqualified(&i.table_name)],
-        Statement::RenameTable(r) => r
-            .iter()
-            .flat_map(|x| [unqualified(&x.old_name), unqualified(&x.new_name)])
-            .collect(),
-        Statement::Truncate(t) => t.table_names.iter().map(|n| unqualified(&n.name)).collect(),
-        _ => vec![],
-    }
-}
-
-fn kind_name(s: &Statement) -> String {
-    let text = s.to_string();
-    text.split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]
@@ -869,10 +458,8 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert!(matches!(&c[1], Class::Checked { plan: "Delete", .. }));
         // A ';' inside a string or comment does not split.
-        assert_eq!(
-            split_statements("select ';' /* ; */ ; # ;\n do 1"),
-            vec!["select ';' /* ; */ ", " # ;\n do 1"]
-        );
+        let c = classify("select ';' /* ; */ ; # ;\n do 1", Mode::Secure).expect("classified");
+        assert_eq!(c.len(), 2, "{c:?}");
         // What nothing recognizes is the parser's error.
         assert!(classify("handler", Mode::Secure).is_err());
         assert!(classify("load data infile 'x'", Mode::Secure).is_err());
@@ -880,22 +467,12 @@ mod tests {
     }
 
     #[test]
-    fn executable_comments_unwrap_outside_strings_only() {
-        assert_eq!(
-            unwrap_executable_comments("select 1 /*!50000 from t */"),
-            "select 1   from t  "
-        );
-        assert_eq!(
-            unwrap_executable_comments("select '/*! x */'"),
-            "select '/*! x */'"
-        );
-        assert_eq!(
-            unwrap_executable_comments("select 'it''s' /*!x*/"),
-            "select 'it''s'  x "
-        );
-        assert_eq!(
-            unwrap_executable_comments("select \"é\" /* plain */"),
-            "select \"é\" /* plain */"
-        );
+    fn executable_comments_are_code_outside_strings_only() {
+        let reads = |sql: &str| needs(sql, Mode::Secure);
+        assert_eq!(reads("select 1 /*!50000 from t */"), n(&[(Reader, "t")]));
+        assert_eq!(reads("select '/*! from t */'"), n(&[]));
+        assert_eq!(reads("select 'it''s' /*! from t*/"), n(&[(Reader, "t")]));
+        assert_eq!(reads("select \"é\" /* from t */"), n(&[]));
+        assert_eq!(reads("select 1 /*M! from t */"), n(&[(Reader, "t")]));
     }
 }

@@ -137,6 +137,7 @@ mod com {
 mod er {
     pub const ACCESS_DENIED: (u16, &str) = (1045, "28000");
     pub const TABLEACCESS_DENIED: (u16, &str) = (1142, "42000");
+    pub const PARSE_ERROR: (u16, &str) = (1064, "42000");
     pub const HANDSHAKE: (u16, &str) = (1043, "08S01");
     pub const NET_PACKET_TOO_LARGE: (u16, &str) = (1153, "08S01");
     pub const UNKNOWN_COM: (u16, &str) = (1047, "08S01");
@@ -326,6 +327,9 @@ impl CommandRefusal {
     fn code(&self) -> (u16, &'static str) {
         match self {
             Self::ChangeUser | Self::Multi | Self::Replication => er::NOT_SUPPORTED,
+            // A statement the classifier cannot read is a syntax error to the client, not an
+            // ACL denial.
+            Self::Denied(message) if crate::acl::decide::is_unreadable(message) => er::PARSE_ERROR,
             Self::NotUtf8(_) | Self::Denied(_) => er::TABLEACCESS_DENIED,
         }
     }
