@@ -186,6 +186,7 @@ pub fn status(state: &State) -> crate::status::Status {
         });
     crate::status::Status {
         pid: std::process::id(),
+        open_files_limit: crate::app::open_files_limit(),
         started: state.started,
         listeners: state.listeners.iter().map(|l| l.status()).collect(),
         connections,

@@ -49,6 +49,7 @@ struct Agent {
 
 async fn run_async(config: Config) -> anyhow::Result<()> {
     info!(config = %config.source.display(), listeners = config.listeners.len(), kernel = config.kernel.is_some(), "starting vtguard");
+    raise_open_files_limit();
     let mut tasks = Tasks::new();
     let kernel = start_kernel(&config, &mut tasks)?;
     let sessions = Arc::new(Sessions::default());
@@ -326,5 +327,44 @@ fn warn_ephemeral_overlap(ports: &std::collections::BTreeSet<u16>) {
         for p in ports.iter().filter(|p| (lo..=hi).contains(*p)) {
             warn!(port = p, range = %format!("{lo}-{hi}"), "protected port lies in the ephemeral port range: outgoing connections may be given it as their local port; move the service or narrow net.ipv4.ip_local_port_range");
         }
+    }
+}
+
+/// Every connection is a descriptor (two with its upstream): the soft RLIMIT_NOFILE (often
+/// 1024) is raised to the hard limit, so that the listeners' `max-connections` are the limit
+/// that bites, not the process's.
+fn raise_open_files_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return;
+        }
+        if l.rlim_cur < l.rlim_max {
+            let before = l.rlim_cur;
+            l.rlim_cur = l.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) == 0 {
+                info!(from = before, to = l.rlim_cur, "open-file limit raised");
+            } else {
+                warn!(limit = before, "cannot raise the open-file limit; connections beyond it are refused by the system");
+            }
+        }
+    }
+}
+
+/// The open-file limit in force (what `vtguard status` reports).
+pub fn open_files_limit() -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to a local rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } == 0 {
+        l.rlim_cur
+    } else {
+        0
     }
 }

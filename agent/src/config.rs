@@ -24,7 +24,7 @@ use crate::{
     kernel::{KernelConfig, KernelPolicy, DEFAULT_BPFFS},
     proxy::{
         grpc::{GrpcConfig, GrpcService, DEFAULT_MAX_MESSAGE_SIZE, VTTABLET_OTHER_SERVICES},
-        listener::{ListenerConfig, ProtocolConfig, DEFAULT_HANDSHAKE_TIMEOUT},
+        listener::{Limits, ListenerConfig, ProtocolConfig, DEFAULT_HANDSHAKE_TIMEOUT},
         mysql::{MysqlAuth, MysqlConfig, DEFAULT_MAX_ALLOWED_PACKET},
     },
     tls::{ServerTls, TlsVersion, UpstreamTls},
@@ -209,6 +209,8 @@ struct RawGrpc {
     #[serde(default)]
     insecure_plaintext: bool,
     handshake_timeout_seconds: Option<f64>,
+    max_connections: Option<i64>,
+    max_connections_per_identity: Option<i64>,
     service: Option<GrpcService>,
     grpc_cert: Option<PathBuf>,
     grpc_key: Option<PathBuf>,
@@ -221,6 +223,9 @@ struct RawGrpc {
     #[serde(default)]
     grpc_use_effective_groups: bool,
     grpc_max_message_size: Option<i64>,
+    grpc_server_keepalive_time: Option<f64>,
+    grpc_server_keepalive_timeout: Option<f64>,
+    grpc_max_connection_idle: Option<f64>,
     #[serde(default)]
     query_log: bool,
     #[serde(default)]
@@ -246,6 +251,8 @@ struct RawMysql {
     #[serde(default)]
     insecure_plaintext: bool,
     handshake_timeout_seconds: Option<f64>,
+    max_connections: Option<i64>,
+    max_connections_per_identity: Option<i64>,
     mysql_server_ssl_cert: Option<PathBuf>,
     mysql_server_ssl_key: Option<PathBuf>,
     mysql_server_ssl_ca: Option<PathBuf>,
@@ -257,6 +264,7 @@ struct RawMysql {
     max_allowed_packet: Option<i64>,
     #[serde(default)]
     mysql_allow_clear_text_without_tls: bool,
+    mysql_server_read_timeout: Option<f64>,
 }
 
 /// Vitess's `--tablet-grpc-*` or `--vtgate-grpc-*` flags: TLS towards the upstream.
@@ -845,6 +853,7 @@ fn grpc_listener(l: RawGrpc) -> Result<ListenerConfig, String> {
     }
     Ok(ListenerConfig {
         identities: identities(l.identities)?,
+        limits: limits(l.max_connections, l.max_connections_per_identity)?,
         name: l.name,
         listen,
         upstream,
@@ -856,6 +865,21 @@ fn grpc_listener(l: RawGrpc) -> Result<ListenerConfig, String> {
             handshake_timeout: handshake_timeout(l.handshake_timeout_seconds)?,
             max_message_size,
             query_log: l.query_log,
+            keepalive_time: seconds(
+                "grpc-server-keepalive-time",
+                l.grpc_server_keepalive_time,
+                10.0,
+            )?,
+            keepalive_timeout: seconds(
+                "grpc-server-keepalive-timeout",
+                l.grpc_server_keepalive_timeout,
+                10.0,
+            )?,
+            max_connection_idle: seconds(
+                "grpc-max-connection-idle",
+                l.grpc_max_connection_idle,
+                1800.0,
+            )?,
             services,
         }),
     })
@@ -977,6 +1001,7 @@ fn mysql_listener(l: RawMysql) -> Result<ListenerConfig, String> {
     };
     Ok(ListenerConfig {
         identities: identities(l.identities)?,
+        limits: limits(l.max_connections, l.max_connections_per_identity)?,
         name: l.name,
         listen,
         upstream,
@@ -988,8 +1013,47 @@ fn mysql_listener(l: RawMysql) -> Result<ListenerConfig, String> {
             handshake_timeout: handshake_timeout(l.handshake_timeout_seconds)?,
             max_allowed_packet,
             allow_clear_text: l.mysql_allow_clear_text_without_tls,
+            read_timeout: seconds(
+                "mysql-server-read-timeout",
+                l.mysql_server_read_timeout,
+                28_800.0,
+            )?,
         }),
     })
+}
+
+/// A duration key in seconds: 0.1 to 7 days, `default` when left out.
+fn seconds(key: &str, v: Option<f64>, default: f64) -> Result<Duration, String> {
+    match v.unwrap_or(default) {
+        s if (0.1..=604_800.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
+        s => Err(format!("{key} {s}: use 0.1 to 604800 seconds")),
+    }
+}
+
+/// `max-connections` and `max-connections-per-identity`.
+fn limits(max: Option<i64>, per_identity: Option<i64>) -> Result<Limits, String> {
+    let d = Limits::default();
+    let count = |key: &str, v: Option<i64>, default: usize| match v {
+        None => Ok(default),
+        Some(n) if (1..=1_000_000).contains(&n) => Ok(n as usize),
+        Some(n) => Err(format!("{key} {n}: use 1 to 1000000 connections")),
+    };
+    let limits = Limits {
+        max_connections: count("max-connections", max, d.max_connections)?,
+        max_per_identity: count(
+            "max-connections-per-identity",
+            per_identity,
+            d.max_per_identity
+                .min(max.map_or(usize::MAX, |m| m.max(1) as usize)),
+        )?,
+    };
+    if limits.max_per_identity > limits.max_connections {
+        return Err(format!(
+            "max-connections-per-identity {} is over max-connections {}: lower it or raise max-connections",
+            limits.max_per_identity, limits.max_connections
+        ));
+    }
+    Ok(limits)
 }
 
 fn handshake_timeout(s: Option<f64>) -> Result<Duration, String> {
@@ -1300,6 +1364,22 @@ mod tests {
         let e = err(&listener(""));
         assert!(e.contains("listener l: no grpc-cert/grpc-key: set them to serve TLS, or set insecure-plaintext = true"), "{e}");
         assert!(parse(&listener("insecure-plaintext = true\n")).is_ok());
+        let plain = |extra: &str| err(&listener(&format!("insecure-plaintext = true\n{extra}")));
+        let e = plain("max-connections = 0\n");
+        assert!(
+            e.contains("listener l: max-connections 0: use 1 to 1000000 connections"),
+            "{e}"
+        );
+        let e = plain("max-connections = 10\nmax-connections-per-identity = 20\n");
+        assert!(
+            e.contains("max-connections-per-identity 20 is over max-connections 10"),
+            "{e}"
+        );
+        let e = plain("grpc-max-connection-idle = 0\n");
+        assert!(
+            e.contains("grpc-max-connection-idle 0: use 0.1 to 604800 seconds"),
+            "{e}"
+        );
         let e = err(&listener("grpc-cert = \"/c\"\n"));
         assert!(
             e.contains("grpc-cert is set without grpc-key: set both"),

@@ -213,6 +213,7 @@ impl Metrics {
             methods: RwLock::default(),
             dry_run: Mutex::default(),
             refused_outright: Counter::default(),
+            limit_refused: Counter::default(),
         }
     }
 }
@@ -237,6 +238,8 @@ pub struct ListenerMetrics {
     /// MySQL commands refused without a table check (`COM_CHANGE_USER`, replication, …): not
     /// a method of `vtguard_requests_total`, so counted here alone.
     refused_outright: Counter,
+    /// Connections refused by the listener's connection limits.
+    limit_refused: Counter,
 }
 
 /// The series of one method.
@@ -302,6 +305,11 @@ impl ListenerMetrics {
         self.with_method(command, |s| self.count(s, command, decision));
     }
 
+    /// A connection refused by `max-connections` or `max-connections-per-identity`.
+    pub fn limit_refused(&self) {
+        self.limit_refused.inc();
+    }
+
     /// A MySQL command vtguard refuses without checking it.
     pub fn refused_outright(&self) {
         self.refused_outright.inc();
@@ -355,6 +363,7 @@ impl ListenerMetrics {
             requests: forwarded + refused,
             refused,
             acl_dry_run_denials: self.dry_run.lock().values().map(Counter::get).sum(),
+            limit_refused: self.limit_refused.get(),
         }
     }
 
@@ -674,6 +683,7 @@ mod tests {
                 requests: 3,
                 refused: 2,
                 acl_dry_run_denials: 0,
+                limit_refused: 0,
             }
         );
         let my = m1.get().expect("m1");
@@ -689,6 +699,7 @@ mod tests {
                 requests: 3,
                 refused: 2,
                 acl_dry_run_denials: 3,
+                limit_refused: 0,
             }
         );
     }

@@ -12,6 +12,9 @@ use crate::{acl::Mode, kernel::KernelStatus};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub pid: u32,
+    /// The agent's open-file limit (RLIMIT_NOFILE, raised to the hard limit at start).
+    #[serde(default)]
+    pub open_files_limit: u64,
     /// When the agent started (unix seconds).
     pub started: i64,
     pub listeners: Vec<ListenerStatus>,
@@ -83,6 +86,9 @@ pub struct ListenerCounts {
     pub refused: u64,
     /// Requests a dry-run table ACL would have denied.
     pub acl_dry_run_denials: u64,
+    /// Connections refused by `max-connections` or `max-connections-per-identity`.
+    #[serde(default)]
+    pub limit_refused: u64,
 }
 
 /// Open connections of one identity on one listener.
@@ -147,6 +153,7 @@ pub(crate) mod tests {
     pub(crate) fn sample(kernel: Option<KernelReport>) -> Status {
         Status {
             pid: 4242,
+            open_files_limit: 1_048_576,
             started: 1_700_000_000,
             listeners: vec![
                 ListenerStatus {
@@ -163,6 +170,7 @@ pub(crate) mod tests {
                         requests: 2,
                         refused: 1,
                         acl_dry_run_denials: 0,
+                        limit_refused: 0,
                     },
                 },
                 ListenerStatus {
@@ -219,6 +227,7 @@ pub(crate) mod tests {
                 "connections",
                 "kernel",
                 "listeners",
+                "open_files_limit",
                 "pid",
                 "policy",
                 "started"
@@ -230,6 +239,7 @@ pub(crate) mod tests {
                 "acl_dry_run_denials",
                 "connections",
                 "handshakes_failed",
+                "limit_refused",
                 "listen",
                 "name",
                 "protocol",

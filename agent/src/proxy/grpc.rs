@@ -80,6 +80,13 @@ pub struct GrpcConfig {
     pub handshake_timeout: Duration,
     pub max_message_size: usize,
     pub query_log: bool,
+    /// `grpc-server-keepalive-time` / `-timeout`: HTTP/2 pings to an idle client, and how long
+    /// to wait for its answer before closing.
+    pub keepalive_time: Duration,
+    pub keepalive_timeout: Duration,
+    /// `grpc-max-connection-idle`: a connection without a request for this long is closed
+    /// (GOAWAY).
+    pub max_connection_idle: Duration,
     /// Non-query services (vttablet only) and the identities (user or group) allowed on each.
     pub services: BTreeMap<String, BTreeSet<String>>,
 }
@@ -179,6 +186,20 @@ impl GrpcProxy {
             return;
         };
         let name = self.core.name.clone();
+        // A certificate identity counts against its limit for the connection's life.
+        let _slot = match identity
+            .as_ref()
+            .map(|id| self.core.admit_identity(&id.username))
+        {
+            Some(Err(e)) => {
+                info!(listener = %name, %peer, "connection refused: {e}");
+                self.refuse(io, Status::resource_exhausted(format!("vtguard: {e}")))
+                    .await;
+                return;
+            }
+            Some(Ok(slot)) => Some(slot),
+            None => None,
+        };
         let mut session = match &identity {
             Some(id) => {
                 info!(listener = %name, %peer, identity = %id, "accepted");
@@ -190,32 +211,77 @@ impl GrpcProxy {
             }
         };
         let who = identity.as_ref().map(|i| i.username.clone());
+        let conn_state = Arc::new(Activity::default());
         let conn = Arc::new(Conn {
-            proxy: self,
+            proxy: Arc::clone(&self),
             identity,
             upstreams: AsyncMutex::new(HashMap::new()),
+            activity: Arc::clone(&conn_state),
         });
         let service = hyper::service::service_fn(move |req| {
             let conn = Arc::clone(&conn);
             async move { Ok::<_, Infallible>(conn.handle(req).await) }
         });
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder.max_concurrent_streams(1000);
-        let serve = builder.serve_connection(TokioIo::new(io), service);
+        let serve = self.http2().serve_connection(TokioIo::new(io), service);
+        tokio::pin!(serve);
         let cut = async {
             match session.as_mut() {
                 Some(s) => s.cut_off().await,
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            res = serve => if let Err(e) = res {
-                debug!(listener = %name, %peer, error = %e, "connection ended with an error");
-            },
-            () = cut => {
-                info!(listener = %name, %peer, identity = who.as_deref().unwrap_or(""), "connection closed: policy no longer lets this identity reach the upstream");
+        tokio::pin!(cut);
+        let idle = self.cfg.max_connection_idle;
+        let mut tick = tokio::time::interval(idle.min(Duration::from_secs(1)));
+        loop {
+            tokio::select! {
+                res = serve.as_mut() => {
+                    if let Err(e) = res {
+                        debug!(listener = %name, %peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = cut.as_mut() => {
+                    info!(listener = %name, %peer, identity = who.as_deref().unwrap_or(""), "connection closed: policy no longer lets this identity reach the upstream");
+                    return;
+                }
+                _ = tick.tick() => {
+                    if conn_state.idle_for() >= idle {
+                        // GOAWAY: the client finishes what it has in flight and reconnects
+                        // when it needs to.
+                        info!(listener = %name, %peer, ?idle, "closing an idle connection (grpc-max-connection-idle)");
+                        serve.as_mut().graceful_shutdown();
+                        if tokio::time::timeout(Duration::from_secs(10), serve.as_mut()).await.is_err() {
+                            debug!(listener = %name, %peer, "idle connection did not close in time");
+                        }
+                        return;
+                    }
+                }
             }
         }
+    }
+
+    /// The HTTP/2 server side of a client connection: concurrent streams bounded, keepalive
+    /// pings (`grpc-server-keepalive-time`/`-timeout`) to find peers that are gone.
+    fn http2(&self) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .max_concurrent_streams(1000)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Some(self.cfg.keepalive_time))
+            .keep_alive_timeout(self.cfg.keepalive_timeout);
+        builder
+    }
+
+    /// Answers every request of a refused connection with `status` for a short while, then
+    /// closes it: the client learns why instead of seeing a dropped connection.
+    async fn refuse(&self, io: Box<dyn AsyncReadWrite>, status: Status) {
+        let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+            let status = status.clone();
+            async move { Ok::<_, Infallible>(status.into_http::<Body>()) }
+        });
+        let serve = self.http2().serve_connection(TokioIo::new(io), service);
+        let _ = tokio::time::timeout(self.cfg.handshake_timeout, serve).await;
     }
 
     /// Opens a connection to the upstream for `username`: through the kernel's registered
@@ -266,6 +332,43 @@ struct Conn {
     /// By identity username: with the effective-caller override, callers on one connection
     /// may name different identities, and no upstream socket is ever shared between them.
     upstreams: AsyncMutex<HashMap<String, hyper::client::conn::http2::SendRequest<Full<Bytes>>>>,
+    activity: Arc<Activity>,
+}
+
+/// Requests in flight on a connection and when the last one ended: how long it has been idle.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    since: parking_lot::Mutex<Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            in_flight: Default::default(),
+            since: parking_lot::Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Activity {
+    fn start(&self) {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        *self.since.lock() = Instant::now();
+        self.in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Zero while requests are in flight.
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        self.since.lock().elapsed()
+    }
 }
 
 /// What the request said about itself, for the query log.
@@ -309,6 +412,13 @@ impl Refused {
 
 impl Conn {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        self.activity.start();
+        let response = self.respond(req).await;
+        self.activity.end();
+        response
+    }
+
+    async fn respond(&self, req: Request<Incoming>) -> Response<Body> {
         let start = Instant::now();
         let p = &self.proxy;
         let name = &p.core.name;

@@ -7,7 +7,15 @@
 //! the [`Core`] it is built on. The agent holds every listener as a [`Listener`] trait object.
 
 use std::{
-    collections::BTreeSet, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+    collections::{BTreeSet, HashMap},
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
 
 use tokio::{
@@ -35,6 +43,63 @@ use crate::{
 /// Default TLS (gRPC) or login (MySQL) handshake timeout.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many client connections a listener holds open (`max-connections`,
+/// `max-connections-per-identity`): no caller can take every descriptor of the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open client connections of the listener; beyond it a new connection is refused at
+    /// once (MySQL: ERR 1040), before any handshake.
+    pub max_connections: usize,
+    /// Open client connections of one proven identity; beyond it the connection is refused
+    /// with an error naming the identity and the key.
+    pub max_per_identity: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_per_identity: 1_000,
+        }
+    }
+}
+
+/// A connection beyond `max-connections-per-identity`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("identity {identity:?} already has {max} connections open on listener {listener} (max-connections-per-identity = {max}): close some, or raise the limit")]
+pub struct TooManyConnections {
+    pub listener: String,
+    pub identity: String,
+    pub max: usize,
+}
+
+/// A client connection counted against its listener's limit until dropped.
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A client connection counted against its identity's limit until dropped.
+pub struct IdentitySlot {
+    counts: Arc<parking_lot::Mutex<HashMap<String, usize>>>,
+    identity: String,
+}
+
+impl Drop for IdentitySlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock();
+        if let Some(n) = counts.get_mut(&self.identity) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.identity);
+            }
+        }
+    }
+}
+
 /// One `[[listener]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
@@ -45,6 +110,7 @@ pub struct ListenerConfig {
     /// The identities whose connections may reach the upstream at all (`identities`): merged
     /// into the kernel's access list for the upstream port. `None`: the listener adds none.
     pub identities: Option<BTreeSet<String>>,
+    pub limits: Limits,
 }
 
 /// What a listener speaks, and that protocol's settings.
@@ -129,6 +195,10 @@ pub struct Core {
     protocol: Protocol,
     /// Where the listener counts; `vtguard status` reads the same counters.
     pub metrics: ListenerMetrics,
+    limits: Limits,
+    /// Open client connections, and by identity.
+    open: Arc<AtomicUsize>,
+    per_identity: Arc<parking_lot::Mutex<HashMap<String, usize>>>,
 }
 
 impl Core {
@@ -161,6 +231,9 @@ impl Core {
             sessions: deps.sessions,
             protocol,
             metrics: crate::metrics::metrics().listener(&cfg.name, protocol),
+            limits: cfg.limits,
+            open: Arc::default(),
+            per_identity: Arc::default(),
         })
     }
 
@@ -208,6 +281,33 @@ impl Core {
             _ => None,
         };
         Ok((tls, identity))
+    }
+
+    /// Counts a new client connection against `max-connections`; `None` when the listener is
+    /// full.
+    fn admit(&self) -> Option<Slot> {
+        let n = self.open.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot(Arc::clone(&self.open));
+        (n < self.limits.max_connections).then_some(slot)
+    }
+
+    /// Counts a client connection of `identity` against `max-connections-per-identity`.
+    pub fn admit_identity(&self, identity: &str) -> Result<IdentitySlot, TooManyConnections> {
+        let mut counts = self.per_identity.lock();
+        let n = counts.entry(identity.to_owned()).or_default();
+        if *n >= self.limits.max_per_identity {
+            self.metrics.limit_refused();
+            return Err(TooManyConnections {
+                listener: self.name.clone(),
+                identity: identity.to_owned(),
+                max: self.limits.max_per_identity,
+            });
+        }
+        *n += 1;
+        Ok(IdentitySlot {
+            counts: Arc::clone(&self.per_identity),
+            identity: identity.to_owned(),
+        })
     }
 
     /// Registers a client connection that carries `identity`: a policy that takes the
@@ -295,6 +395,12 @@ pub trait Serve: Send + Sync + 'static {
         peer: SocketAddr,
     ) -> impl Future<Output = ()> + Send + 'static;
 
+    /// Turns away a connection beyond `max-connections` (before any handshake): closing it is
+    /// all a protocol can do before TLS; MySQL says so in an ERR first.
+    fn refuse_full(&self, tcp: TcpStream) -> impl Future<Output = ()> + Send + 'static {
+        async move { drop(tcp) }
+    }
+
     /// The protocol's own part of `vtguard status`.
     fn status_extra(&self, _status: &mut ListenerStatus) {}
 }
@@ -325,8 +431,19 @@ impl<P: Serve> Listener for P {
                 match socket.accept().await {
                     Ok((tcp, peer)) => {
                         let _ = tcp.set_nodelay(true);
-                        Serve::core(&*self).metrics.connection();
-                        tokio::spawn(Arc::clone(&self).connection(tcp, peer));
+                        let core = Serve::core(&*self);
+                        core.metrics.connection();
+                        let Some(slot) = core.admit() else {
+                            core.metrics.limit_refused();
+                            info!(listener = %core.name, %peer, max = core.limits.max_connections, "connection refused: the listener is full (max-connections)");
+                            tokio::spawn(self.refuse_full(tcp));
+                            continue;
+                        };
+                        let conn = Arc::clone(&self).connection(tcp, peer);
+                        tokio::spawn(async move {
+                            conn.await;
+                            drop(slot);
+                        });
                     }
                     Err(e) => {
                         // Out of descriptors and the like: back off rather than spin.

@@ -32,6 +32,7 @@ pub mod packet;
 mod responses;
 
 use std::{
+    future::Future,
     io,
     net::SocketAddr,
     sync::{
@@ -43,7 +44,10 @@ use std::{
 
 use parking_lot::Mutex;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
+    io::{
+        AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt,
+        BufReader,
+    },
     net::TcpStream,
 };
 use tracing::{debug, info, warn};
@@ -53,7 +57,10 @@ use self::{
     packet::Header,
     responses::{Event, Expect, Responses},
 };
-use super::listener::{self, Core, Deps, DialError, ListenerConfig, Serve, TlsRefusal};
+use super::listener::{
+    self, Core, Deps, DialError, IdentitySlot, ListenerConfig, Serve, TlsRefusal,
+    TooManyConnections,
+};
 use crate::{
     acl::{Decision, Role},
     identity::Identity,
@@ -88,6 +95,9 @@ pub struct MysqlConfig {
     pub handshake_timeout: Duration,
     /// `max-allowed-packet`: the largest command a client may send (bytes).
     pub max_allowed_packet: usize,
+    /// `mysql-server-read-timeout`: a session that sends no command for this long while it
+    /// is owed no response is closed (ERR 4031), as MySQL's wait_timeout does.
+    pub read_timeout: Duration,
     /// `mysql-allow-clear-text-without-tls`: relay authentication in which the client sends
     /// its password in clear ([`handshake::sends_password_in_clear`]) over the plaintext hop to
     /// the upstream. Off: such a login is refused before the client sends the password.
@@ -145,6 +155,8 @@ mod er {
     pub const SECURE_TRANSPORT_REQUIRED: (u16, &str) = (3159, "HY000");
     pub const NOT_SUPPORTED: (u16, &str) = (1235, "42000");
     pub const UPSTREAM: (u16, &str) = (2013, "HY000");
+    pub const CON_COUNT: (u16, &str) = (1040, "08004");
+    pub const CLIENT_INTERACTION_TIMEOUT: (u16, &str) = (4031, "HY000");
 }
 
 /// Vitess's text for a plaintext login under `mysql-server-require-secure-transport`.
@@ -192,6 +204,8 @@ enum LoginError {
     NoCertificate { user: String },
     #[error("empty MySQL user name")]
     EmptyUser,
+    #[error(transparent)]
+    TooMany(TooManyConnections),
     #[error("{source}")]
     Dial { user: String, source: DialError },
     /// Too many connections, host blocked, ...: the upstream's own ERR, relayed as it is.
@@ -261,6 +275,7 @@ impl LoginError {
                 (er::ACCESS_DENIED, denied(user))
             }
             Self::EmptyUser => (er::ACCESS_DENIED, denied("")),
+            Self::TooMany(e) => (er::CON_COUNT, format!("Too many connections: vtguard: {e}")),
             Self::Dial { user, source } => match source {
                 DialError::PolicyRemoved { .. } => (
                     er::ACCESS_DENIED,
@@ -362,6 +377,8 @@ enum RelayError {
     OutOfSequence(u8),
     #[error("client sent an empty command packet")]
     EmptyCommand,
+    #[error("no command for {0:?} (mysql-server-read-timeout)")]
+    Idle(Duration),
     #[error("client packet of {size} bytes or more is over max-allowed-packet ({max})")]
     TooLarge { size: usize, max: usize },
 }
@@ -484,12 +501,13 @@ impl MysqlProxy {
             .map_err(LoginError::io("writing the greeting"))?;
         let mut c = self.client_login(tcp).await?;
         match self.login(&mut c).await {
-            Ok((upstream, identity, capabilities)) => Ok(Session {
+            Ok((upstream, identity, capabilities, slot)) => Ok(Session {
                 client: c.io,
                 upstream,
                 identity,
                 tls: c.over_tls,
                 capabilities,
+                _slot: Some(slot),
             }),
             Err(e) => {
                 if let Some(err) = e.reply() {
@@ -538,13 +556,20 @@ impl MysqlProxy {
 
     /// From the login packet to an authenticated upstream session: the upstream connection,
     /// the caller, and the capabilities the session runs with.
-    async fn login(&self, c: &mut ClientLogin) -> Result<(Io, Identity, u32), LoginError> {
+    async fn login(
+        &self,
+        c: &mut ClientLogin,
+    ) -> Result<(Io, Identity, u32, IdentitySlot), LoginError> {
         let (login, identity) = self.identify(c)?;
+        let slot = self
+            .core
+            .admit_identity(&identity.username)
+            .map_err(LoginError::TooMany)?;
         let (mut upstream, greeting) = self.open_upstream(&identity).await?;
         let capabilities = self
             .authenticate(c, &mut upstream, &login, &greeting)
             .await?;
-        Ok((upstream, identity, capabilities))
+        Ok((upstream, identity, capabilities, slot))
     }
 
     /// The login's checks, and who it proves the caller is.
@@ -770,14 +795,33 @@ impl MysqlProxy {
         id: &Identity,
     ) -> Result<(), RelayError>
     where
-        R: AsyncRead + Unpin,
+        R: AsyncBufRead + Unpin,
         W: AsyncWrite + Unpin,
         C: AsyncWrite + Unpin,
     {
         let (cw, state) = (relay.client, relay.state);
+        let idle = self.cfg.read_timeout;
         let max = self.cfg.max_allowed_packet;
         let mut buf = vec![0u8; RELAY_BUFFER];
         loop {
+            // Waiting for the next command: only while nothing is owed to the client does a
+            // silence count as idle (a long query's client waits, and sends nothing).
+            loop {
+                match tokio::time::timeout(idle, cr.fill_buf()).await {
+                    Ok(_) => break,
+                    Err(_) if relay.responses.lock().idle() => {
+                        let (code, state) = er::CLIENT_INTERACTION_TIMEOUT;
+                        let message = format!("The client was disconnected by the server because of inactivity (vtguard: mysql-server-read-timeout = {idle:?})");
+                        let mut err = Vec::new();
+                        packet::encode(&mut err, 0, &handshake::err(code, state, &message, true));
+                        let mut w = cw.lock().await;
+                        let _ = w.write_all(&err).await;
+                        let _ = w.shutdown().await;
+                        return Err(RelayError::Idle(idle));
+                    }
+                    Err(_) => {}
+                }
+            }
             let h = match packet::read_header(&mut cr).await {
                 Ok(h) => h,
                 Err(packet::Error::Closed) => return Ok(()),
@@ -908,6 +952,19 @@ impl Serve for MysqlProxy {
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         self.serve_connection(tcp, peer).await
     }
+
+    fn refuse_full(&self, mut tcp: TcpStream) -> impl Future<Output = ()> + Send + 'static {
+        // In place of the greeting, as a server at max_connections does.
+        let message = format!(
+            "Too many connections (vtguard: listener {} has max-connections open)",
+            self.core.name
+        );
+        async move {
+            let (code, state) = er::CON_COUNT;
+            let _ = write_packet(&mut tcp, 0, &handshake::err(code, state, &message, true)).await;
+            let _ = tcp.shutdown().await;
+        }
+    }
 }
 
 /// The TLS files' errors name Vitess's gRPC keys; on this listener they are the MySQL ones.
@@ -947,6 +1004,8 @@ struct Session {
     tls: bool,
     /// The capabilities the client and the upstream agreed on (the wire format).
     capabilities: u32,
+    /// The session counts against `max-connections-per-identity` while it lasts.
+    _slot: Option<IdentitySlot>,
 }
 
 /// What a greeting advertises before the upstream was ever seen: flags every MySQL-protocol
@@ -1163,6 +1222,7 @@ mod tests {
             allow_plaintext: true,
             handshake_timeout: Duration::from_secs(1),
             max_allowed_packet: DEFAULT_MAX_ALLOWED_PACKET,
+            read_timeout: Duration::from_secs(60),
             allow_clear_text: false,
         };
         let listener = ListenerConfig {
@@ -1171,6 +1231,7 @@ mod tests {
             upstream: "127.0.0.1:2".parse().expect("address"),
             protocol: super::listener::ProtocolConfig::Mysql(cfg.clone()),
             identities: None,
+            limits: Default::default(),
         };
         let deps = Deps {
             kernel: None,
@@ -1207,6 +1268,7 @@ mod tests {
                     },
                     tls: false,
                     capabilities: cap::PROTOCOL_41 | cap::DEPRECATE_EOF,
+                    _slot: None,
                 };
                 let p = proxy();
                 let relay = p.relay(session);

@@ -19,6 +19,7 @@ mod grpc_kernel;
 mod grpc_python;
 mod impostor;
 mod kernel;
+mod limits;
 mod mysql;
 mod mysql_agent;
 mod mysql_bad_input;
