@@ -2,7 +2,7 @@
 //! the upstream over a connection of that caller's own, with the caller-ID fields vtguard
 //! owns rewritten at the wire level and every other byte as it came.
 
-mod frame;
+pub mod frame;
 pub mod methods;
 pub mod wire;
 

@@ -29,7 +29,7 @@
 
 pub mod handshake;
 pub mod packet;
-mod responses;
+pub mod responses;
 
 use std::{
     future::Future,
