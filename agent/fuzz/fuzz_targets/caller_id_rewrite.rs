@@ -23,5 +23,9 @@ fuzz_target!(|data: &[u8]| {
             .map(|f| msg[f.span.clone()].to_vec())
             .collect()
     };
-    assert_eq!(others(data, &fields), others(&out, &got), "every other byte kept");
+    assert_eq!(
+        others(data, &fields),
+        others(&out, &got),
+        "every other byte kept"
+    );
 });

@@ -12,9 +12,18 @@ fuzz_target!(|data: &[u8]| {
     };
     for f in &frames {
         assert!(f.payload.len() <= max);
-        for encoding in [None, Some("gzip"), Some("snappy"), Some("identity"), Some("br")] {
+        for encoding in [
+            None,
+            Some("gzip"),
+            Some("snappy"),
+            Some("identity"),
+            Some("br"),
+        ] {
             if let Ok(msg) = frame::decompress(f, encoding, max) {
-                assert!(msg.len() <= max, "decompressed within grpc-max-message-size");
+                assert!(
+                    msg.len() <= max,
+                    "decompressed within grpc-max-message-size"
+                );
             }
         }
     }
