@@ -71,14 +71,11 @@ const MAX_VERSIONS: usize = 6;
 /// reads, and it returns the same classes for both. Tokens are written with their kind and
 /// length, so no two token sequences share a shape.
 pub fn shape(sql: &str, mode: Mode) -> Option<String> {
-    let l = lexer::lex(sql, base_options(mode)).ok()?;
-    if l.backslash || !l.versions.is_empty() {
-        return None;
-    }
-    let mut out = String::with_capacity(sql.len() + l.tokens.len() * 3);
-    for t in &l.tokens {
+    let mut out = String::with_capacity(sql.len() + 32);
+    let mut literal_text = false;
+    let l = lexer::lex_with(sql, base_options(mode), &mut |t: Token<'_>| {
         if t.is("PREPARE") || t.is("EXECUTE") {
-            return None;
+            literal_text = true;
         }
         let (tag, text) = match t.kind {
             Kind::Number | Kind::String | Kind::Param => ('?', ""),
@@ -87,16 +84,36 @@ pub fn shape(sql: &str, mode: Mode) -> Option<String> {
             Kind::DqString => ('d', t.text),
             Kind::Var => ('v', t.text),
             Kind::Punct => ('p', t.text),
-            Kind::VersionedOpen | Kind::VersionedClose => return None,
+            Kind::VersionedOpen | Kind::VersionedClose => ('!', t.text),
         };
         out.push(tag);
         if !text.is_empty() {
-            out.push_str(&text.len().to_string());
+            push_len(&mut out, text.len());
             out.push(':');
             out.push_str(text);
         }
+    })
+    .ok()?;
+    if literal_text || l.backslash || !l.versions.is_empty() {
+        return None;
     }
     Some(out)
+}
+
+/// Writes `n` in decimal (without the allocation of `to_string`).
+fn push_len(out: &mut String, n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| d as char));
 }
 
 /// The lexer options of the first reading in `mode`.
