@@ -165,16 +165,13 @@ fn statement_needs(s: &Statement) -> (Option<Needs>, HashSet<String>) {
         | Statement::RenameTable(_)
         | Statement::Truncate(_) => checked(Role::Admin, ddl_names(s)),
         // DROP TABLE|VIEW|INDEX; DROP DATABASE and the others name no table.
-        Statement::Drop { object_type, .. }
-            if matches!(
-                object_type,
+        Statement::Drop {
+            object_type:
                 sqlparser::ast::ObjectType::Table
-                    | sqlparser::ast::ObjectType::View
-                    | sqlparser::ast::ObjectType::Index
-            ) =>
-        {
-            checked(Role::Admin, ddl_names(s))
-        }
+                | sqlparser::ast::ObjectType::View
+                | sqlparser::ast::ObjectType::Index,
+            ..
+        } => checked(Role::Admin, ddl_names(s)),
         _ => None,
     };
     (needs, rel.ctes)
