@@ -655,6 +655,9 @@ impl<'t, 'a> Extractor<'t, 'a> {
             self.paren(*st)?;
         }
         let has_as = self.eat("AS");
+        if has_as && self.done() {
+            return self.fail("an alias was expected after AS");
+        }
         if let Some(t) = self.peek().copied() {
             let alias = match t.kind {
                 Kind::Word if !reserved(&t) => true,

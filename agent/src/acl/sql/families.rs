@@ -303,6 +303,7 @@ const UNREADABLE: &[&str] = &[
     "select * from",
     "select * from t where a in (select * from)",
     "select * from t1 x y",
+    "select * from t1 as",
     "select * from secret straight_join",
     "select * from (secret",
     "delete from",
