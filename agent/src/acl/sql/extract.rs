@@ -381,6 +381,11 @@ impl<'t, 'a> Extractor<'t, 'a> {
             qualified = true;
             self.i += 2;
         }
+        // `t@x`: MySQL does not allow `@` in an unquoted name, and no user variable may follow a
+        // table name (sqlparser reads `t@x` as one name).
+        if self.peek().is_some_and(|t| t.kind == Kind::Var) {
+            return self.fail("a table name cannot be followed by a user variable");
+        }
         Ok((last, qualified))
     }
 

@@ -304,6 +304,9 @@ const UNREADABLE: &[&str] = &[
     "select * from t where a in (select * from)",
     "select * from t1 x y",
     "select * from t1 as",
+    // Fuzz (differential): sqlparser reads `fun@ction` as one name; MySQL does not.
+    "create table fun@ction_default3 (x bool DEFAULT (true AND false))",
+    "select * from t@x",
     "select * from secret straight_join",
     "select * from (secret",
     "delete from",
