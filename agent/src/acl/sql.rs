@@ -60,8 +60,9 @@ const MAX_VERSIONS: usize = 6;
 /// The statement's shape, as Vitess's plan cache normalises it: its tokens with number, string
 /// and placeholder literals replaced by `?`, comments and spacing dropped. `None` when the
 /// shape would not decide the classification alone, so the text must be classified itself:
-/// the text does not lex, holds a backslash in a quoted token or a versioned comment (other
-/// readings depend on literal text), or runs text from a literal (PREPARE, EXECUTE).
+/// the text does not lex, holds a backslash in a quoted token, a versioned comment or a `//`
+/// comment (other readings depend on literal or comment text), or runs text from a literal
+/// (PREPARE, EXECUTE).
 ///
 /// Why two texts with one shape need the same (role, table) pairs: [`classify`] reads each
 /// token's kind, and the text only of words, backticked names and double-quoted strings (kept
@@ -94,7 +95,7 @@ pub fn shape(sql: &str, mode: Mode) -> Option<String> {
         }
     })
     .ok()?;
-    if literal_text || l.backslash || !l.versions.is_empty() {
+    if literal_text || l.backslash || !l.versions.is_empty() || l.slash_comment {
         return None;
     }
     Some(out)
@@ -170,7 +171,7 @@ fn other_readings(
     mode: Mode,
     base: Options,
 ) -> Result<Vec<Options>, ParseError> {
-    if !l.backslash && l.versions.is_empty() {
+    if !l.backslash && l.versions.is_empty() && !l.slash_comment {
         return Ok(Vec::new());
     }
     if l.versions.len() > MAX_VERSIONS && mode == Mode::Secure {
@@ -191,16 +192,24 @@ fn other_readings(
             .map(|v| Some(v.saturating_sub(1))),
     );
     let escapes: &[bool] = if l.backslash { &[true, false] } else { &[true] };
+    // Vitess's `//` comments: MySQL reads the text after them.
+    let slashes: &[bool] = if l.slash_comment {
+        &[true, false]
+    } else {
+        &[base.slash_comments]
+    };
     let mut out = Vec::new();
     for &skip_versions_above in &thresholds {
         for &backslash_escapes in escapes {
-            let o = Options {
-                backslash_escapes,
-                skip_versions_above,
-                ..base
-            };
-            if o != base {
-                out.push(o);
+            for &slash_comments in slashes {
+                let o = Options {
+                    backslash_escapes,
+                    skip_versions_above,
+                    slash_comments,
+                };
+                if o != base {
+                    out.push(o);
+                }
             }
         }
     }

@@ -555,6 +555,12 @@ impl<'t, 'a> Extractor<'t, 'a> {
             }
         } else if w("ON") && self.kw(0, "DUPLICATE") {
             st.list = None;
+        } else if w("USING") && !self.punct(0, b'(') {
+            // DELETE … USING <table references> (JOIN … USING takes a parenthesis).
+            if st.query {
+                st.list = Some(st.list.unwrap_or(*last_list));
+                st.expect = true;
+            }
         } else if w("TABLE") {
             // `TABLE t` (a query), `WITH TABLE t` (EXCHANGE PARTITION): a name follows.
             if self
@@ -1007,7 +1013,10 @@ impl<'t, 'a> Extractor<'t, 'a> {
                 // DELETE FROM t1, t2 USING <table references>
                 self.rest(writers)?;
             } else {
-                // DELETE FROM t [AS a] [PARTITION (…)] WHERE …: one table.
+                // DELETE FROM t [AS a] [PARTITION (…)] WHERE …: one table (several need USING).
+                if targets.len() > 1 {
+                    return self.fail("USING was expected after the tables to delete from");
+                }
                 targets.clear();
                 self.i = start;
                 self.rest(writers)?;

@@ -144,6 +144,8 @@ pub struct Lexed<'a> {
     pub backslash_after_high_byte: bool,
     /// The versions of the versioned comments met (MariaDB's `/*M!` without a number: 1).
     pub versions: Vec<u32>,
+    /// A `//` line comment was skipped (Vitess's; MySQL reads `//` as two divisions).
+    pub slash_comment: bool,
 }
 
 /// Why text cannot be tokenized.
@@ -212,8 +214,10 @@ pub fn lex_with<'a, F: FnMut(Token<'a>)>(
             i += 1;
             continue;
         }
+        let slash = opts.slash_comments && c == b'/' && b.get(i + 1) == Some(&b'/');
+        out.slash_comment |= slash;
         if c == b'#'
-            || (opts.slash_comments && c == b'/' && b.get(i + 1) == Some(&b'/'))
+            || slash
             || (c == b'-'
                 && b.get(i + 1) == Some(&b'-')
                 && b.get(i + 2).is_none_or(|&n| is_space(n) || n < 0x20))
@@ -459,7 +463,9 @@ fn number(b: &[u8], i: usize) -> Option<usize> {
     while j < b.len() && b[j].is_ascii_digit() {
         j += 1;
     }
+    let mut decimal = false;
     if b.get(j) == Some(&b'.') {
+        decimal = true;
         j += 1;
         while j < b.len() && b[j].is_ascii_digit() {
             j += 1;
@@ -477,8 +483,9 @@ fn number(b: &[u8], i: usize) -> Option<usize> {
             j = k;
         }
     }
-    if b.get(j).is_some_and(|&c| is_ident_byte(c)) {
-        // `1a`, `3t2`: an identifier (a digit run followed by letters).
+    if !decimal && b.get(j).is_some_and(|&c| is_ident_byte(c)) {
+        // `1a`, `3t2`: an identifier (a digit run followed by letters). `3.a` is the number
+        // `3.` and the word `a`, as MySQL reads it.
         return None;
     }
     Some(j)
