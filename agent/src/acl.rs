@@ -25,15 +25,16 @@ pub use tableacl::{Role, TableAcl, TableGroup};
 /// - decisions, by (ACL generation, username, groups, SQL text exactly as sent): a hit costs a
 ///   hash of the text; a new ACL starts a new generation, so no decision made under the old one
 ///   is ever returned;
-/// - classifications, by statement shape ([`sql::shape`]: literals normalised, as Vitess's
-///   plan cache does): a text that differs from a known one only in its literals is decided
-///   from the known (role, table) needs, without being parsed again. The classification does
-///   not depend on the ACL, so this cache outlives ACL swaps.
+/// - decisions by statement shape ([`sql::shape`]: literals normalised, as Vitess's plan cache
+///   does) instead of text, with the same generation and caller: a text that differs from a
+///   decided one only in its literals gets the same decision without being classified again
+///   (see [`sql::shape`] for why two texts of one shape need the same (role, table) pairs).
 pub struct Enforcer {
     current: ArcSwap<Current>,
     settings: Settings,
     decisions: quick_cache::sync::Cache<DecisionKey, Decision>,
-    shapes: quick_cache::sync::Cache<String, Arc<Vec<sql::Class>>>,
+    /// Decisions by statement shape instead of text.
+    shapes: quick_cache::sync::Cache<DecisionKey, Decision>,
     /// Where the ACL in force came from, and when (unix seconds).
     origin: Mutex<(String, i64)>,
 }
@@ -170,50 +171,42 @@ impl Enforcer {
     }
 
     /// Decides one SQL string for a caller: from the decision cache when the same caller sent
-    /// the same text under the same ACL, else from the shape cache's classification.
+    /// the same text under the same ACL, else from the shape cache when the caller sent a text
+    /// of the same shape (the same statement with other literals).
     pub fn check(&self, username: &str, groups: &[String], sql: &str) -> Decision {
         let current = self.current.load();
-        let key = DecisionKeyRef {
-            generation: current.generation,
+        let generation = current.generation;
+        let key = |text| DecisionKeyRef {
+            generation,
             username,
             groups,
-            sql,
+            sql: text,
         };
-        if let Some(d) = self.decisions.get(&key) {
+        if let Some(d) = self.decisions.get(&key(sql)) {
             return d;
         }
-        let d = self.decide(&current.acl, username, groups, sql);
-        // Stored under the generation it was made with: after a swap nobody looks it up.
-        self.decisions.insert(
-            DecisionKey {
-                generation: current.generation,
-                username: username.to_owned(),
-                groups: groups.to_vec(),
-                sql: sql.to_owned(),
-            },
-            d.clone(),
-        );
-        d
-    }
-
-    /// A decision without the decision cache, classifying through the shape cache.
-    fn decide(&self, acl: &TableAcl, username: &str, groups: &[String], sql: &str) -> Decision {
-        let s = &self.settings;
-        let Some(shape) = sql::shape(sql, s.mode) else {
-            return decide::decide(acl, s, username, groups, sql);
-        };
-        if let Some(classes) = self.shapes.get(shape.as_str()) {
-            return decide::decide_classes(acl, s, username, groups, sql, Ok(&classes));
-        }
-        match sql::classify(sql, s.mode) {
-            Ok(classes) => {
-                let classes = Arc::new(classes);
-                self.shapes.insert(shape, classes.clone());
-                decide::decide_classes(acl, s, username, groups, sql, Ok(&classes))
+        let shape = sql::shape(sql, self.settings.mode);
+        if let Some(shape) = &shape {
+            if let Some(d) = self.shapes.get(&key(shape)) {
+                return d;
             }
-            // Not kept by shape: the message tells where in this text reading stopped.
-            Err(e) => decide::decide_classes(acl, s, username, groups, sql, Err(&e)),
         }
+        let d = decide::decide(&current.acl, &self.settings, username, groups, sql);
+        // Stored under the generation it was made with: after a swap nobody looks it up.
+        let owned = |text: String| DecisionKey {
+            generation,
+            username: username.to_owned(),
+            groups: groups.to_vec(),
+            sql: text,
+        };
+        if let Some(shape) = shape {
+            // Not for unreadable text: the message tells where in this text reading stopped.
+            if !d.is_unreadable() {
+                self.shapes.insert(owned(shape), d.clone());
+            }
+        }
+        self.decisions.insert(owned(sql.to_owned()), d.clone());
+        d
     }
 
     /// Decides one (role, table) need outside SQL (MessageStream's WRITER on its table).
@@ -236,8 +229,7 @@ impl Enforcer {
         )
     }
 
-    /// Swaps in a new ACL and forgets every cached decision (statement shapes stay: their
-    /// classification does not depend on the ACL).
+    /// Swaps in a new ACL and forgets every cached decision.
     pub fn replace(&self, acl: TableAcl) {
         let acl = Arc::new(acl);
         self.current.rcu(|c| Current {
@@ -245,6 +237,7 @@ impl Enforcer {
             generation: c.generation + 1,
         });
         self.decisions.clear();
+        self.shapes.clear();
     }
 
     /// How many times an ACL was put in force (1 = the one it started with).
@@ -257,7 +250,7 @@ impl Enforcer {
         self.decisions.len()
     }
 
-    /// Statement shapes whose classification is cached.
+    /// Decisions cached by statement shape.
     pub fn cached_shapes(&self) -> usize {
         self.shapes.len()
     }

@@ -60,8 +60,9 @@ const MAX_VERSIONS: usize = 6;
 /// The statement's shape, as Vitess's plan cache normalises it: its tokens with number, string
 /// and placeholder literals replaced by `?`, comments and spacing dropped. `None` when the
 /// shape would not decide the classification alone, so the text must be classified itself:
-/// the text does not lex, holds a backslash in a quoted token or a versioned comment (other
-/// readings depend on literal text), or runs text from a literal (PREPARE, EXECUTE).
+/// the text does not lex, holds a backslash in a quoted token, a versioned comment or a `//`
+/// comment (other readings depend on literal or comment text), or runs text from a literal
+/// (PREPARE, EXECUTE).
 ///
 /// Why two texts with one shape need the same (role, table) pairs: [`classify`] reads each
 /// token's kind, and the text only of words, backticked names and double-quoted strings (kept
@@ -71,14 +72,11 @@ const MAX_VERSIONS: usize = 6;
 /// reads, and it returns the same classes for both. Tokens are written with their kind and
 /// length, so no two token sequences share a shape.
 pub fn shape(sql: &str, mode: Mode) -> Option<String> {
-    let l = lexer::lex(sql, base_options(mode)).ok()?;
-    if l.backslash || !l.versions.is_empty() {
-        return None;
-    }
-    let mut out = String::with_capacity(sql.len() + l.tokens.len() * 3);
-    for t in &l.tokens {
+    let mut out = String::with_capacity(sql.len() + 32);
+    let mut literal_text = false;
+    let l = lexer::lex_with(sql, base_options(mode), &mut |t: Token<'_>| {
         if t.is("PREPARE") || t.is("EXECUTE") {
-            return None;
+            literal_text = true;
         }
         let (tag, text) = match t.kind {
             Kind::Number | Kind::String | Kind::Param => ('?', ""),
@@ -87,16 +85,36 @@ pub fn shape(sql: &str, mode: Mode) -> Option<String> {
             Kind::DqString => ('d', t.text),
             Kind::Var => ('v', t.text),
             Kind::Punct => ('p', t.text),
-            Kind::VersionedOpen | Kind::VersionedClose => return None,
+            Kind::VersionedOpen | Kind::VersionedClose => ('!', t.text),
         };
         out.push(tag);
         if !text.is_empty() {
-            out.push_str(&text.len().to_string());
+            push_len(&mut out, text.len());
             out.push(':');
             out.push_str(text);
         }
+    })
+    .ok()?;
+    if literal_text || l.backslash || !l.versions.is_empty() || l.slash_comment {
+        return None;
     }
     Some(out)
+}
+
+/// Writes `n` in decimal (without the allocation of `to_string`).
+fn push_len(out: &mut String, n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| d as char));
 }
 
 /// The lexer options of the first reading in `mode`.
@@ -153,7 +171,7 @@ fn other_readings(
     mode: Mode,
     base: Options,
 ) -> Result<Vec<Options>, ParseError> {
-    if !l.backslash && l.versions.is_empty() {
+    if !l.backslash && l.versions.is_empty() && !l.slash_comment {
         return Ok(Vec::new());
     }
     if l.versions.len() > MAX_VERSIONS && mode == Mode::Secure {
@@ -174,16 +192,24 @@ fn other_readings(
             .map(|v| Some(v.saturating_sub(1))),
     );
     let escapes: &[bool] = if l.backslash { &[true, false] } else { &[true] };
+    // Vitess's `//` comments: MySQL reads the text after them.
+    let slashes: &[bool] = if l.slash_comment {
+        &[true, false]
+    } else {
+        &[base.slash_comments]
+    };
     let mut out = Vec::new();
     for &skip_versions_above in &thresholds {
         for &backslash_escapes in escapes {
-            let o = Options {
-                backslash_escapes,
-                skip_versions_above,
-                ..base
-            };
-            if o != base {
-                out.push(o);
+            for &slash_comments in slashes {
+                let o = Options {
+                    backslash_escapes,
+                    skip_versions_above,
+                    slash_comments,
+                };
+                if o != base {
+                    out.push(o);
+                }
             }
         }
     }

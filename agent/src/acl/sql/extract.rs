@@ -381,6 +381,11 @@ impl<'t, 'a> Extractor<'t, 'a> {
             qualified = true;
             self.i += 2;
         }
+        // `t@x`: MySQL does not allow `@` in an unquoted name, and no user variable may follow a
+        // table name (sqlparser reads `t@x` as one name).
+        if self.peek().is_some_and(|t| t.kind == Kind::Var) {
+            return self.fail("a table name cannot be followed by a user variable");
+        }
         Ok((last, qualified))
     }
 
@@ -550,6 +555,12 @@ impl<'t, 'a> Extractor<'t, 'a> {
             }
         } else if w("ON") && self.kw(0, "DUPLICATE") {
             st.list = None;
+        } else if w("USING") && !self.punct(0, b'(') {
+            // DELETE … USING <table references> (JOIN … USING takes a parenthesis).
+            if st.query {
+                st.list = Some(st.list.unwrap_or(*last_list));
+                st.expect = true;
+            }
         } else if w("TABLE") {
             // `TABLE t` (a query), `WITH TABLE t` (EXCHANGE PARTITION): a name follows.
             if self
@@ -655,6 +666,9 @@ impl<'t, 'a> Extractor<'t, 'a> {
             self.paren(*st)?;
         }
         let has_as = self.eat("AS");
+        if has_as && self.done() {
+            return self.fail("an alias was expected after AS");
+        }
         if let Some(t) = self.peek().copied() {
             let alias = match t.kind {
                 Kind::Word if !reserved(&t) => true,
@@ -999,7 +1013,10 @@ impl<'t, 'a> Extractor<'t, 'a> {
                 // DELETE FROM t1, t2 USING <table references>
                 self.rest(writers)?;
             } else {
-                // DELETE FROM t [AS a] [PARTITION (…)] WHERE …: one table.
+                // DELETE FROM t [AS a] [PARTITION (…)] WHERE …: one table (several need USING).
+                if targets.len() > 1 {
+                    return self.fail("USING was expected after the tables to delete from");
+                }
                 targets.clear();
                 self.i = start;
                 self.rest(writers)?;

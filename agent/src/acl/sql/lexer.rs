@@ -144,6 +144,8 @@ pub struct Lexed<'a> {
     pub backslash_after_high_byte: bool,
     /// The versions of the versioned comments met (MariaDB's `/*M!` without a number: 1).
     pub versions: Vec<u32>,
+    /// A `//` line comment was skipped (Vitess's; MySQL reads `//` as two divisions).
+    pub slash_comment: bool,
 }
 
 /// Why text cannot be tokenized.
@@ -157,8 +159,21 @@ pub enum LexError {
     NestedExecutable(usize),
 }
 
+/// Bytes that make up unquoted identifiers (and keywords, numbers): a table, for the hot loop.
+static IDENT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+        c += 1;
+    }
+    t
+};
+
+#[inline]
 fn is_ident_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+    IDENT[c as usize]
 }
 
 fn is_space(c: u8) -> bool {
@@ -167,10 +182,27 @@ fn is_space(c: u8) -> bool {
 
 /// Tokenizes `text` under `opts`.
 pub fn lex(text: &str, opts: Options) -> Result<Lexed<'_>, LexError> {
+    let mut tokens = Vec::with_capacity(text.len() / 4 + 4);
+    let mut out = lex_with(text, opts, &mut |t| tokens.push(t))?;
+    out.tokens = tokens;
+    Ok(out)
+}
+
+/// Tokenizes `text` under `opts`, handing each token to `sink` as it is read (no token list
+/// is built: the shape cache's hot path). The returned [`Lexed`] has no tokens, only what
+/// could make the server read the text otherwise.
+pub fn lex_with<'a, F: FnMut(Token<'a>)>(
+    text: &'a str,
+    opts: Options,
+    sink: &mut F,
+) -> Result<Lexed<'a>, LexError> {
     let b = text.as_bytes();
-    let mut out = Lexed {
-        tokens: Vec::with_capacity(b.len() / 4 + 4),
-        ..Lexed::default()
+    let mut out = Lexed::default();
+    // The last two tokens handed out (a name after `ident.` may start with digits).
+    let mut prev: [Option<Token<'a>>; 2] = [None, None];
+    let mut emit = |t: Token<'a>, prev: &mut [Option<Token<'a>>; 2]| {
+        prev[0] = prev[1].replace(t);
+        sink(t);
     };
     let mut i = 0;
     // Inside an executable comment that is being run: `Some(versioned)`.
@@ -182,8 +214,10 @@ pub fn lex(text: &str, opts: Options) -> Result<Lexed<'_>, LexError> {
             i += 1;
             continue;
         }
+        let slash = opts.slash_comments && c == b'/' && b.get(i + 1) == Some(&b'/');
+        out.slash_comment |= slash;
         if c == b'#'
-            || (opts.slash_comments && c == b'/' && b.get(i + 1) == Some(&b'/'))
+            || slash
             || (c == b'-'
                 && b.get(i + 1) == Some(&b'-')
                 && b.get(i + 2).is_none_or(|&n| is_space(n) || n < 0x20))
@@ -194,11 +228,14 @@ pub fn lex(text: &str, opts: Options) -> Result<Lexed<'_>, LexError> {
         if c == b'*' && b.get(i + 1) == Some(&b'/') {
             if let Some(versioned) = exec.take() {
                 if versioned {
-                    out.tokens.push(Token {
-                        kind: Kind::VersionedClose,
-                        text: &text[i..i + 2],
-                        start,
-                    });
+                    emit(
+                        Token {
+                            kind: Kind::VersionedClose,
+                            text: &text[i..i + 2],
+                            start,
+                        },
+                        &mut prev,
+                    );
                 }
                 i += 2;
                 continue;
@@ -230,11 +267,14 @@ pub fn lex(text: &str, opts: Options) -> Result<Lexed<'_>, LexError> {
                             .ok_or(LexError::OpenComment(start))?;
                         continue;
                     }
-                    out.tokens.push(Token {
-                        kind: Kind::VersionedOpen,
-                        text: &text[i..j],
-                        start,
-                    });
+                    emit(
+                        Token {
+                            kind: Kind::VersionedOpen,
+                            text: &text[i..j],
+                            start,
+                        },
+                        &mut prev,
+                    );
                 }
                 exec = Some(versioned);
                 i = j;
@@ -247,7 +287,14 @@ pub fn lex(text: &str, opts: Options) -> Result<Lexed<'_>, LexError> {
         }
         macro_rules! push {
             ($out:expr, $kind:expr, $end:expr) => {
-                push_token($out, text, $kind, start, $end)
+                emit(
+                    Token {
+                        kind: $kind,
+                        text: &text[start..$end],
+                        start,
+                    },
+                    &mut prev,
+                )
             };
         }
         // Quoted runs.
@@ -318,15 +365,9 @@ pub fn lex(text: &str, opts: Options) -> Result<Lexed<'_>, LexError> {
         }
         // A name right after `ident.` is an identifier even when it starts with digits.
         let after_qualifier = c.is_ascii_digit()
-            && out
-                .tokens
-                .last()
-                .is_some_and(|t| t.is_punct(b'.') && t.start + 1 == i)
-            && out.tokens.len() >= 2
-            && matches!(
-                out.tokens[out.tokens.len() - 2].kind,
-                Kind::Word | Kind::Quoted | Kind::DqString
-            );
+            && prev[1].is_some_and(|t| t.is_punct(b'.') && t.start + 1 == i)
+            && prev[0]
+                .is_some_and(|t| matches!(t.kind, Kind::Word | Kind::Quoted | Kind::DqString));
         if is_ident_byte(c) {
             let mut j = i;
             while j < b.len() && is_ident_byte(b[j]) {
@@ -344,7 +385,7 @@ pub fn lex(text: &str, opts: Options) -> Result<Lexed<'_>, LexError> {
             continue;
         }
         if c == b'.' && b.get(i + 1).is_some_and(|d| d.is_ascii_digit()) {
-            let prev_is_name = out.tokens.last().is_some_and(|t| {
+            let prev_is_name = prev[1].is_some_and(|t| {
                 t.start + t.text.len() == i
                     && matches!(t.kind, Kind::Word | Kind::Quoted | Kind::DqString)
             });
@@ -363,14 +404,6 @@ pub fn lex(text: &str, opts: Options) -> Result<Lexed<'_>, LexError> {
     }
     // An executable comment left open at the end of the text runs to the end, as in MySQL.
     Ok(out)
-}
-
-fn push_token<'a>(out: &mut Lexed<'a>, text: &'a str, kind: Kind, start: usize, end: usize) {
-    out.tokens.push(Token {
-        kind,
-        text: &text[start..end],
-        start,
-    });
 }
 
 /// The end of the quoted run that starts at `b[i]`.
@@ -430,7 +463,9 @@ fn number(b: &[u8], i: usize) -> Option<usize> {
     while j < b.len() && b[j].is_ascii_digit() {
         j += 1;
     }
+    let mut decimal = false;
     if b.get(j) == Some(&b'.') {
+        decimal = true;
         j += 1;
         while j < b.len() && b[j].is_ascii_digit() {
             j += 1;
@@ -448,8 +483,9 @@ fn number(b: &[u8], i: usize) -> Option<usize> {
             j = k;
         }
     }
-    if b.get(j).is_some_and(|&c| is_ident_byte(c)) {
-        // `1a`, `3t2`: an identifier (a digit run followed by letters).
+    if !decimal && b.get(j).is_some_and(|&c| is_ident_byte(c)) {
+        // `1a`, `3t2`: an identifier (a digit run followed by letters). `3.a` is the number
+        // `3.` and the word `a`, as MySQL reads it.
         return None;
     }
     Some(j)
