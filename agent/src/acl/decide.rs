@@ -403,7 +403,7 @@ mod table {
         {"name": "ddl", "table_names_or_prefixes": ["a1", "a2"], "readers": [], "writers": [], "admins": ["a"]}
     ]}"#;
 
-    /// (sql, needs) — `needs` written from VITESS.md §3, by hand.
+    /// (sql, needs) — `needs` written from docs/VITESS.md §3, by hand.
     const STATEMENTS: &[(&str, &[(Role, &str)])] = &[
         ("select * from t1", &[(Reader, "t1")]),
         ("SELECT a FROM `t1` WHERE b = 1", &[(Reader, "t1")]),

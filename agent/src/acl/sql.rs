@@ -1,4 +1,4 @@
-//! SQL → the (role, table) pairs a statement needs, per VITESS.md §3.
+//! SQL → the (role, table) pairs a statement needs, per docs/VITESS.md §3.
 //!
 //! [`lexer`] tokenizes with MySQL's lexical rules and [`extract`] walks the tokens to every
 //! place MySQL's grammar names a table; [`reference`] reads the same needs from sqlparser's

@@ -1,4 +1,4 @@
-//! `cargo xtask demo`: Vitess's encrypted-transport scenario (VITESS.md §5) end to end on
+//! `cargo xtask demo`: Vitess's encrypted-transport scenario (docs/VITESS.md §5) end to end on
 //! loopback, through the real `vtguard` binary, printing each step and its outcome
 //! (scenario.rs).
 //!

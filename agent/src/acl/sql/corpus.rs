@@ -77,7 +77,7 @@ fn nothing() -> TableAcl {
     .expect("acl")
 }
 
-/// Corpus statements `vitess` mode does not classify, with the reason (README-draft.md lists
+/// Corpus statements `vitess` mode does not classify, with the reason (the README lists
 /// them too).
 const VITESS_EXCEPTIONS: &[(&str, &str)] = &[];
 
