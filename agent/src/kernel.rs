@@ -564,16 +564,7 @@ fn program_error(e: &ProgramError) -> String {
                 format!("load failed: {io_error} (verifier: {})", last.trim())
             }
         }
-        other => {
-            let mut s = other.to_string();
-            let mut src = std::error::Error::source(other);
-            while let Some(e) = src {
-                s.push_str(": ");
-                s.push_str(&e.to_string());
-                src = e.source();
-            }
-            s
-        }
+        other => crate::telemetry::chain_line(other),
     }
 }
 

@@ -27,8 +27,13 @@ pub fn init(format: LogFormat) {
 /// An error and its causes on one line, each cause once: library errors already quote their
 /// source in their own message, so a cause is added only when it says something new.
 pub fn one_line(e: &anyhow::Error) -> String {
+    chain_line(e.as_ref())
+}
+
+/// [`one_line`] for any error: it and its sources.
+pub fn chain_line(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = String::new();
-    for cause in e.chain() {
+    for cause in std::iter::successors(Some(e), |e| e.source()) {
         let text = cause.to_string();
         if !out.contains(&text) {
             if !out.is_empty() {
