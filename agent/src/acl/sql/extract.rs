@@ -957,6 +957,28 @@ impl<'t, 'a> Extractor<'t, 'a> {
         }
         self.eat("INTO");
         self.table(Role::Writer)?;
+        // What MySQL allows after the target: [PARTITION (…)] [(columns)] then VALUES, VALUE,
+        // SELECT, TABLE, WITH, SET or a parenthesized query (fuzz: sqlparser reads more).
+        if self.kw(0, "PARTITION") && self.punct(1, b'(') {
+            self.i += 1;
+            self.paren(State::query())?;
+        }
+        let source = |x: &Self| {
+            ["VALUES", "VALUE", "SELECT", "TABLE", "WITH", "SET"]
+                .iter()
+                .any(|w| x.kw(0, w))
+        };
+        if self.punct(0, b'(') {
+            self.paren(State {
+                query: false,
+                ..State::query()
+            })?;
+            if !(self.done() || self.punct(0, b';') || self.punct(0, b'(') || source(self)) {
+                return self.fail("VALUES, SELECT, TABLE or SET was expected after the columns");
+            }
+        } else if !source(self) {
+            return self.fail("VALUES, SELECT, TABLE or SET was expected after the table");
+        }
         self.rest(State {
             query: false,
             ..State::query()

@@ -312,6 +312,7 @@ const UNREADABLE: &[&str] = &[
     "select * from t@x",
     "delete from a1, nner j, a2 using t1 as a1 inner join t2 as a2 where a.id",
     "delete a, b from c, 3.lebfrom a, b7",
+    "insert i insert i table table",
     "select * from secret straight_join",
     "select * from (secret",
     "delete from",
