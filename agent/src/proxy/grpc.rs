@@ -232,7 +232,9 @@ impl GrpcProxy {
         };
         tokio::pin!(cut);
         let idle = self.cfg.max_connection_idle;
-        let mut tick = tokio::time::interval(idle.min(Duration::from_secs(1)));
+        // Checked a few times per idle period (not every second on every connection).
+        let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
                 res = serve.as_mut() => {
