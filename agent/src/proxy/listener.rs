@@ -258,10 +258,8 @@ impl Core {
     }
 
     /// The TLS handshake on `io` with the current certificates, and the identity of the
-    /// client certificate when the listener verifies client certificates.
-    ///
-    /// # Panics
-    /// Never: callers check [`Core::serves_tls`] first; without TLS this refuses.
+    /// client certificate when the listener verifies client certificates. On a listener
+    /// without TLS (callers check [`Core::serves_tls`] first) it refuses.
     pub async fn accept_tls<S>(&self, io: S) -> Result<(TlsStream<S>, Option<Identity>), TlsRefusal>
     where
         S: AsyncRead + AsyncWrite + Unpin,
