@@ -88,11 +88,13 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
         }
         (Some(t), None) => {
             let enforcer = t.start()?;
-            let (t, e) = (t.clone(), Arc::clone(&enforcer));
-            tasks.spawn(async move {
-                t.watch(e).await;
-                Ok(())
-            });
+            if t.reload_interval.is_some() {
+                let (t, e) = (t.clone(), Arc::clone(&enforcer));
+                tasks.spawn(async move {
+                    t.watch(e).await;
+                    Ok(())
+                });
+            }
             Some(enforcer)
         }
         (None, None) => None,

@@ -117,24 +117,6 @@ struct RawAccess {
     identities: Vec<String>,
 }
 
-/// `[tableacl] mode`.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum RawMode {
-    #[default]
-    Secure,
-    Vitess,
-}
-
-impl From<RawMode> for acl::Mode {
-    fn from(m: RawMode) -> Self {
-        match m {
-            RawMode::Secure => acl::Mode::Secure,
-            RawMode::Vitess => acl::Mode::Vitess,
-        }
-    }
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawTableAcl {
@@ -149,8 +131,8 @@ struct RawTableAcl {
     enforce_tableacl_config: bool,
     /// Seconds.
     table_acl_config_reload_interval: Option<f64>,
-    #[serde(default)]
-    mode: RawMode,
+    /// `"secure"` (default) or `"vitess"`, read by `acl::Mode`'s own parser.
+    mode: Option<String>,
 }
 
 /// What a `[[listener]]` speaks: its `protocol` key.
@@ -451,16 +433,20 @@ fn cluster_tableacl(t: RawTableAcl) -> Result<(acl::Settings, bool), String> {
     if t.table_acl_config_reload_interval.is_some() {
         return Err("[tableacl] table-acl-config-reload-interval: with [cluster] agents watch etcd: remove it".into());
     }
-    Ok((acl_settings(&t), t.enforce_tableacl_config))
+    Ok((acl_settings(&t)?, t.enforce_tableacl_config))
 }
 
-fn acl_settings(t: &RawTableAcl) -> acl::Settings {
-    acl::Settings {
+fn acl_settings(t: &RawTableAcl) -> Result<acl::Settings, String> {
+    let mode = match t.mode.as_deref() {
+        None => acl::Mode::Secure,
+        Some(m) => m.parse().map_err(|e| format!("[tableacl] {e}"))?,
+    };
+    Ok(acl::Settings {
         strict: t.queryserver_config_strict_table_acl,
         dry_run: t.queryserver_config_enable_table_acl_dry_run,
         exempt: Some(t.queryserver_config_acl_exempt_acl.clone()).filter(|e| !e.is_empty()),
-        mode: t.mode.into(),
-    }
+        mode,
+    })
 }
 
 /// The host name, the default `[cluster] node`.
@@ -613,7 +599,7 @@ fn tableacl(t: RawTableAcl) -> Result<TableAclConfig, String> {
         file,
         enforce: t.enforce_tableacl_config,
         reload_interval,
-        settings: acl_settings(&t),
+        settings: acl_settings(&t)?,
     })
 }
 
@@ -1365,6 +1351,14 @@ mod tests {
         assert!(e.contains("listener l: no grpc-cert/grpc-key: set them to serve TLS, or set insecure-plaintext = true"), "{e}");
         assert!(parse(&listener("insecure-plaintext = true\n")).is_ok());
         let plain = |extra: &str| err(&listener(&format!("insecure-plaintext = true\n{extra}")));
+        let e = err(&format!(
+            "[tableacl]\ntable-acl-config = \"/a.json\"\nmode = \"strict\"\n{}",
+            listener("insecure-plaintext = true\n")
+        ));
+        assert!(
+            e.contains("[tableacl] mode \"strict\": use \"secure\" or \"vitess\""),
+            "{e}"
+        );
         let e = plain("max-connections = 0\n");
         assert!(
             e.contains("listener l: max-connections 0: use 1 to 1000000 connections"),

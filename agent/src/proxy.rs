@@ -8,8 +8,6 @@ pub mod mysql;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use listener::{DialError, ListenerConfig, ProtocolConfig};
-
 /// A byte stream either way (a TCP connection, a TLS session over one, ...).
 pub trait AsyncReadWrite: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> AsyncReadWrite for T {}

@@ -64,10 +64,11 @@ impl TableAclConfig {
     }
 
     /// Reloads the file whenever its content changes, checked every `reload_interval`; a
-    /// policy loaded through the admin API stays until the file changes. Runs until dropped.
+    /// policy loaded through the admin API stays until the file changes. Runs until dropped;
+    /// returns at once without a reload interval.
     pub async fn watch(self, enforcer: Arc<Enforcer>) {
         let Some(every) = self.reload_interval else {
-            return std::future::pending().await;
+            return;
         };
         let mut last = std::fs::read(&self.file).ok();
         let mut tick = tokio::time::interval(every);

@@ -36,7 +36,7 @@ use std::{
     io,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU32, AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
         Arc,
     },
     time::Duration,
@@ -162,11 +162,6 @@ mod er {
 /// Vitess's text for a plaintext login under `mysql-server-require-secure-transport`.
 pub const INSECURE_TRANSPORT: &str =
     "server does not allow insecure connections, client must use SSL/TLS";
-
-/// Relay state shared by the two directions, to follow LOAD DATA LOCAL exchanges.
-const IDLE: u8 = 0;
-/// The upstream asked for a local file: client packets are file data until an empty one.
-const INFILE: u8 = 2;
 
 /// A MySQL listener, ready to serve.
 pub struct MysqlProxy {
@@ -335,6 +330,8 @@ enum CommandRefusal {
     NotUtf8(&'static str),
     /// The table ACL's denial.
     Denied(String),
+    /// The statement cannot be read: a syntax error to the client, not an ACL denial.
+    Unreadable(String),
 }
 
 impl CommandRefusal {
@@ -342,9 +339,7 @@ impl CommandRefusal {
     fn code(&self) -> (u16, &'static str) {
         match self {
             Self::ChangeUser | Self::Multi | Self::Replication => er::NOT_SUPPORTED,
-            // A statement the classifier cannot read is a syntax error to the client, not an
-            // ACL denial.
-            Self::Denied(message) if crate::acl::decide::is_unreadable(message) => er::PARSE_ERROR,
+            Self::Unreadable(_) => er::PARSE_ERROR,
             Self::NotUtf8(_) | Self::Denied(_) => er::TABLEACCESS_DENIED,
         }
     }
@@ -357,7 +352,7 @@ impl CommandRefusal {
                 "vtguard: replication commands are refused: table ACLs cannot check them".into()
             }
             Self::NotUtf8(what) => format!("vtguard: the {what} is not valid UTF-8"),
-            Self::Denied(message) => message.clone(),
+            Self::Denied(message) | Self::Unreadable(message) => message.clone(),
         }
     }
 }
@@ -761,14 +756,14 @@ impl MysqlProxy {
         let (cr, cw) = tokio::io::split(s.client);
         let (ur, uw) = tokio::io::split(s.upstream);
         let cw = Arc::new(tokio::sync::Mutex::new(cw));
-        let state = AtomicU8::new(IDLE);
+        let infile = AtomicBool::new(false);
         let responses = Mutex::new(Responses::new(s.capabilities));
         let up = self.client_to_upstream(
             BufReader::with_capacity(RELAY_BUFFER, cr),
             uw,
             Relay {
                 client: &cw,
-                state: &state,
+                infile: &infile,
                 responses: &responses,
             },
             &s.identity,
@@ -777,7 +772,7 @@ impl MysqlProxy {
             ur,
             Relay {
                 client: &cw,
-                state: &state,
+                infile: &infile,
                 responses: &responses,
             },
         );
@@ -799,7 +794,7 @@ impl MysqlProxy {
         W: AsyncWrite + Unpin,
         C: AsyncWrite + Unpin,
     {
-        let (cw, state) = (relay.client, relay.state);
+        let (cw, infile) = (relay.client, relay.infile);
         let idle = self.cfg.read_timeout;
         let max = self.cfg.max_allowed_packet;
         let mut buf = vec![0u8; RELAY_BUFFER];
@@ -827,11 +822,11 @@ impl MysqlProxy {
                 Err(packet::Error::Closed) => return Ok(()),
                 Err(e) => return Err(RelayError::Client(e)),
             };
-            if state.load(Ordering::Acquire) == INFILE {
+            if infile.load(Ordering::Acquire) {
                 // File data the upstream asked for; an empty packet ends it.
                 copy_packet(&mut cr, &mut uw, h, &mut buf).await?;
                 if h.len == 0 {
-                    state.store(IDLE, Ordering::Release);
+                    infile.store(false, Ordering::Release);
                 }
                 continue;
             }
@@ -928,7 +923,11 @@ impl MysqlProxy {
             _ => return None,
         };
         self.core.account(&id.username, &decision);
+        let unreadable = decision.is_unreadable();
         match decision {
+            Decision::Deny { message, .. } if unreadable => {
+                Some(CommandRefusal::Unreadable(message))
+            }
             Decision::Deny { message, .. } => Some(CommandRefusal::Denied(message)),
             Decision::Allow { .. } => None,
         }
@@ -1122,7 +1121,7 @@ struct Relay<'a, C> {
     /// The client's writing half; whoever writes holds it for the whole write.
     client: &'a tokio::sync::Mutex<C>,
     /// LOAD DATA LOCAL: whether client packets are file data.
-    state: &'a AtomicU8,
+    infile: &'a AtomicBool,
     /// The responses the upstream owes, and vtguard's own answers queued behind them.
     responses: &'a Mutex<Responses>,
 }
@@ -1181,7 +1180,7 @@ where
         let mut from = 0;
         for e in events.drain(..) {
             match e {
-                Event::Infile => relay.state.store(INFILE, Ordering::Release),
+                Event::Infile => relay.infile.store(true, Ordering::Release),
                 Event::Ended { answers, .. } if answers.is_empty() => {}
                 Event::Ended { at, answers } => {
                     w.write_all(&buf[from..at])

@@ -147,50 +147,6 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<(u8, Ve
     Ok((h.seq, out))
 }
 
-/// Follows packet boundaries in a byte stream that is forwarded in arbitrary chunks, and
-/// reports the start of each packet (its header and first payload byte, when it has one).
-#[derive(Debug, Default)]
-pub struct Tracker {
-    header: [u8; 4],
-    have: usize,
-    /// Payload bytes left in the current packet.
-    remaining: usize,
-    /// A header was read and its first payload byte is still to come.
-    pending: Option<Header>,
-}
-
-impl Tracker {
-    /// Feeds the next chunk of the stream; `on_start(header, first_byte)` runs for every packet
-    /// that starts in it (`first_byte` is `None` for an empty packet).
-    pub fn feed(&mut self, mut chunk: &[u8], mut on_start: impl FnMut(Header, Option<u8>)) {
-        while !chunk.is_empty() {
-            if let Some(h) = self.pending.take() {
-                on_start(h, Some(chunk[0]));
-            }
-            if self.remaining > 0 {
-                let n = self.remaining.min(chunk.len());
-                self.remaining -= n;
-                chunk = &chunk[n..];
-                continue;
-            }
-            let n = (4 - self.have).min(chunk.len());
-            self.header[self.have..self.have + n].copy_from_slice(&chunk[..n]);
-            self.have += n;
-            chunk = &chunk[n..];
-            if self.have == 4 {
-                self.have = 0;
-                let h = Header::parse(self.header);
-                self.remaining = h.len;
-                if h.len == 0 {
-                    on_start(h, None);
-                } else {
-                    self.pending = Some(h);
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use std::{
@@ -308,25 +264,5 @@ pub(crate) mod tests {
         let mut r = Trickle::new(wire, 1 << 20);
         let e = block(read(&mut r, 64 << 20)).expect_err("bad sequence");
         assert!(matches!(e, Error::Sequence { got: 5, want: 1 }), "{e}");
-    }
-
-    #[test]
-    fn tracker_finds_every_packet_start_at_every_split() {
-        let mut wire = Vec::new();
-        encode(&mut wire, 1, b"\xfbfile.csv");
-        encode(&mut wire, 2, b"");
-        encode(&mut wire, 3, b"\x00\x01");
-        for step in 1..=wire.len() {
-            let mut t = Tracker::default();
-            let mut seen = Vec::new();
-            for c in wire.chunks(step) {
-                t.feed(c, |h, b| seen.push((h.seq, h.len, b)));
-            }
-            assert_eq!(
-                seen,
-                vec![(1, 9, Some(0xfb)), (2, 0, None), (3, 2, Some(0))],
-                "step {step}"
-            );
-        }
     }
 }
