@@ -21,7 +21,7 @@ use crate::{
     admin,
     cluster::{self, ClusterConfig, EtcdConfig},
     identity::EffectiveCallerId,
-    kernel::{KernelConfig, KernelPolicy, DEFAULT_BPFFS},
+    kernel::{KernelConfig, KernelPolicy, PortOwner, DEFAULT_BPFFS},
     proxy::{
         grpc::{GrpcConfig, GrpcService, DEFAULT_MAX_MESSAGE_SIZE, VTTABLET_OTHER_SERVICES},
         listener::{Limits, ListenerConfig, ProtocolConfig, DEFAULT_HANDSHAKE_TIMEOUT},
@@ -108,6 +108,18 @@ struct RawKernel {
     cgroup: Option<PathBuf>,
     #[serde(default)]
     access: Vec<RawAccess>,
+    #[serde(default)]
+    owner: Vec<RawOwner>,
+}
+
+/// `[[kernel.owner]]`: who may bind a protected port.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOwner {
+    port: i64,
+    cgroup: Option<PathBuf>,
+    uid: Option<i64>,
+    user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +220,8 @@ struct RawGrpc {
     grpc_server_keepalive_time: Option<f64>,
     grpc_server_keepalive_timeout: Option<f64>,
     grpc_max_connection_idle: Option<f64>,
+    grpc_max_connection_age: Option<f64>,
+    grpc_max_connection_age_grace: Option<f64>,
     #[serde(default)]
     query_log: bool,
     #[serde(default)]
@@ -647,6 +661,15 @@ fn kernel(k: RawKernel) -> Result<KernelConfig, String> {
             cg.display()
         ));
     }
+    let mut owners = BTreeMap::new();
+    for o in &k.owner {
+        let (port, owner) = port_owner(o, &protected_ports)?;
+        if owners.insert(port, owner).is_some() {
+            return Err(format!(
+                "[[kernel.owner]] port {port} is listed twice: give each port one owner"
+            ));
+        }
+    }
     Ok(KernelConfig {
         bpffs,
         cgroup: k.cgroup,
@@ -654,7 +677,75 @@ fn kernel(k: RawKernel) -> Result<KernelConfig, String> {
             protected_ports,
             access,
         },
+        owners,
     })
+}
+
+fn port_owner(o: &RawOwner, protected: &BTreeSet<u16>) -> Result<(u16, PortOwner), String> {
+    let port = valid_port(o.port).map_err(|m| format!("[[kernel.owner]] port: {m}"))?;
+    let at = |m: String| format!("[[kernel.owner]] port {port}: {m}");
+    if !protected.contains(&port) {
+        return Err(at(
+            "is not in [kernel] protected-ports: the bind guard covers protected ports only; add it there or remove this entry".into(),
+        ));
+    }
+    if let Some(cg) = &o.cgroup {
+        if !cg.is_absolute() {
+            return Err(at(format!(
+                "cgroup {} is not an absolute path: use the service's cgroup2 directory, e.g. /sys/fs/cgroup/system.slice/vttablet.service",
+                cg.display()
+            )));
+        }
+    }
+    let uid = match (o.uid, &o.user) {
+        (Some(_), Some(_)) => return Err(at("set uid or user, not both".into())),
+        (Some(u), None) => Some(
+            u32::try_from(u)
+                .ok()
+                .filter(|u| *u != u32::MAX)
+                .ok_or_else(|| at(format!("uid {u} is not a user id: use 0 to 4294967294")))?,
+        ),
+        (None, Some(name)) => Some(uid_of(name).ok_or_else(|| {
+            at(format!(
+                "user {name:?} does not exist on this host: create it, or give its uid"
+            ))
+        })?),
+        (None, None) => None,
+    };
+    if o.cgroup.is_none() && uid.is_none() {
+        return Err(at(
+            "names no owner: set cgroup (the service's cgroup2 directory), uid or user, or both"
+                .into(),
+        ));
+    }
+    Ok((
+        port,
+        PortOwner {
+            cgroup: o.cgroup.clone(),
+            uid,
+        },
+    ))
+}
+
+/// The uid of user `name` (getpwnam_r).
+fn uid_of(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: passwd is plain data (integers and pointers); all-zero is a valid value.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the length passed; `result` is set to `&mut pwd` or
+    // null by the call.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(pwd.pw_uid)
 }
 
 fn from_table<T: DeserializeOwned>(
@@ -866,6 +957,15 @@ fn grpc_listener(l: RawGrpc) -> Result<ListenerConfig, String> {
                 l.grpc_max_connection_idle,
                 1800.0,
             )?,
+            // grpc-go's defaults: no age limit, and no limit on the grace after it.
+            max_connection_age: l
+                .grpc_max_connection_age
+                .map(|s| seconds("grpc-max-connection-age", Some(s), 0.0))
+                .transpose()?,
+            max_connection_age_grace: l
+                .grpc_max_connection_age_grace
+                .map(|s| seconds("grpc-max-connection-age-grace", Some(s), 0.0))
+                .transpose()?,
             services,
         }),
     })
@@ -1234,6 +1334,59 @@ mod tests {
     }
 
     #[test]
+    fn kernel_owners_are_read_and_bad_ones_named() {
+        let c = parse("[kernel]\nprotected-ports = [16991, 16999]\n[[kernel.owner]]\nport = 16991\ncgroup = \"/sys/fs/cgroup/system.slice/vttablet.service\"\nuid = 999\n[[kernel.owner]]\nport = 16999\nuser = \"root\"\n")
+            .expect("valid owners");
+        let owners = c.kernel.expect("kernel").owners;
+        assert_eq!(
+            owners[&16991],
+            PortOwner {
+                cgroup: Some("/sys/fs/cgroup/system.slice/vttablet.service".into()),
+                uid: Some(999)
+            }
+        );
+        assert_eq!(
+            owners[&16999],
+            PortOwner {
+                cgroup: None,
+                uid: Some(0)
+            }
+        );
+        let k = "[kernel]\nprotected-ports = [16991]\n[[kernel.owner]]\n";
+        for (owner, expected) in [
+            (
+                "port = 17000\nuid = 1\n",
+                "[[kernel.owner]] port 17000: is not in [kernel] protected-ports",
+            ),
+            (
+                "port = 16991\n",
+                "[[kernel.owner]] port 16991: names no owner: set cgroup",
+            ),
+            (
+                "port = 16991\ncgroup = \"system.slice/x\"\n",
+                "cgroup system.slice/x is not an absolute path",
+            ),
+            (
+                "port = 16991\nuid = 1\nuser = \"root\"\n",
+                "set uid or user, not both",
+            ),
+            ("port = 16991\nuid = -1\n", "uid -1 is not a user id"),
+            (
+                "port = 16991\nuser = \"no-such-user-vtguard\"\n",
+                "user \"no-such-user-vtguard\" does not exist on this host",
+            ),
+            ("port = 16991\ngid = 1\n", "unknown field `gid`"),
+        ] {
+            let e = err(&format!("{k}{owner}"));
+            assert!(e.contains(expected), "{owner:?}: {e}");
+        }
+        let e = err(&format!(
+            "{k}port = 16991\nuid = 1\n[[kernel.owner]]\nport = 16991\nuid = 2\n"
+        ));
+        assert!(e.contains("port 16991 is listed twice"), "{e}");
+    }
+
+    #[test]
     fn upstream_tls_needs_a_ca() {
         let e = err("[[listener]]\nname = \"t\"\nprotocol = \"grpc\"\nservice = \"vttablet\"\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\ninsecure-plaintext = true\ntablet-grpc-server-name = \"vttablet server instance\"\n");
         assert!(
@@ -1372,6 +1525,16 @@ mod tests {
         let e = plain("grpc-max-connection-idle = 0\n");
         assert!(
             e.contains("grpc-max-connection-idle 0: use 0.1 to 604800 seconds"),
+            "{e}"
+        );
+        let e = plain("grpc-max-connection-age = -5\n");
+        assert!(
+            e.contains("grpc-max-connection-age -5: use 0.1 to 604800 seconds"),
+            "{e}"
+        );
+        let e = plain("grpc-max-connection-age-grace = 1e9\n");
+        assert!(
+            e.contains("grpc-max-connection-age-grace 1000000000: use 0.1 to 604800 seconds"),
             "{e}"
         );
         let e = err(&listener("grpc-cert = \"/c\"\n"));

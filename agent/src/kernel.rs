@@ -7,6 +7,7 @@
 //! Only [`detach`] (`vtguard kernel detach`) removes them.
 
 mod events;
+mod owner;
 mod policy;
 mod socket;
 mod status;
@@ -37,6 +38,7 @@ use vtguard_common::{
 };
 
 pub use events::{Denial, EventReader};
+pub use owner::{check_listeners, listening_sockets, ListeningSocket, NotOwner, PortOwner};
 pub use policy::{IdentityTable, KernelPolicy, PolicySummary};
 pub use socket::{FlowRecord, Registration, Upstream};
 pub use status::{detach, detach_forced, DetachReport, KernelStatus, LinkStatus};
@@ -53,6 +55,9 @@ pub struct KernelConfig {
     pub cgroup: Option<PathBuf>,
     /// The kernel half of policy: protected ports, and who may reach each.
     pub policy: KernelPolicy,
+    /// The bind guard: who may bind each protected port (`[[kernel.owner]]`). A protected
+    /// port without an owner may be bound by anyone.
+    pub owners: std::collections::BTreeMap<u16, PortOwner>,
 }
 
 /// The eBPF object, built by `cargo xtask build-ebpf` and committed.
@@ -109,6 +114,11 @@ pub enum Error {
     },
     #[error("socket: {0}")]
     Socket(io::Error),
+    #[error("[[kernel.owner]] port {port}: {detail}")]
+    Owner { port: u16, detail: String },
+    /// Whoever listens where the upstream connection landed is not the port's owner.
+    #[error("{0}")]
+    NotOwner(#[from] NotOwner),
 }
 
 /// Whether to attach the programs (the agent) or only open the maps (benchmark baselines).
@@ -149,6 +159,7 @@ pub struct Kernel {
     flows: socket::Flows,
     route_sources: socket::RouteSources,
     events: Mutex<Option<RingBuf<MapData>>>,
+    owners: std::sync::Arc<Mutex<owner::Owners>>,
     recent: Mutex<Array<MapData, DenyEvent>>,
     tally: events::DenialTally,
     // Held while the agent runs: a second agent on the same folder is refused.
@@ -156,7 +167,9 @@ pub struct Kernel {
 }
 
 /// Program name, ELF section (for messages), link pin file name.
-const PROGRAMS: [(&str, &str); 3] = [
+const PROGRAMS: [(&str, &str); 5] = [
+    (prog_names::BIND4, "cgroup/bind4"),
+    (prog_names::BIND6, "cgroup/bind6"),
     (prog_names::CONNECT4, "cgroup/connect4"),
     (prog_names::CONNECT6, "cgroup/connect6"),
     (prog_names::INGRESS, "cgroup_skb/ingress"),
@@ -227,7 +240,7 @@ impl Kernel {
                     source,
                 })?;
         }
-        let result = Self::start_in(&dir, cgroup, &cfg.policy, attach);
+        let result = Self::start_in(&dir, cgroup, cfg, attach);
         if result.is_err() && created_dir {
             remove_pins(&dir);
         }
@@ -237,9 +250,10 @@ impl Kernel {
     fn start_in(
         dir: &Path,
         cgroup: PathBuf,
-        kernel_policy: &KernelPolicy,
+        cfg: &KernelConfig,
         attach: Attach,
     ) -> Result<Self, Error> {
+        let kernel_policy = &cfg.policy;
         let lock = lock_pin_dir(dir)?;
         check_layout(dir)?;
         let mut ebpf = EbpfLoader::new()
@@ -281,6 +295,17 @@ impl Kernel {
             "kernel policy installed"
         );
 
+        // Owners too: the bind guard is right from its first verdict.
+        let mut owners = owner::Owners::open(dir, resolve_cgroup(None)?)?;
+        owners.set(&cfg.owners)?;
+        for port in &kernel_policy.protected_ports {
+            if !cfg.owners.contains_key(port) {
+                warn!(port, "protected port without an owner: any process may bind it while its service is down; set [[kernel.owner]] for it");
+            }
+        }
+        let owners = std::sync::Arc::new(Mutex::new(owners));
+        owner_watch(std::sync::Arc::downgrade(&owners));
+
         let attachments = match attach {
             Attach::Yes => attach_all(&mut ebpf, dir, &cgroup)?,
             Attach::MapsOnly => Vec::new(),
@@ -300,6 +325,7 @@ impl Kernel {
             flows,
             route_sources: Default::default(),
             events: Mutex::new(Some(open_map(dir, map_names::EVENTS)?)),
+            owners,
             recent: Mutex::new(recent),
             tally: events::DenialTally::default(),
             _lock: lock,
@@ -325,6 +351,24 @@ impl Kernel {
     /// the new one is written into the inactive generation, then the generation flips.
     pub fn apply_policy(&self, policy: &KernelPolicy) -> Result<PolicySummary, Error> {
         self.policy.lock().install(policy, &self.identities)
+    }
+
+    /// Replaces the bind guard's owners (a config reload).
+    pub fn set_owners(
+        &self,
+        owners: &std::collections::BTreeMap<u16, PortOwner>,
+    ) -> Result<(), Error> {
+        self.owners.lock().set(owners)
+    }
+
+    /// The bind guard's owners, by port.
+    pub fn owners(&self) -> std::collections::BTreeMap<u16, PortOwner> {
+        self.owners.lock().configured().clone()
+    }
+
+    /// The configured owner of `port`.
+    pub fn owner(&self, port: u16) -> Option<PortOwner> {
+        self.owners.lock().owner(port).cloned()
     }
 
     /// Decision counters, summed over CPUs, in [`vtguard_common::Counter`] order.
@@ -518,10 +562,11 @@ fn attach_one(
     let (fd, attach_type) = match prog {
         Program::CgroupSockAddr(p) => {
             p.load().map_err(|e| refused(program_error(&e)))?;
-            let t = if name == prog_names::CONNECT4 {
-                sys::attach_type::CGROUP_INET4_CONNECT
-            } else {
-                sys::attach_type::CGROUP_INET6_CONNECT
+            let t = match name {
+                prog_names::CONNECT4 => sys::attach_type::CGROUP_INET4_CONNECT,
+                prog_names::CONNECT6 => sys::attach_type::CGROUP_INET6_CONNECT,
+                prog_names::BIND4 => sys::attach_type::CGROUP_INET4_BIND,
+                _ => sys::attach_type::CGROUP_INET6_BIND,
             };
             (p.fd().map_err(|e| refused(program_error(&e)))?.as_fd(), t)
         }
@@ -565,6 +610,64 @@ fn program_error(e: &ProgramError) -> String {
             }
         }
         other => crate::telemetry::chain_line(other),
+    }
+}
+
+/// Keeps the OWNERS map current while owner cgroups come and go: woken by inotify on each
+/// owner cgroup's nearest existing ancestor, and once a second in any case. Ends when the
+/// kernel handle is dropped.
+fn owner_watch(owners: std::sync::Weak<Mutex<owner::Owners>>) {
+    let spawned = std::thread::Builder::new()
+        .name("vtguard-owners".into())
+        .spawn(move || {
+            use inotify::{Inotify, WatchMask};
+            use std::os::fd::AsRawFd;
+            let mut inotify = match Inotify::init() {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    warn!(error = %e, "inotify unavailable: owner cgroups are looked at once a second");
+                    None
+                }
+            };
+            let mut watched: Vec<PathBuf> = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let Some(owners) = owners.upgrade() else { return };
+                let paths = {
+                    let mut o = owners.lock();
+                    if let Err(e) = o.refresh() {
+                        warn!(error = %e, "updating the bind guard's owners");
+                    }
+                    o.watch_paths()
+                };
+                drop(owners);
+                if let Some(i) = inotify.as_mut() {
+                    for p in paths {
+                        if watched.contains(&p) {
+                            continue;
+                        }
+                        let mask = WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_TO;
+                        if i.watches().add(&p, mask).is_ok() {
+                            watched.push(p);
+                        }
+                    }
+                    let mut pfd = libc::pollfd {
+                        fd: i.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd, for the inotify descriptor this thread owns.
+                    if unsafe { libc::poll(&mut pfd, 1, 1000) } > 0 {
+                        // Only the wake-up matters: everything is looked at again above.
+                        while i.read_events(&mut buf).is_ok_and(|mut ev| ev.next().is_some()) {}
+                    }
+                } else {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "could not start the owner cgroup watch: owners are written only at start and reload");
     }
 }
 

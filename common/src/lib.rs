@@ -29,10 +29,13 @@ pub mod maps {
     pub const RECENT: &str = "VTG_RECENT";
     /// `Array<u32>[1]`: layout version of these maps (see [`super::LAYOUT_VERSION`]).
     pub const META: &str = "VTG_META";
+    /// `HashMap<u32 port, PortOwner>`: who may bind a protected port (the bind guard). A
+    /// protected port without an entry may be bound by anyone.
+    pub const OWNERS: &str = "VTG_OWNERS";
 
     /// Every map the agent pins, in a fixed order.
-    pub const ALL: [&str; 9] = [
-        POLICY_GEN, PROTECTED, ACCESS, SOCKETS, FLOWS, COUNTERS, EVENTS, RECENT, META,
+    pub const ALL: [&str; 10] = [
+        POLICY_GEN, PROTECTED, ACCESS, SOCKETS, FLOWS, COUNTERS, EVENTS, RECENT, META, OWNERS,
     ];
 }
 
@@ -44,15 +47,19 @@ pub mod programs {
     pub const CONNECT6: &str = "vtg_connect6";
     /// cgroup_skb/ingress: drops packets to a protected port outside recorded flows.
     pub const INGRESS: &str = "vtg_ingress";
+    /// cgroup/bind4: only a protected port's owner may bind it.
+    pub const BIND4: &str = "vtg_bind4";
+    /// cgroup/bind6.
+    pub const BIND6: &str = "vtg_bind6";
 
-    /// Every program, in the order the agent attaches them: connect() is policed before
-    /// packets are.
-    pub const ALL: [&str; 3] = [CONNECT4, CONNECT6, INGRESS];
+    /// Every program, in the order the agent attaches them: binds are guarded first (so no
+    /// impostor takes a port meanwhile), then connect() is policed before packets are.
+    pub const ALL: [&str; 5] = [BIND4, BIND6, CONNECT4, CONNECT6, INGRESS];
 }
 
 /// Bumped whenever a key or value layout below changes; pinned maps of another layout are
 /// not adopted.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Slots of [`maps::PROTECTED`]: one per port, per generation.
 pub const PROTECTED_SLOTS: u32 = 2 * 65_536;
@@ -85,6 +92,26 @@ pub struct AccessKey {
     pub port: u16,
     pub _pad: [u16; 3],
 }
+
+/// Value of [`maps::OWNERS`]: who may bind a protected port. Both conditions hold when both
+/// are set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortOwner {
+    /// The owner's cgroup2 id (its directory's inode number): the binding task must be in
+    /// that cgroup or below it. 0: any cgroup.
+    pub cgroup_id: u64,
+    /// Depth of that cgroup below the cgroup2 root (the root is 0), for
+    /// `bpf_get_current_ancestor_cgroup_id`.
+    pub cgroup_level: u32,
+    /// The owner's uid (real uid of the binding task), or [`ANY_UID`].
+    pub uid: u32,
+}
+
+/// [`PortOwner::uid`] when any uid may bind.
+pub const ANY_UID: u32 = u32::MAX;
+/// Capacity of [`maps::OWNERS`].
+pub const MAX_OWNERS: u32 = 1024;
 
 /// Value of [`maps::SOCKETS`].
 #[repr(C)]
@@ -135,6 +162,8 @@ pub enum DenyReason {
     UnknownFlow = 3,
     /// A packet to a protected port whose headers could not be read.
     Malformed = 4,
+    /// bind() of a protected port by a task that is not the port's configured owner.
+    NotOwner = 5,
 }
 
 impl DenyReason {
@@ -145,6 +174,7 @@ impl DenyReason {
             2 => Some(Self::IdentityNotAllowed),
             3 => Some(Self::UnknownFlow),
             4 => Some(Self::Malformed),
+            5 => Some(Self::NotOwner),
             _ => None,
         }
     }
@@ -156,6 +186,7 @@ impl DenyReason {
             Self::IdentityNotAllowed => "identity_not_allowed",
             Self::UnknownFlow => "unknown_flow",
             Self::Malformed => "malformed_packet",
+            Self::NotOwner => "bind_not_owner",
         }
     }
 }
@@ -166,6 +197,10 @@ pub const HOOK_CONNECT4: u32 = 1;
 pub const HOOK_CONNECT6: u32 = 2;
 /// See [`HOOK_CONNECT4`].
 pub const HOOK_INGRESS: u32 = 3;
+/// See [`HOOK_CONNECT4`].
+pub const HOOK_BIND4: u32 = 4;
+/// See [`HOOK_CONNECT4`].
+pub const HOOK_BIND6: u32 = 5;
 
 /// One denial, written by the kernel programs into [`maps::EVENTS`].
 #[repr(C)]
@@ -241,10 +276,14 @@ pub enum Counter {
     IngressDeniedMalformed = 5,
     /// Events that did not fit in the ring buffer.
     EventsLost = 6,
+    /// bind() of a protected port by its owner.
+    BindAllowed = 7,
+    /// bind() of a protected port refused: not its owner.
+    BindDenied = 8,
 }
 
 /// Number of slots in [`maps::COUNTERS`].
-pub const COUNTER_SLOTS: u32 = 7;
+pub const COUNTER_SLOTS: u32 = 9;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -256,6 +295,8 @@ impl Counter {
         Counter::IngressDeniedFlow,
         Counter::IngressDeniedMalformed,
         Counter::EventsLost,
+        Counter::BindAllowed,
+        Counter::BindDenied,
     ];
 
     /// A stable snake_case name, used in status output and metrics.
@@ -268,6 +309,8 @@ impl Counter {
             Self::IngressDeniedFlow => "ingress_denied_unknown_flow",
             Self::IngressDeniedMalformed => "ingress_denied_malformed",
             Self::EventsLost => "events_lost",
+            Self::BindAllowed => "bind_allowed",
+            Self::BindDenied => "bind_denied_not_owner",
         }
     }
 }
@@ -289,6 +332,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for DenyEvent {}
+    unsafe impl aya::Pod for PortOwner {}
 }
 
 #[cfg(test)]
@@ -302,6 +346,7 @@ mod tests {
         assert_eq!(size_of::<SocketEntry>(), 8);
         assert_eq!(size_of::<FlowKey>(), 36);
         assert_eq!(size_of::<FlowValue>(), 24);
+        assert_eq!(size_of::<PortOwner>(), 16);
         // 4*8 + 5*4 + 2*2 + 2*16 + 16 = 104
         assert_eq!(size_of::<DenyEvent>(), 104);
     }

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use vtguard_common::{
-    protected_slot, AccessKey, Counter, DenyEvent, FlowKey, FlowValue, SocketEntry, COUNTER_SLOTS,
-    MAX_ACCESS, MAX_FLOWS, MAX_SOCKETS, PROTECTED_SLOTS, RECENT_SLOTS,
+    protected_slot, AccessKey, Counter, DenyEvent, FlowKey, FlowValue, PortOwner, SocketEntry,
+    COUNTER_SLOTS, MAX_ACCESS, MAX_FLOWS, MAX_OWNERS, MAX_SOCKETS, PROTECTED_SLOTS, RECENT_SLOTS,
 };
 
 #[map(name = "VTG_POLICY_GEN")]
@@ -34,6 +34,9 @@ static META: Array<u32> = Array::pinned(1, 0);
 /// The last denials, written by the agent for `vtguard kernel status` (never read here).
 #[map(name = "VTG_RECENT")]
 static RECENT: Array<DenyEvent> = Array::pinned(RECENT_SLOTS, 0);
+
+#[map(name = "VTG_OWNERS")]
+static OWNERS: HashMap<u32, PortOwner> = HashMap::pinned(MAX_OWNERS, 0);
 
 /// The active policy generation (0 or 1).
 #[inline(always)]
@@ -73,4 +76,10 @@ pub fn count(counter: Counter) {
     if let Some(p) = COUNTERS.get_ptr_mut(counter as u32) {
         unsafe { *p += 1 };
     }
+}
+
+/// Who may bind `port`, when the agent was told.
+#[inline(always)]
+pub fn owner(port: u16) -> Option<PortOwner> {
+    OWNERS.get_ptr(port as u32).map(|o| unsafe { *o })
 }

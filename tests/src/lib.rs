@@ -138,11 +138,21 @@ pub struct TestKernel {
 impl TestKernel {
     /// Attaches to `cgroup` (default: the cgroup2 root) and installs `policy`.
     pub fn start(policy: KernelPolicy, cgroup: Option<PathBuf>) -> Self {
+        Self::start_with_owners(policy, cgroup, Default::default())
+    }
+
+    /// [`TestKernel::start`] with the bind guard's owners.
+    pub fn start_with_owners(
+        policy: KernelPolicy,
+        cgroup: Option<PathBuf>,
+        owners: std::collections::BTreeMap<u16, vtguard_agent::kernel::PortOwner>,
+    ) -> Self {
         let dir = test_pin_dir();
         let cfg = KernelConfig {
             bpffs: dir.clone(),
             cgroup,
             policy,
+            owners,
         };
         let kernel = Kernel::start(&cfg, Attach::Yes).expect("attach vtguard's programs");
         TestKernel {
@@ -158,6 +168,7 @@ impl TestKernel {
             bpffs: dir.clone(),
             cgroup: None,
             policy,
+            owners: Default::default(),
         };
         let kernel = Kernel::start(&cfg, Attach::MapsOnly).expect("load vtguard's maps");
         TestKernel {

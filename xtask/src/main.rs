@@ -21,7 +21,7 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 const OBJECT: &str = "ebpf/prebuilt/vtguard.bpf.o";
 /// Debian packages the tests drive: bpftool (attachment checks), iproute2 (network
 /// namespaces), curl and python3 (real clients), util-linux (setpriv, to run as non-root).
-const APT_PACKAGES: [(&str, &str); 10] = [
+const APT_PACKAGES: [(&str, &str); 11] = [
     ("bpftool", "bpftool"),
     ("ip", "iproute2"),
     ("curl", "curl"),
@@ -34,6 +34,12 @@ const APT_PACKAGES: [(&str, &str); 10] = [
     // The cluster policy: etcd-client's build script compiles etcd's protos with protoc, and
     // the cluster tests start a real etcd.
     ("protoc", "protobuf-compiler"),
+    // protoc's well-known types (google/protobuf/descriptor.proto), which etcd's protos
+    // import: a Recommends of protobuf-compiler, so not there with --no-install-recommends.
+    (
+        "/usr/include/google/protobuf/descriptor.proto",
+        "libprotobuf-dev",
+    ),
     ("etcd", "etcd-server"),
 ];
 
@@ -288,7 +294,13 @@ fn build_ebpf(root: &Path, check: bool) -> Result<bool> {
 fn prepare_machine() -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
-        .filter(|(cmd, _)| !have(cmd))
+        .filter(|(cmd, _)| {
+            if cmd.starts_with('/') {
+                !Path::new(cmd).exists()
+            } else {
+                !have(cmd)
+            }
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     if !missing.is_empty() {

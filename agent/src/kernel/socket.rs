@@ -197,10 +197,16 @@ impl Kernel {
         let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
         let stream = socket.connect(addr).await.map_err(Error::Socket);
         drop(registration);
-        Ok(Upstream {
+        let upstream = Upstream {
             stream: stream?,
             _flow: flow,
-        })
+        };
+        // Defence in depth behind the bind guard: nothing is sent on a connection until the
+        // socket listening there is known to be the port's owner's.
+        if let Some(owner) = self.owner(addr.port()) {
+            super::owner::check_listeners(addr, &owner)?;
+        }
+        Ok(upstream)
     }
 
     /// Blocking form of [`Kernel::connect`], for tools, tests and benchmarks.
@@ -214,6 +220,9 @@ impl Kernel {
         let result = socket.connect(&addr.into());
         drop(registration);
         result.map_err(Error::Socket)?;
+        if let Some(owner) = self.owner(addr.port()) {
+            super::owner::check_listeners(addr, &owner)?;
+        }
         Ok(Upstream {
             stream: socket.into(),
             _flow: flow,

@@ -151,6 +151,13 @@ pub enum DialError {
         identity: String,
         upstream: SocketAddr,
     },
+    /// Whoever listens on the upstream's port is not its owner (`[[kernel.owner]]`): nothing
+    /// was sent to it.
+    #[error("refusing upstream {upstream}: {detail}")]
+    NotOwner {
+        upstream: SocketAddr,
+        detail: String,
+    },
     #[error("upstream {upstream} unavailable: {detail}")]
     Unavailable {
         upstream: SocketAddr,
@@ -342,6 +349,14 @@ impl Core {
                     Err(DialError::KernelRefused {
                         identity: identity.to_owned(),
                         upstream,
+                    })
+                }
+                Err(kernel::Error::NotOwner(e)) => {
+                    warn!(listener = %self.name, identity = %identity, "upstream connection refused, nothing sent: {e}");
+                    self.metrics.upstream_not_owner();
+                    Err(DialError::NotOwner {
+                        upstream,
+                        detail: e.to_string(),
                     })
                 }
                 Err(e) => Err(unavailable(e.to_string())),

@@ -289,6 +289,10 @@ impl LoginError {
                 DialError::Unavailable { upstream, .. } => {
                     (er::UPSTREAM, format!("vtguard: upstream {upstream} unavailable"))
                 }
+                DialError::NotOwner { upstream, .. } => (
+                    er::UPSTREAM,
+                    format!("vtguard: upstream {upstream} unavailable: whoever listens there is not the port's owner, so nothing was sent (see the agent's log)"),
+                ),
             },
             Self::UpstreamGreeting(_) => (
                 er::UPSTREAM,

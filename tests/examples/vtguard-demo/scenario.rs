@@ -343,6 +343,11 @@ fn plan(
     if kernel {
         let _ = vtguard_agent::kernel::detach(Path::new(PIN_DIR));
         config.push_str(&kernel_section(&protected, Some(Path::new(PIN_DIR)), &[]));
+        // The bind guard: the stand-in tablet runs in this (root) process, so its owner is
+        // uid 0; on a real node it is the vttablet unit's cgroup and user.
+        if tablet {
+            config.push_str(&format!("[[kernel.owner]]\nport = {TABLET}\nuid = 0\n"));
+        }
         config.push('\n');
     }
     let ids = |list: &[&str]| {
@@ -676,6 +681,21 @@ fn kernel_steps(r: &mut Report, a: &Agent) {
         match line {
             Some(l) => Outcome::Ok(l),
             None => Outcome::Failed(format!("no log line containing {needle:?}")),
+        },
+    );
+
+    // An impostor tablet: another user tries to listen on the tablet's port (as it could
+    // while vttablet restarts). Only the owner, uid 0 here, may bind it.
+    let (code, out, err) = sh(Command::new("python3").arg("-c").arg(format!(
+        "import os, socket\nos.setgid(65534); os.setuid(65534)\ns=socket.socket(socket.AF_INET6)\ntry:\n s.bind(('::', {TABLET})); print('bound')\nexcept OSError as e:\n print(e.strerror)"
+    )));
+    r.expect(
+        &format!("an impostor (python3 as uid 65534) binds [::]:{TABLET}, the tablet's port"),
+        "Operation not permitted",
+        if code == 0 {
+            Ok(out.trim().to_owned())
+        } else {
+            Err(format!("exit {code}: {}", err.trim()))
         },
     );
 }

@@ -10,6 +10,7 @@
 use std::path::Path;
 
 mod agent;
+mod bind_guard;
 mod cluster;
 mod demo;
 mod grpc;
