@@ -193,6 +193,23 @@ impl Agent {
             };
             let listener = listener::build(l, deps)?;
             let socket = listener::bind(&*listener).await?;
+            if l.intercept {
+                let kernel = self
+                    .kernel
+                    .as_ref()
+                    .context("intercept needs the kernel programs")?;
+                use std::os::fd::AsFd;
+                kernel
+                    .intercept_with(l.upstream.port(), socket.as_fd())
+                    .with_context(|| {
+                        format!(
+                            "listener {}: intercepting port {}",
+                            l.name,
+                            l.upstream.port()
+                        )
+                    })?;
+                info!(listener = %l.name, port = l.upstream.port(), "new connections to port {} on this node's addresses come to this listener", l.upstream.port());
+            }
             tasks.spawn(Arc::clone(&listener).serve(socket).map(Ok));
             let protocol = match l.protocol {
                 listener::ProtocolConfig::Grpc(_) => "grpc",

@@ -201,6 +201,8 @@ struct RawGrpc {
     upstream: String,
     identities: Option<Vec<String>>,
     #[serde(default)]
+    intercept: bool,
+    #[serde(default)]
     insecure_plaintext: bool,
     handshake_timeout_seconds: Option<f64>,
     max_connections: Option<i64>,
@@ -244,6 +246,8 @@ struct RawMysql {
     listen: String,
     upstream: String,
     identities: Option<Vec<String>>,
+    #[serde(default)]
+    intercept: bool,
     #[serde(default)]
     insecure_plaintext: bool,
     handshake_timeout_seconds: Option<f64>,
@@ -376,6 +380,7 @@ impl Config {
         }
         for l in &listeners {
             grant_listener_identities(kernel.as_mut(), l).map_err(invalid)?;
+            intercept_for(kernel.as_mut(), l).map_err(invalid)?;
         }
         let admin_socket = raw
             .admin
@@ -433,6 +438,46 @@ fn grant_listener_identities(
             l.name
         )),
     }
+}
+
+/// A listener with `intercept = true` takes the new connections to its upstream's port, which
+/// must be protected; one listener per port.
+fn intercept_for(kernel: Option<&mut KernelConfig>, l: &ListenerConfig) -> Result<(), String> {
+    if let Some(k) = kernel.as_deref() {
+        if k.policy.protected_ports.contains(&l.listen.port()) {
+            return Err(format!(
+                "listener {:?}: listens on protected port {}: the kernel would refuse its own callers; give it a port that is not in [kernel] protected-ports",
+                l.name,
+                l.listen.port()
+            ));
+        }
+    }
+    if !l.intercept {
+        return Ok(());
+    }
+    let port = l.upstream.port();
+    let k = match kernel {
+        Some(k) if k.policy.protected_ports.contains(&port) => k,
+        Some(_) => {
+            return Err(format!(
+                "listener {:?}: intercept needs the upstream's port protected: add {port} to [kernel] protected-ports",
+                l.name
+            ))
+        }
+        None => {
+            return Err(format!(
+                "listener {:?}: intercept is done by the kernel: add a [kernel] section with protected-ports = [{port}]",
+                l.name
+            ))
+        }
+    };
+    if !k.intercept.insert(port) {
+        return Err(format!(
+            "listener {:?}: another listener already intercepts port {port}: one listener per port",
+            l.name
+        ));
+    }
+    Ok(())
 }
 
 /// `[tableacl]` beside `[cluster]`: settings only, the ACL comes from etcd. Returns the
@@ -678,6 +723,7 @@ fn kernel(k: RawKernel) -> Result<KernelConfig, String> {
             access,
         },
         owners,
+        intercept: BTreeSet::new(),
     })
 }
 
@@ -930,6 +976,7 @@ fn grpc_listener(l: RawGrpc) -> Result<ListenerConfig, String> {
     }
     Ok(ListenerConfig {
         identities: identities(l.identities)?,
+        intercept: l.intercept,
         limits: limits(l.max_connections, l.max_connections_per_identity)?,
         name: l.name,
         listen,
@@ -1087,6 +1134,7 @@ fn mysql_listener(l: RawMysql) -> Result<ListenerConfig, String> {
     };
     Ok(ListenerConfig {
         identities: identities(l.identities)?,
+        intercept: l.intercept,
         limits: limits(l.max_connections, l.max_connections_per_identity)?,
         name: l.name,
         listen,
@@ -1384,6 +1432,41 @@ mod tests {
             "{k}port = 16991\nuid = 1\n[[kernel.owner]]\nport = 16991\nuid = 2\n"
         ));
         assert!(e.contains("port 16991 is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn intercept_needs_a_protected_upstream_and_one_listener_per_port() {
+        let l = |name: &str, listen: u16, upstream: u16| {
+            format!("[[listener]]\nname = \"{name}\"\nprotocol = \"grpc\"\nservice = \"vttablet\"\nlisten = \"127.0.0.1:{listen}\"\nupstream = \"127.0.0.1:{upstream}\"\ninsecure-plaintext = true\nintercept = true\n")
+        };
+        let c = parse(&format!(
+            "[kernel]\nprotected-ports = [16991]\n{}",
+            l("a", 15991, 16991)
+        ))
+        .expect("valid");
+        assert_eq!(c.kernel.expect("kernel").intercept, BTreeSet::from([16991]));
+        assert!(c.listeners[0].intercept);
+        for (text, expected) in [
+            (
+                format!("[kernel]\nprotected-ports = [1]\n{}", l("a", 15991, 16991)),
+                "listener \"a\": intercept needs the upstream's port protected: add 16991 to [kernel] protected-ports",
+            ),
+            (
+                l("a", 15991, 16991),
+                "listener \"a\": intercept is done by the kernel: add a [kernel] section with protected-ports = [16991]",
+            ),
+            (
+                format!("[kernel]\nprotected-ports = [16991]\n{}{}", l("a", 15991, 16991), l("b", 15992, 16991)),
+                "listener \"b\": another listener already intercepts port 16991: one listener per port",
+            ),
+            (
+                format!("[kernel]\nprotected-ports = [16991, 15991]\n{}", l("a", 15991, 16991)),
+                "listener \"a\": listens on protected port 15991",
+            ),
+        ] {
+            let e = err(&text);
+            assert!(e.contains(expected), "{e}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Fail closed: the pinned links keep the programs attached after the agent exits or dies.
 //! Only [`detach`] (`vtguard kernel detach`) removes them.
 
+mod addrs;
 mod events;
 mod owner;
 mod policy;
@@ -37,6 +38,7 @@ use vtguard_common::{
     LAYOUT_VERSION,
 };
 
+pub use addrs::node_addresses;
 pub use events::{Denial, EventReader};
 pub use owner::{check_listeners, listening_sockets, ListeningSocket, NotOwner, PortOwner};
 pub use policy::{IdentityTable, KernelPolicy, PolicySummary};
@@ -58,6 +60,9 @@ pub struct KernelConfig {
     /// The bind guard: who may bind each protected port (`[[kernel.owner]]`). A protected
     /// port without an owner may be bound by anyone.
     pub owners: std::collections::BTreeMap<u16, PortOwner>,
+    /// Protected ports whose new connections the lookup program hands to a vtguard listener
+    /// (listeners with `intercept = true`). Empty: the lookup program is not attached.
+    pub intercept: std::collections::BTreeSet<u16>,
 }
 
 /// The eBPF object, built by `cargo xtask build-ebpf` and committed.
@@ -160,6 +165,10 @@ pub struct Kernel {
     route_sources: socket::RouteSources,
     events: Mutex<Option<RingBuf<MapData>>>,
     owners: std::sync::Arc<Mutex<owner::Owners>>,
+    local_addrs: std::sync::Arc<Mutex<addrs::LocalAddrs>>,
+    /// Intercepted ports, in LISTENERS slot order.
+    intercept: Vec<u16>,
+    listeners: Mutex<aya::maps::SockMap<MapData>>,
     recent: Mutex<Array<MapData, DenyEvent>>,
     tally: events::DenialTally,
     // Held while the agent runs: a second agent on the same folder is refused.
@@ -305,11 +314,20 @@ impl Kernel {
         }
         let owners = std::sync::Arc::new(Mutex::new(owners));
         owner_watch(std::sync::Arc::downgrade(&owners));
+        // This node's addresses, before connect() is policed by them.
+        let local_addrs = addrs::start(dir)?;
+        let intercept: Vec<u16> = cfg.intercept.iter().copied().collect();
+        write_intercept(dir, &intercept)?;
 
-        let attachments = match attach {
+        let mut attachments = match attach {
             Attach::Yes => attach_all(&mut ebpf, dir, &cgroup)?,
             Attach::MapsOnly => Vec::new(),
         };
+        if attach == Attach::Yes {
+            if let Some(a) = attach_lookup(&mut ebpf, dir, !intercept.is_empty())? {
+                attachments.push(a);
+            }
+        }
         // The links are pinned (or unneeded): dropping the loaded object detaches nothing.
         drop(ebpf);
 
@@ -326,6 +344,9 @@ impl Kernel {
             route_sources: Default::default(),
             events: Mutex::new(Some(open_map(dir, map_names::EVENTS)?)),
             owners,
+            local_addrs,
+            intercept,
+            listeners: Mutex::new(open_map(dir, map_names::LISTENERS)?),
             recent: Mutex::new(recent),
             tally: events::DenialTally::default(),
             _lock: lock,
@@ -364,6 +385,31 @@ impl Kernel {
     /// The bind guard's owners, by port.
     pub fn owners(&self) -> std::collections::BTreeMap<u16, PortOwner> {
         self.owners.lock().configured().clone()
+    }
+
+    /// This node's addresses, as the connect hooks know them.
+    pub fn node_addresses(&self) -> std::collections::BTreeSet<std::net::IpAddr> {
+        self.local_addrs.lock().addresses().clone()
+    }
+
+    /// Puts `listener` (a vtguard listening socket) in charge of new connections to the
+    /// intercepted port `port`.
+    pub fn intercept_with(&self, port: u16, listener: BorrowedFd<'_>) -> Result<(), Error> {
+        let slot = self
+            .intercept
+            .iter()
+            .position(|p| *p == port)
+            .ok_or(Error::Owner {
+                port,
+                detail: "is not intercepted by this agent's configuration".into(),
+            })?;
+        self.listeners
+            .lock()
+            .set(slot as u32, &listener, 0)
+            .map_err(|source| Error::MapOp {
+                name: map_names::LISTENERS,
+                source,
+            })
     }
 
     /// The configured owner of `port`.
@@ -534,8 +580,14 @@ fn link_info(pin: &Path) -> Result<Attachment, aya::programs::links::LinkError> 
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(|n| n.strip_prefix("link_"))
-        .and_then(|n| PROGRAMS.iter().find(|(p, _)| *p == n))
-        .map_or("unknown", |(p, _)| *p);
+        .and_then(|n| {
+            PROGRAMS
+                .iter()
+                .map(|(p, _)| *p)
+                .chain([prog_names::LOOKUP])
+                .find(|p| *p == n)
+        })
+        .unwrap_or("unknown");
     Ok(Attachment {
         program: name,
         origin: Origin::Adopted,
@@ -611,6 +663,78 @@ fn program_error(e: &ProgramError) -> String {
         }
         other => crate::telemetry::chain_line(other),
     }
+}
+
+/// Writes which ports are intercepted, each with its LISTENERS slot (their order in
+/// `ports`); clears the rest. Until a listener puts its socket in its slot, a new connection to
+/// an intercepted port finds none and is refused.
+fn write_intercept(dir: &Path, ports: &[u16]) -> Result<(), Error> {
+    let mut map: Array<MapData, u32> = open_map(dir, map_names::INTERCEPT)?;
+    let op = |source| Error::MapOp {
+        name: map_names::INTERCEPT,
+        source,
+    };
+    for (slot, port) in ports.iter().enumerate() {
+        map.set(u32::from(*port), slot as u32 + 1, 0).map_err(op)?;
+    }
+    for port in 0..=u16::MAX {
+        if !ports.contains(&port) && matches!(map.get(&u32::from(port), 0), Ok(v) if v != 0) {
+            map.set(u32::from(port), 0, 0).map_err(op)?;
+        }
+    }
+    Ok(())
+}
+
+/// Attaches the lookup program to this network namespace when `wanted` (or adopts its pinned
+/// link); when not wanted, removes a link an earlier configuration left.
+fn attach_lookup(ebpf: &mut Ebpf, dir: &Path, wanted: bool) -> Result<Option<Attachment>, Error> {
+    use aya::programs::Program;
+    let pin = link_pin(dir, prog_names::LOOKUP);
+    if !wanted {
+        if pin.exists() {
+            info!("no listener intercepts: detaching the lookup program");
+            let _ = fs::remove_file(&pin);
+        }
+        return Ok(None);
+    }
+    if pin.exists() {
+        if let Ok(a) = link_info(&pin) {
+            return Ok(Some(Attachment {
+                origin: Origin::Adopted,
+                ..a
+            }));
+        }
+        let _ = fs::remove_file(&pin);
+    }
+    let refused = |detail: String| Error::Program {
+        name: prog_names::LOOKUP,
+        section: "sk_lookup",
+        detail,
+    };
+    let netns = fs::File::open("/proc/self/ns/net").map_err(|source| Error::Io {
+        what: "opening network namespace",
+        path: "/proc/self/ns/net".into(),
+        source,
+    })?;
+    let Some(Program::SkLookup(p)) = ebpf.program_mut(prog_names::LOOKUP) else {
+        return Err(refused("not in the embedded eBPF object".into()));
+    };
+    p.load().map_err(|e| refused(program_error(&e)))?;
+    let fd = p.fd().map_err(|e| refused(program_error(&e)))?;
+    let link = sys::bpf_link_create(fd.as_fd(), netns.as_fd(), sys::attach_type::SK_LOOKUP)
+        .map_err(|e| refused(format!("attach failed: {e}")))?;
+    sys::bpf_obj_pin(link.as_fd(), &pin).map_err(|e| Error::Pin {
+        path: pin.clone(),
+        detail: e.to_string(),
+    })?;
+    let a = link_info(&pin).map_err(|e| Error::Pin {
+        path: pin,
+        detail: e.to_string(),
+    })?;
+    Ok(Some(Attachment {
+        origin: Origin::Attached,
+        ..a
+    }))
 }
 
 /// Keeps the OWNERS map current while owner cgroups come and go: woken by inotify on each

@@ -32,10 +32,34 @@ pub mod maps {
     /// `HashMap<u32 port, PortOwner>`: who may bind a protected port (the bind guard). A
     /// protected port without an entry may be bound by anyone.
     pub const OWNERS: &str = "VTG_OWNERS";
+    /// `HashMap<[u32; 4] address, u32>`: this node's addresses (IPv4 mapped), kept from
+    /// rtnetlink. connect() to a protected port is policed only towards these (and loopback).
+    pub const LOCAL_ADDRS: &str = "VTG_LOCAL_ADDRS";
+    /// `Array<u32>[65536]`: for an intercepted port, 1 + the [`LISTENERS`] slot of the
+    /// vtguard listener that takes its new connections; 0 when not intercepted.
+    pub const INTERCEPT: &str = "VTG_INTERCEPT";
+    /// `SockMap[MAX_INTERCEPT_LISTENERS]`: vtguard's listening sockets for interception.
+    pub const LISTENERS: &str = "VTG_LISTENERS";
+    /// `LruHashMap<FlowKey, FlowValue>`: connections the lookup program handed to vtguard; the
+    /// ingress filter admits their packets to vtguard's socket on the protected port.
+    pub const INTERCEPTED: &str = "VTG_INTERCEPTED";
 
     /// Every map the agent pins, in a fixed order.
-    pub const ALL: [&str; 10] = [
-        POLICY_GEN, PROTECTED, ACCESS, SOCKETS, FLOWS, COUNTERS, EVENTS, RECENT, META, OWNERS,
+    pub const ALL: [&str; 14] = [
+        POLICY_GEN,
+        PROTECTED,
+        ACCESS,
+        SOCKETS,
+        FLOWS,
+        COUNTERS,
+        EVENTS,
+        RECENT,
+        META,
+        OWNERS,
+        LOCAL_ADDRS,
+        INTERCEPT,
+        LISTENERS,
+        INTERCEPTED,
     ];
 }
 
@@ -55,11 +79,14 @@ pub mod programs {
     /// Every program, in the order the agent attaches them: binds are guarded first (so no
     /// impostor takes a port meanwhile), then connect() is policed before packets are.
     pub const ALL: [&str; 5] = [BIND4, BIND6, CONNECT4, CONNECT6, INGRESS];
+    /// sk_lookup on the node's network namespace (attached only when a listener intercepts):
+    /// new connections to an intercepted port go to vtguard's listener.
+    pub const LOOKUP: &str = "vtg_lookup";
 }
 
 /// Bumped whenever a key or value layout below changes; pinned maps of another layout are
 /// not adopted.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Slots of [`maps::PROTECTED`]: one per port, per generation.
 pub const PROTECTED_SLOTS: u32 = 2 * 65_536;
@@ -107,6 +134,13 @@ pub struct PortOwner {
     /// The owner's uid (real uid of the binding task), or [`ANY_UID`].
     pub uid: u32,
 }
+
+/// Capacity of [`maps::LOCAL_ADDRS`].
+pub const MAX_LOCAL_ADDRS: u32 = 4096;
+/// Capacity of [`maps::LISTENERS`]: intercepting listeners per node.
+pub const MAX_INTERCEPT_LISTENERS: u32 = 64;
+/// Capacity of [`maps::INTERCEPTED`].
+pub const MAX_INTERCEPTED: u32 = 131_072;
 
 /// [`PortOwner::uid`] when any uid may bind.
 pub const ANY_UID: u32 = u32::MAX;
@@ -280,10 +314,19 @@ pub enum Counter {
     BindAllowed = 7,
     /// bind() of a protected port refused: not its owner.
     BindDenied = 8,
+    /// connect() to a protected port number on another host: not this node's business.
+    ConnectOtherHost = 9,
+    /// New connections to an intercepted port handed to vtguard's listener.
+    LookupIntercepted = 10,
+    /// New connections to an intercepted port that vtguard opened (recorded flows), left to
+    /// the real service.
+    LookupPassedFlow = 11,
+    /// New connections to an intercepted port refused: no vtguard listener in the map.
+    LookupRefused = 12,
 }
 
 /// Number of slots in [`maps::COUNTERS`].
-pub const COUNTER_SLOTS: u32 = 9;
+pub const COUNTER_SLOTS: u32 = 13;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -297,6 +340,10 @@ impl Counter {
         Counter::EventsLost,
         Counter::BindAllowed,
         Counter::BindDenied,
+        Counter::ConnectOtherHost,
+        Counter::LookupIntercepted,
+        Counter::LookupPassedFlow,
+        Counter::LookupRefused,
     ];
 
     /// A stable snake_case name, used in status output and metrics.
@@ -311,6 +358,10 @@ impl Counter {
             Self::EventsLost => "events_lost",
             Self::BindAllowed => "bind_allowed",
             Self::BindDenied => "bind_denied_not_owner",
+            Self::ConnectOtherHost => "connect_other_host",
+            Self::LookupIntercepted => "lookup_intercepted",
+            Self::LookupPassedFlow => "lookup_passed_own_flow",
+            Self::LookupRefused => "lookup_refused_no_listener",
         }
     }
 }

@@ -324,7 +324,7 @@ fn source_address(dest: SocketAddr) -> io::Result<IpAddr> {
 }
 
 /// An address as the maps carry it: 16 bytes in network order, IPv4 as IPv4-mapped IPv6.
-fn words(ip: IpAddr) -> [u32; 4] {
+pub(super) fn words(ip: IpAddr) -> [u32; 4] {
     let octets = match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),

@@ -76,9 +76,13 @@ impl KernelStatus {
             });
         }
         let agent_running = sys::DirLock::try_lock(dir).ok().flatten().is_none();
+        // The lookup program is attached only when a listener intercepts.
+        let lookup = (vtguard_common::programs::LOOKUP, "sk_lookup");
         let links = PROGRAMS
             .iter()
-            .map(|&(program, section)| {
+            .copied()
+            .chain(link_pin(dir, lookup.0).exists().then_some(lookup))
+            .map(|(program, section)| {
                 let info = PinnedLink::from_pin(link_pin(dir, program))
                     .ok()
                     .and_then(|p| FdLink::from(p).info().ok());
@@ -290,7 +294,8 @@ pub fn detach_forced(dir: &Path) -> Result<DetachReport, Error> {
     if !dir.exists() {
         return Ok(report);
     }
-    for (program, _) in PROGRAMS {
+    let lookup = (vtguard_common::programs::LOOKUP, "sk_lookup");
+    for (program, _) in PROGRAMS.into_iter().chain([lookup]) {
         let pin = link_pin(dir, program);
         if !pin.exists() {
             continue;

@@ -28,6 +28,7 @@ pub mod attach_type {
     pub const CGROUP_INET_INGRESS: u32 = 0;
     pub const CGROUP_INET4_BIND: u32 = 8;
     pub const CGROUP_INET6_BIND: u32 = 9;
+    pub const SK_LOOKUP: u32 = 36;
     pub const CGROUP_INET4_CONNECT: u32 = 10;
     pub const CGROUP_INET6_CONNECT: u32 = 11;
 }

@@ -111,6 +111,10 @@ pub struct ListenerConfig {
     /// into the kernel's access list for the upstream port. `None`: the listener adds none.
     pub identities: Option<BTreeSet<String>>,
     pub limits: Limits,
+    /// `intercept`: new connections to the upstream's port, on every address of this node,
+    /// are handed to this listener by the kernel (the callers keep dialling the published
+    /// port).
+    pub intercept: bool,
 }
 
 /// What a listener speaks, and that protocol's settings.

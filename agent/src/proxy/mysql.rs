@@ -1235,6 +1235,7 @@ mod tests {
             protocol: super::listener::ProtocolConfig::Mysql(cfg.clone()),
             identities: None,
             limits: Default::default(),
+            intercept: false,
         };
         let deps = Deps {
             kernel: None,

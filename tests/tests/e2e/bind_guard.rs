@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -14,7 +14,7 @@ use std::{
 
 use tokio::{io::AsyncReadExt, net::TcpListener};
 use tonic::Code;
-use vtguard_agent::kernel::{self, PortOwner};
+use vtguard_agent::kernel::PortOwner;
 use vtguard_common::Counter;
 use vtguard_proto::{query::ExecuteRequest, queryservice::query_client::QueryClient};
 use vtguard_tests::{
@@ -24,45 +24,8 @@ use vtguard_tests::{
     kernel_tests_can_run,
     mysql::{clientcert, py_client, python_has},
     pki::Pki,
-    policy, sh, TestKernel,
+    policy, sh, TestCgroup, TestKernel,
 };
-
-/// A cgroup made for one test under the cgroup2 root; its tasks are moved back to the root
-/// and it is removed on drop.
-struct TestCgroup {
-    path: PathBuf,
-}
-
-impl TestCgroup {
-    fn new(name: &str) -> Self {
-        let root = kernel::resolve_cgroup(None).expect("cgroup2 root");
-        let path = root.join(format!("vtguard-test-{name}-{}", std::process::id()));
-        std::fs::create_dir(&path)
-            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
-        TestCgroup { path }
-    }
-
-    fn remove(path: &Path) {
-        let root = kernel::resolve_cgroup(None).expect("cgroup2 root");
-        if let Ok(procs) = std::fs::read_to_string(path.join("cgroup.procs")) {
-            for pid in procs.lines() {
-                let _ = std::fs::write(root.join("cgroup.procs"), pid);
-            }
-        }
-        for _ in 0..50 {
-            if std::fs::remove_dir(path).is_ok() || !path.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        Self::remove(&self.path);
-    }
-}
 
 /// Tries, in a fresh python3 (in `cgroup` when given, as `uid` when given), to bind and listen
 /// on each `host` at `port`; returns one line per host: "OK" or "ERR <errno>".
@@ -198,7 +161,7 @@ fn only_the_owner_binds_a_protected_port_on_any_address() {
     // A service restart makes its cgroup anew (a new id): the agent follows, the new cgroup's
     // tasks bind again, and in between nobody can.
     let path = owner_cg.path.clone();
-    TestCgroup::remove(&path);
+    TestCgroup::remove_dir(&path);
     assert!(!path.exists());
     std::fs::create_dir(&path).expect("owner cgroup again");
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -19,6 +19,7 @@ mod grpc_bad_input;
 mod grpc_kernel;
 mod grpc_python;
 mod impostor;
+mod intercept;
 mod kernel;
 mod limits;
 mod mysql;

@@ -1,0 +1,416 @@
+//! Installing into a running cluster (as root): two nodes, each a network namespace joined by
+//! a veth pair, node A with its own cgroup, bpffs folder and vtguard. The tablet on node A
+//! listens on its published port; callers keep dialling that port. vtguard intercepts every new
+//! connection to it (sk_lookup), proves the caller, and reaches the tablet itself; the same
+//! port number on node B is none of node A's business; with vtguard killed, connections are
+//! refused, never handed to the plaintext tablet.
+//!
+//! The tablet is a stand-in (Vitess binaries cannot be had here): Python grpcio serving
+//! `queryservice.Query/Execute` by echoing the request bytes it received. The callers are
+//! Python grpcio too, with the client certificate a vtgate's `--tablet-grpc-cert` would hold.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use prost::Message;
+use vtguard_proto::query::ExecuteRequest;
+use vtguard_tests::{
+    agent::AgentProcess, fixtures::kernel_section, fixtures::Listener, free_port,
+    kernel_tests_can_run, pki::Pki, sh, skip, test_pin_dir, TestCgroup,
+};
+
+use crate::vtguard_bin;
+
+/// Two network namespaces joined by a veth pair: A is 10.232.N.1, B is 10.232.N.2.
+struct Nodes {
+    a: String,
+    b: String,
+    a_ip: String,
+    b_ip: String,
+}
+
+impl Nodes {
+    fn new() -> Self {
+        let pid = std::process::id();
+        let n = pid % 250 + 1;
+        let (a, b) = (format!("vtgA-{pid}"), format!("vtgB-{pid}"));
+        let (va, vb) = (
+            format!("vtgA{}", pid % 100_000),
+            format!("vtgB{}", pid % 100_000),
+        );
+        let nodes = Nodes {
+            a_ip: format!("10.232.{n}.1"),
+            b_ip: format!("10.232.{n}.2"),
+            a,
+            b,
+        };
+        let ip = |args: &[&str]| {
+            let (code, _, err) = sh(Command::new("ip").args(args));
+            assert_eq!(code, 0, "ip {args:?}: {err}");
+        };
+        ip(&["netns", "add", &nodes.a]);
+        ip(&["netns", "add", &nodes.b]);
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        ip(&["link", "set", &va, "netns", &nodes.a]);
+        ip(&["link", "set", &vb, "netns", &nodes.b]);
+        for (ns, dev, addr) in [(&nodes.a, &va, &nodes.a_ip), (&nodes.b, &vb, &nodes.b_ip)] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        nodes
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A background process killed on drop.
+struct Bg(Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The stand-in tablet: grpcio on 0.0.0.0:`port` in `ns`, in `cgroup`; appends the hex of
+/// every request it gets to `log`, and answers with the same bytes.
+const TABLET: &str = r#"
+import os, sys, grpc
+from concurrent import futures
+ns_cgroup, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+open(os.path.join(ns_cgroup, "cgroup.procs"), "w").write(str(os.getpid()))
+def execute(req, ctx):
+    with open(log, "a") as f:
+        f.write(req.hex() + "\n")
+    return req
+h = grpc.method_handlers_generic_handler("queryservice.Query",
+    {"Execute": grpc.unary_unary_rpc_method_handler(execute)})
+s = grpc.server(futures.ThreadPoolExecutor(4))
+s.add_generic_rpc_handlers((h,))
+s.add_insecure_port(f"0.0.0.0:{port}")
+s.start()
+print("READY", flush=True)
+s.wait_for_termination()
+"#;
+
+/// A caller: Execute to `addr` with mTLS (`tls`) or in plaintext; prints `OK <hex>` or
+/// `ERR <code> <details>`. Joins `cgroup` first unless it is "-".
+const CALLER: &str = r#"
+import os, sys, grpc
+cg, addr, pki, req, mode = sys.argv[1:6]
+if cg != "-":
+    open(os.path.join(cg, "cgroup.procs"), "w").write(str(os.getpid()))
+read = lambda n: open(f"{pki}/{n}", "rb").read()
+if mode == "tls":
+    creds = grpc.ssl_channel_credentials(root_certificates=read("root.pem"),
+        private_key=read("vtgate-client-1.key"), certificate_chain=read("vtgate-client-1.pem"))
+    ch = grpc.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+else:
+    ch = grpc.insecure_channel(addr)
+try:
+    print("OK", ch.unary_unary("/queryservice.Query/Execute")(bytes.fromhex(req), timeout=5).hex())
+except grpc.RpcError as e:
+    print("ERR", e.code().name, e.details())
+"#;
+
+/// A plain TCP connect: `CONNECTED <first line>`, `REFUSED`, `TIMEOUT` or `ERR <errno>`.
+/// Joins `cgroup` first unless it is "-".
+const PROBE: &str = r#"
+import os, socket, sys
+cg, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if cg != "-":
+    open(os.path.join(cg, "cgroup.procs"), "w").write(str(os.getpid()))
+s = socket.socket(); s.settimeout(3)
+try:
+    s.connect((host, port)); print("CONNECTED", s.recv(64).decode().strip())
+except ConnectionRefusedError: print("REFUSED")
+except socket.timeout: print("TIMEOUT")
+except OSError as e: print("ERR", e.errno)
+"#;
+
+/// A plain TCP server on 0.0.0.0:`port` in `ns` (and `cgroup`, unless "-") that greets with
+/// `hello from <name>`.
+fn hello_server(ns: &str, cgroup: &str, port: u16, name: &str) -> Bg {
+    let join = if cgroup == "-" {
+        String::new()
+    } else {
+        format!("import os\nopen('{cgroup}/cgroup.procs','w').write(str(os.getpid()))\n")
+    };
+    let script = format!(
+        "{join}import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0',{port})); s.listen(16)\nprint('READY', flush=True)\nwhile True:\n c,_=s.accept(); c.sendall(b'hello from {name}\\n'); c.close()"
+    );
+    spawn_ready(in_node(ns).args(["python3", "-c", &script]))
+}
+
+fn spawn_ready(cmd: &mut Command) -> Bg {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    let out = child.stdout.take().expect("stdout");
+    BufReader::new(out).read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "READY", "the server did not start");
+    Bg(child)
+}
+
+/// A command run in network namespace `ns`. nsenter, not `ip netns exec`: that one mounts a
+/// fresh /sys, hiding the cgroup2 and bpffs mounts below it.
+fn in_node(ns: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/var/run/netns/{ns}"));
+    c
+}
+
+fn in_ns(ns: &str, script: &str, args: &[&str]) -> String {
+    let (code, out, err) = sh(in_node(ns).args(["python3", "-c", script]).args(args));
+    assert_eq!(code, 0, "python3 in {ns}: {err}");
+    out.trim().to_owned()
+}
+
+fn requests(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn a_cluster_keeps_dialling_the_published_port_and_only_vtguard_reaches_the_tablet() {
+    let name = "a_cluster_keeps_dialling_the_published_port_and_only_vtguard_reaches_the_tablet";
+    if !kernel_tests_can_run(name) {
+        return;
+    }
+    let (code, _, _) = sh(Command::new("python3").args(["-c", "import grpc"]));
+    if code != 0 {
+        skip(name, "python3 cannot import grpc (python3 -m pip install grpcio; `cargo xtask test` does it)");
+        return;
+    }
+    let _serial = vtguard_tests::serial();
+    let nodes = Nodes::new();
+    let node_a = TestCgroup::new("node-a");
+    let cg = node_a.path.display().to_string();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::generate();
+    // The tablet's published gRPC port, a second protected port (not intercepted), and
+    // vtguard's own listening port on node A.
+    let (tablet, other, own) = (free_port(), free_port(), free_port());
+    let log = tmp.path().join("tablet-requests.txt");
+    let _tablet = spawn_ready(in_node(&nodes.a).args([
+        "python3",
+        "-c",
+        TABLET,
+        &cg,
+        &tablet.to_string(),
+        &log.display().to_string(),
+    ]));
+    let _other_a = hello_server(&nodes.a, &cg, other, "A");
+    let _tablet_b = hello_server(&nodes.b, "-", tablet, "B");
+    let _other_b = hello_server(&nodes.b, "-", other, "B");
+
+    let pins = test_pin_dir();
+    let config = tmp.path().join("vtguard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}cgroup = \"{cg}\"\n\n{}",
+            kernel_section(&[tablet, other], Some(&pins), &[]),
+            Listener::grpc("vttablet", ([127, 0, 0, 1], tablet).into())
+                .port(own)
+                .mtls(&pki)
+                .extra("intercept = true\nidentities = [\"vtgate client 1\"]\n")
+                .toml()
+        ),
+    )
+    .expect("config");
+    let start = || {
+        let agent = AgentProcess::spawn(
+            Path::new("nsenter"),
+            &[
+                &format!("--net=/var/run/netns/{}", nodes.a),
+                &vtguard_bin().display().to_string(),
+            ],
+            &config,
+        )
+        .expect("start vtguard in node A");
+        agent.wait_for("kernel enforcement active");
+        agent.wait_for("come to this listener");
+        agent
+    };
+    let _unpin = PinGuard(pins.clone());
+    let agent = start();
+
+    let request = hex(&ExecuteRequest {
+        query: Some(vtguard_tests::upstream::bound(
+            "select * from vt_insert_test",
+        )),
+        ..Default::default()
+    }
+    .encode_to_vec());
+    let pki_dir = pki
+        .path("root.pem")
+        .parent()
+        .expect("pki dir")
+        .display()
+        .to_string();
+    let call = |ns: &str, cgroup: &str, host: &str, mode: &str| {
+        in_ns(
+            ns,
+            CALLER,
+            &[
+                cgroup,
+                &format!("{host}:{tablet}"),
+                &pki_dir,
+                &request,
+                mode,
+            ],
+        )
+    };
+
+    // A vtgate on node B dials the tablet's published address with its certificate: vtguard
+    // answers, proves it, and the tablet gets the request with the proven caller.
+    let out = call(&nodes.b, "-", &nodes.a_ip, "tls");
+    assert!(
+        out.starts_with("OK "),
+        "node B to the tablet's published port: {out}"
+    );
+    let seen = requests(&log);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(
+        seen[0].contains(&hex(b"vtgate client 1")),
+        "the tablet sees the certificate's identity as the caller: {}",
+        seen[0]
+    );
+    // Plaintext to the same address reaches vtguard (which wants TLS), never the tablet.
+    let out = call(&nodes.b, "-", &nodes.a_ip, "plain");
+    assert!(out.starts_with("ERR UNAVAILABLE"), "{out}");
+    // On node A itself, from its cgroup: the same, on the node's address and on loopback.
+    let out = call(&nodes.a, &cg, &nodes.a_ip, "tls");
+    assert!(out.starts_with("OK "), "node A's own caller: {out}");
+    let out = call(&nodes.a, &cg, "127.0.0.1", "plain");
+    assert!(out.starts_with("ERR UNAVAILABLE"), "{out}");
+    assert_eq!(
+        requests(&log).len(),
+        2,
+        "only vtguard's requests reached the tablet"
+    );
+
+    // Node scope: the same port numbers on node B are node B's business.
+    assert_eq!(
+        in_ns(&nodes.a, PROBE, &[&cg, &nodes.b_ip, &tablet.to_string()]),
+        "CONNECTED hello from B"
+    );
+    assert_eq!(
+        in_ns(&nodes.a, PROBE, &[&cg, &nodes.b_ip, &other.to_string()]),
+        "CONNECTED hello from B"
+    );
+    // A protected port that is not intercepted stays closed on node A, as before.
+    assert_eq!(
+        in_ns(&nodes.a, PROBE, &[&cg, "127.0.0.1", &other.to_string()]),
+        "ERR 1"
+    );
+    assert_eq!(
+        in_ns(&nodes.b, PROBE, &["-", &nodes.a_ip, &other.to_string()]),
+        "TIMEOUT"
+    );
+
+    // Addresses come and go: one added to node A while vtguard runs is policed from then on
+    // (rtnetlink), without a restart.
+    let added = nodes.a_ip.replace(".1", ".3");
+    let veth = format!("vtgA{}", std::process::id() % 100_000);
+    let (code, _, err) = sh(Command::new("ip").args([
+        "-n",
+        &nodes.a,
+        "addr",
+        "add",
+        &format!("{added}/24"),
+        "dev",
+        &veth,
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = in_ns(&nodes.a, PROBE, &[&cg, &added, &other.to_string()]);
+        if r == "ERR 1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connect() to the new address {added} is not policed: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // vtguard killed: the pinned lookup finds no listener and refuses; the tablet is never
+    // handed a connection.
+    let mut agent = agent;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGKILL) };
+    let _ = agent.child.wait();
+    let t = Instant::now();
+    assert_eq!(
+        in_ns(&nodes.b, PROBE, &["-", &nodes.a_ip, &tablet.to_string()]),
+        "REFUSED"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "refused at once (a reset), not a timeout"
+    );
+    assert_eq!(
+        in_ns(&nodes.a, PROBE, &[&cg, "127.0.0.1", &tablet.to_string()]),
+        "REFUSED"
+    );
+    let out = call(&nodes.b, "-", &nodes.a_ip, "plain");
+    assert!(out.starts_with("ERR UNAVAILABLE"), "{out}");
+    assert_eq!(
+        requests(&log).len(),
+        2,
+        "nothing reached the tablet while vtguard was down"
+    );
+    let (code, status, err) = sh(Command::new(vtguard_bin())
+        .args(["kernel", "status", "--config"])
+        .arg(&config));
+    assert_eq!(code, 0, "{err}");
+    assert!(status.contains("vtg_lookup"), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.trim_start().starts_with("lookup_refused_no_listener")
+                && !l.trim_end().ends_with(" 0")),
+        "{status}"
+    );
+
+    // Restarted, it takes the port back.
+    let agent = start();
+    let out = call(&nodes.b, "-", &nodes.a_ip, "tls");
+    assert!(out.starts_with("OK "), "after the restart: {out}");
+    assert_eq!(requests(&log).len(), 3);
+    drop(agent);
+}
+
+/// Detaches what the test pinned, also when it fails.
+struct PinGuard(std::path::PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let _ = vtguard_agent::kernel::detach_forced(&self.0);
+    }
+}
