@@ -104,17 +104,19 @@ print("READY", flush=True)
 s.wait_for_termination()
 "#;
 
-/// A caller: Execute to `addr` with mTLS (`tls`) or in plaintext; prints `OK <hex>` or
-/// `ERR <code> <details>`. Joins `cgroup` first unless it is "-".
+/// A caller: Execute to `addr` with mTLS (`tls`, with the PKI's client `client`, default
+/// vtgate-client-1) or in plaintext; prints `OK <hex>` or `ERR <code> <details>`. Joins
+/// `cgroup` first unless it is "-".
 const CALLER: &str = r#"
 import os, sys, grpc
 cg, addr, pki, req, mode = sys.argv[1:6]
+client = sys.argv[6] if len(sys.argv) > 6 else "vtgate-client-1"
 if cg != "-":
     open(os.path.join(cg, "cgroup.procs"), "w").write(str(os.getpid()))
 read = lambda n: open(f"{pki}/{n}", "rb").read()
 if mode == "tls":
     creds = grpc.ssl_channel_credentials(root_certificates=read("root.pem"),
-        private_key=read("vtgate-client-1.key"), certificate_chain=read("vtgate-client-1.pem"))
+        private_key=read(f"{client}.key"), certificate_chain=read(f"{client}.pem"))
     ch = grpc.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override", "localhost")])
 else:
     ch = grpc.insecure_channel(addr)
@@ -334,7 +336,7 @@ fn a_cluster_keeps_dialling_the_published_port_and_only_vtguard_reaches_the_tabl
 
     // Addresses come and go: one added to node A while vtguard runs is policed from then on
     // (rtnetlink), without a restart.
-    let added = nodes.a_ip.replace(".1", ".3");
+    let added = format!("{}.3", nodes.a_ip.rsplit_once('.').expect("dotted").0);
     let veth = format!("vtgA{}", std::process::id() % 100_000);
     let (code, _, err) = sh(Command::new("ip").args([
         "-n",
@@ -413,4 +415,332 @@ impl Drop for PinGuard {
     fn drop(&mut self) {
         let _ = vtguard_agent::kernel::detach_forced(&self.0);
     }
+}
+
+/// Nodes on one switch: a network namespace holding a bridge, and per node a network
+/// namespace with a veth to it (10.233.N.i/24), a cgroup, a pin folder, a stand-in tablet on
+/// the shared published port and a vtguard intercepting it.
+struct Cluster {
+    switch: String,
+    nodes: Vec<ClusterNode>,
+}
+
+struct ClusterNode {
+    name: char,
+    ns: String,
+    ip: String,
+    cgroup: TestCgroup,
+    pins: std::path::PathBuf,
+    config: std::path::PathBuf,
+    log: std::path::PathBuf,
+    tablet: Option<Bg>,
+    agent: Option<AgentProcess>,
+}
+
+impl ClusterNode {
+    fn cg(&self) -> String {
+        self.cgroup.path.display().to_string()
+    }
+
+    fn start_tablet(&mut self, port: u16) {
+        self.tablet = Some(spawn_ready(in_node(&self.ns).args([
+            "python3",
+            "-c",
+            TABLET,
+            &self.cg(),
+            &port.to_string(),
+            &self.log.display().to_string(),
+        ])));
+    }
+
+    fn start_agent(&mut self) {
+        let agent = AgentProcess::spawn(
+            Path::new("nsenter"),
+            &[
+                &format!("--net=/var/run/netns/{}", self.ns),
+                &vtguard_bin().display().to_string(),
+            ],
+            &self.config,
+        )
+        .expect("start vtguard");
+        agent.wait_for("come to this listener");
+        self.agent = Some(agent);
+    }
+
+    fn kill_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(a.child.id() as i32, libc::SIGKILL) };
+            let _ = a.child.wait();
+        }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.agent.take();
+        self.tablet.take();
+        let _ = vtguard_agent::kernel::detach_forced(&self.pins);
+    }
+}
+
+impl Cluster {
+    fn new(names: &[char], tmp: &Path, pki: &Pki, tablet: u16, own: u16) -> Self {
+        let pid = std::process::id();
+        let net = pid % 250 + 1;
+        let switch = format!("vtgS-{pid}");
+        let bridge = "br0";
+        let ip = |args: &[&str]| {
+            let (code, _, err) = sh(Command::new("ip").args(args));
+            assert_eq!(code, 0, "ip {args:?}: {err}");
+        };
+        ip(&["netns", "add", &switch]);
+        let mut cluster = Cluster {
+            switch: switch.clone(),
+            nodes: Vec::new(),
+        };
+        ip(&["-n", &switch, "link", "add", bridge, "type", "bridge"]);
+        ip(&["-n", &switch, "link", "set", bridge, "up"]);
+        for (i, name) in names.iter().enumerate() {
+            let ns = format!("vtg{name}-{pid}");
+            let node_ip = format!("10.233.{net}.{}", i + 1);
+            let (inner, outer) = (
+                format!("n{name}{}", pid % 100_000),
+                format!("s{name}{}", pid % 100_000),
+            );
+            ip(&["netns", "add", &ns]);
+            ip(&[
+                "link", "add", &inner, "type", "veth", "peer", "name", &outer,
+            ]);
+            ip(&["link", "set", &inner, "netns", &ns]);
+            ip(&["link", "set", &outer, "netns", &switch]);
+            ip(&["-n", &switch, "link", "set", &outer, "master", bridge]);
+            ip(&["-n", &switch, "link", "set", &outer, "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{node_ip}/24"),
+                "dev",
+                &inner,
+            ]);
+            ip(&["-n", &ns, "link", "set", &inner, "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            let cgroup = TestCgroup::new(&format!("node-{name}"));
+            let pins = test_pin_dir();
+            let config = tmp.join(format!("vtguard-{name}.toml"));
+            // Only uid 0 (the stand-in tablet) may bind the tablet's port: the bind guard.
+            std::fs::write(
+                &config,
+                format!(
+                    "{}cgroup = \"{}\"\n[[kernel.owner]]\nport = {tablet}\nuid = 0\n\n{}",
+                    kernel_section(&[tablet], Some(&pins), &[]),
+                    cgroup.path.display(),
+                    // Client certificates of vtgates and of tablets (VReplication) alike.
+                    Listener::grpc("vttablet", ([127, 0, 0, 1], tablet).into())
+                        .port(own)
+                        .tls(pki)
+                        .client_ca_file(&pki.path("root.pem"))
+                        .extra(
+                            "intercept = true\nidentities = [\"vtgate client 1\", \"vttablet client 1\"]\n"
+                        )
+                        .toml()
+                ),
+            )
+            .expect("config");
+            cluster.nodes.push(ClusterNode {
+                name: *name,
+                ns,
+                ip: node_ip,
+                cgroup,
+                pins,
+                config,
+                log: tmp.join(format!("tablet-{name}.txt")),
+                tablet: None,
+                agent: None,
+            });
+        }
+        cluster
+    }
+
+    fn node(&mut self, name: char) -> &mut ClusterNode {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .expect("node")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let names: Vec<String> = self.nodes.iter().map(|n| n.ns.clone()).collect();
+        self.nodes.clear();
+        for ns in names.iter().chain([&self.switch]) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A CONNECT-only probe: `CONNECTED`, `REFUSED`, `TIMEOUT` or `ERR <errno>` (reads nothing:
+/// a vtguard listener waits for the TLS ClientHello).
+const CONNECT: &str = r#"
+import os, socket, sys
+cg, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if cg != "-":
+    open(os.path.join(cg, "cgroup.procs"), "w").write(str(os.getpid()))
+s = socket.socket(); s.settimeout(3)
+try:
+    s.connect((host, port)); print("CONNECTED")
+except ConnectionRefusedError: print("REFUSED")
+except socket.timeout: print("TIMEOUT")
+except OSError as e: print("ERR", e.errno)
+"#;
+
+/// The reference scenario of a cluster: vtgate on A calls the tablets on A, B and C at their
+/// published address; B's tablet streams from C's (as VReplication does); every call arrives
+/// through that node's vtguard with the certificate's identity; plaintext never reaches a
+/// tablet; an impostor cannot bind B's port while B's tablet is down; B's vtguard killed
+/// closes B's port to everyone while A and C keep working.
+#[test]
+fn three_nodes_reach_each_others_tablets_only_through_their_vtguard() {
+    let name = "three_nodes_reach_each_others_tablets_only_through_their_vtguard";
+    if !kernel_tests_can_run(name) {
+        return;
+    }
+    let (code, _, _) = sh(Command::new("python3").args(["-c", "import grpc"]));
+    if code != 0 {
+        skip(name, "python3 cannot import grpc (python3 -m pip install grpcio; `cargo xtask test` does it)");
+        return;
+    }
+    let _serial = vtguard_tests::serial();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::generate();
+    let (tablet, own) = (free_port(), free_port());
+    let mut cluster = Cluster::new(&['A', 'B', 'C'], tmp.path(), &pki, tablet, own);
+    for n in &mut cluster.nodes {
+        n.start_tablet(tablet);
+        n.start_agent();
+    }
+    let request = hex(&ExecuteRequest {
+        query: Some(vtguard_tests::upstream::bound(
+            "select * from vt_insert_test",
+        )),
+        ..Default::default()
+    }
+    .encode_to_vec());
+    let pki_dir = pki
+        .path("root.pem")
+        .parent()
+        .expect("pki dir")
+        .display()
+        .to_string();
+    let ip = |c: &Cluster, n: char| {
+        c.nodes
+            .iter()
+            .find(|x| x.name == n)
+            .expect("node")
+            .ip
+            .clone()
+    };
+    let (a_ip, b_ip, c_ip) = (ip(&cluster, 'A'), ip(&cluster, 'B'), ip(&cluster, 'C'));
+    let call = |c: &Cluster, from: char, client: &str, to_ip: &str, mode: &str| {
+        let n = c.nodes.iter().find(|x| x.name == from).expect("node");
+        in_ns(
+            &n.ns,
+            CALLER,
+            &[
+                &n.cg(),
+                &format!("{to_ip}:{tablet}"),
+                &pki_dir,
+                &request,
+                mode,
+                client,
+            ],
+        )
+    };
+    let seen =
+        |c: &Cluster, n: char| requests(&c.nodes.iter().find(|x| x.name == n).expect("node").log);
+
+    // vtgate on A dials every tablet at its published address, as --tablet-grpc-* would.
+    for (to, to_ip) in [('A', &a_ip), ('B', &b_ip), ('C', &c_ip)] {
+        let out = call(&cluster, 'A', "vtgate-client-1", to_ip, "tls");
+        assert!(out.starts_with("OK "), "vtgate on A to tablet {to}: {out}");
+        let got = seen(&cluster, to);
+        assert_eq!(got.len(), 1, "tablet {to} got the call: {got:?}");
+        assert!(
+            got[0].contains(&hex(b"vtgate client 1")),
+            "tablet {to} sees the proven caller"
+        );
+    }
+    // VReplication: B's tablet opens a call to C's, with its own certificate.
+    let out = call(&cluster, 'B', "vttablet-client-1", &c_ip, "tls");
+    assert!(out.starts_with("OK "), "tablet B to tablet C: {out}");
+    let got = seen(&cluster, 'C');
+    assert_eq!(got.len(), 2);
+    assert!(
+        got[1].contains(&hex(b"vttablet client 1")),
+        "C sees tablet B's identity"
+    );
+
+    // Plaintext from A to B's published port reaches B's vtguard (which wants TLS), not B's
+    // tablet. A local process on B dialling B's port is handed to vtguard too (it is not
+    // refused at connect(): an intercepted port is vtguard's, and vtguard asks it for a
+    // certificate), while the same process reaches C's port unhindered.
+    let out = call(&cluster, 'A', "vtgate-client-1", &b_ip, "plain");
+    assert!(out.starts_with("ERR UNAVAILABLE"), "{out}");
+    let out = call(&cluster, 'B', "vtgate-client-1", "127.0.0.1", "plain");
+    assert!(out.starts_with("ERR UNAVAILABLE"), "{out}");
+    assert_eq!(
+        seen(&cluster, 'B').len(),
+        1,
+        "no plaintext call reached tablet B"
+    );
+    let b = cluster.node('B');
+    let (b_ns, b_cg) = (b.ns.clone(), b.cg());
+    assert_eq!(
+        in_ns(&b_ns, CONNECT, &[&b_cg, &c_ip, &tablet.to_string()]),
+        "CONNECTED"
+    );
+
+    // B's tablet goes down: an impostor (uid 65534, in B's cgroup) cannot take its port.
+    cluster.node('B').tablet.take();
+    let impostor = format!(
+        "import os, socket\nopen('{b_cg}/cgroup.procs','w').write(str(os.getpid()))\nos.setgid(65534); os.setuid(65534)\ns=socket.socket()\ntry:\n s.bind(('0.0.0.0', {tablet})); print('BOUND')\nexcept OSError as e:\n print('ERR', e.errno)"
+    );
+    assert_eq!(in_ns(&b_ns, &impostor, &[]), "ERR 1", "impostor bind on B");
+    cluster.node('B').start_tablet(tablet);
+
+    // B's vtguard killed: B's port refuses everyone; A and C keep working.
+    cluster.node('B').kill_agent();
+    assert_eq!(
+        in_ns(
+            &cluster.nodes[0].ns,
+            CONNECT,
+            &["-", &b_ip, &tablet.to_string()]
+        ),
+        "REFUSED"
+    );
+    assert_eq!(
+        in_ns(&b_ns, CONNECT, &[&b_cg, "127.0.0.1", &tablet.to_string()]),
+        "REFUSED"
+    );
+    let out = call(&cluster, 'A', "vtgate-client-1", &b_ip, "tls");
+    assert!(out.starts_with("ERR UNAVAILABLE"), "{out}");
+    let out = call(&cluster, 'A', "vtgate-client-1", &c_ip, "tls");
+    assert!(
+        out.starts_with("OK "),
+        "A to C while B's vtguard is down: {out}"
+    );
+    assert_eq!(
+        seen(&cluster, 'B').len(),
+        1,
+        "nothing reached tablet B meanwhile"
+    );
+
+    // Restarted, B serves again.
+    cluster.node('B').start_agent();
+    let out = call(&cluster, 'A', "vtgate-client-1", &b_ip, "tls");
+    assert!(out.starts_with("OK "), "A to B after the restart: {out}");
+    assert_eq!(seen(&cluster, 'B').len(), 2);
 }
