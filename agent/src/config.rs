@@ -471,6 +471,13 @@ fn intercept_for(kernel: Option<&mut KernelConfig>, l: &ListenerConfig) -> Resul
             ))
         }
     };
+    if k.intercept.len() >= vtguard_common::INTERCEPT_V6_SLOTS as usize {
+        return Err(format!(
+            "listener {:?}: more than {} intercepted ports on one node",
+            l.name,
+            vtguard_common::INTERCEPT_V6_SLOTS
+        ));
+    }
     if !k.intercept.insert(port) {
         return Err(format!(
             "listener {:?}: another listener already intercepts port {port}: one listener per port",

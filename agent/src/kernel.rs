@@ -319,15 +319,27 @@ impl Kernel {
         let intercept: Vec<u16> = cfg.intercept.iter().copied().collect();
         write_intercept(dir, &intercept)?;
 
-        let mut attachments = match attach {
-            Attach::Yes => attach_all(&mut ebpf, dir, &cgroup)?,
+        let attachments = match attach {
+            Attach::Yes => {
+                // The lookup program first: when this kernel refuses it, nothing is attached.
+                let lookup = attach_lookup(&mut ebpf, dir, !intercept.is_empty())?;
+                let mut attachments = match attach_all(&mut ebpf, dir, &cgroup) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        if lookup
+                            .as_ref()
+                            .is_some_and(|l| l.origin == Origin::Attached)
+                        {
+                            let _ = fs::remove_file(link_pin(dir, prog_names::LOOKUP));
+                        }
+                        return Err(e);
+                    }
+                };
+                attachments.extend(lookup);
+                attachments
+            }
             Attach::MapsOnly => Vec::new(),
         };
-        if attach == Attach::Yes {
-            if let Some(a) = attach_lookup(&mut ebpf, dir, !intercept.is_empty())? {
-                attachments.push(a);
-            }
-        }
         // The links are pinned (or unneeded): dropping the loaded object detaches nothing.
         drop(ebpf);
 
@@ -393,8 +405,13 @@ impl Kernel {
     }
 
     /// Puts `listener` (a vtguard listening socket) in charge of new connections to the
-    /// intercepted port `port`.
-    pub fn intercept_with(&self, port: u16, listener: BorrowedFd<'_>) -> Result<(), Error> {
+    /// intercepted port `port` of its family (`ipv6`; a dual-stack socket is given for both).
+    pub fn intercept_with(
+        &self,
+        port: u16,
+        ipv6: bool,
+        listener: BorrowedFd<'_>,
+    ) -> Result<(), Error> {
         let slot = self
             .intercept
             .iter()
@@ -403,9 +420,15 @@ impl Kernel {
                 port,
                 detail: "is not intercepted by this agent's configuration".into(),
             })?;
+        let slot = slot as u32
+            + if ipv6 {
+                vtguard_common::INTERCEPT_V6_SLOTS
+            } else {
+                0
+            };
         self.listeners
             .lock()
-            .set(slot as u32, &listener, 0)
+            .set(slot, &listener, 0)
             .map_err(|source| Error::MapOp {
                 name: map_names::LISTENERS,
                 source,

@@ -137,8 +137,12 @@ pub struct PortOwner {
 
 /// Capacity of [`maps::LOCAL_ADDRS`].
 pub const MAX_LOCAL_ADDRS: u32 = 4096;
-/// Capacity of [`maps::LISTENERS`]: intercepting listeners per node.
+/// Capacity of [`maps::LISTENERS`]: an IPv4 and an IPv6 socket for each of up to
+/// [`INTERCEPT_V6_SLOTS`] intercepted ports (a socket takes only its own family's connections).
 pub const MAX_INTERCEPT_LISTENERS: u32 = 64;
+/// Where the IPv6 sockets start in [`maps::LISTENERS`]: slot `s` (IPv4) pairs with
+/// `s + INTERCEPT_V6_SLOTS` (IPv6). Also the most ports one node intercepts.
+pub const INTERCEPT_V6_SLOTS: u32 = 32;
 /// Capacity of [`maps::INTERCEPTED`].
 pub const MAX_INTERCEPTED: u32 = 131_072;
 

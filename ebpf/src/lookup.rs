@@ -6,7 +6,7 @@
 //! (the client gets a reset): fail closed, never the plaintext service.
 
 use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
-use vtguard_common::{v4_mapped, Counter, FlowKey, FlowValue};
+use vtguard_common::{v4_mapped, Counter, FlowKey, FlowValue, INTERCEPT_V6_SLOTS};
 
 use crate::policy::{count, intercept_slot, FLOWS, INTERCEPTED, LISTENERS};
 
@@ -70,6 +70,12 @@ pub fn vtg_lookup(ctx: SkLookupContext) -> u32 {
         count(Counter::LookupPassedFlow);
         return SK_PASS;
     }
+    // A socket takes connections of its own family only (a dual-stack one sits in both).
+    let slot = if family == AF_INET {
+        slot
+    } else {
+        slot + INTERCEPT_V6_SLOTS
+    };
     match LISTENERS.redirect_sk_lookup(&ctx, slot, 0) {
         Ok(()) => {
             // Its packets reach vtguard's socket on a protected port: the ingress filter

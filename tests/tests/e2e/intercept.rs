@@ -56,8 +56,12 @@ impl Nodes {
         ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
         ip(&["link", "set", &va, "netns", &nodes.a]);
         ip(&["link", "set", &vb, "netns", &nodes.b]);
-        for (ns, dev, addr) in [(&nodes.a, &va, &nodes.a_ip), (&nodes.b, &vb, &nodes.b_ip)] {
+        for (ns, dev, addr, v6) in [
+            (&nodes.a, &va, &nodes.a_ip, "fd00:232::1/64"),
+            (&nodes.b, &vb, &nodes.b_ip, "fd00:232::2/64"),
+        ] {
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ip(&["-n", ns, "addr", "add", v6, "dev", dev, "nodad"]);
             ip(&["-n", ns, "link", "set", dev, "up"]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
@@ -301,6 +305,15 @@ fn a_cluster_keeps_dialling_the_published_port_and_only_vtguard_reaches_the_tabl
         "the tablet sees the certificate's identity as the caller: {}",
         seen[0]
     );
+    // The same over IPv6.
+    let out = call(&nodes.b, "-", "[fd00:232::1]", "tls");
+    assert!(
+        out.starts_with("OK "),
+        "node B to the tablet over IPv6: {out}"
+    );
+    assert_eq!(requests(&log).len(), 2);
+    let out = call(&nodes.b, "-", "[fd00:232::1]", "plain");
+    assert!(out.starts_with("ERR UNAVAILABLE"), "{out}");
     // Plaintext to the same address reaches vtguard (which wants TLS), never the tablet.
     let out = call(&nodes.b, "-", &nodes.a_ip, "plain");
     assert!(out.starts_with("ERR UNAVAILABLE"), "{out}");
@@ -309,9 +322,11 @@ fn a_cluster_keeps_dialling_the_published_port_and_only_vtguard_reaches_the_tabl
     assert!(out.starts_with("OK "), "node A's own caller: {out}");
     let out = call(&nodes.a, &cg, "127.0.0.1", "plain");
     assert!(out.starts_with("ERR UNAVAILABLE"), "{out}");
+    let out = call(&nodes.a, &cg, "[::1]", "plain");
+    assert!(out.starts_with("ERR UNAVAILABLE"), "{out}");
     assert_eq!(
         requests(&log).len(),
-        2,
+        3,
         "only vtguard's requests reached the tablet"
     );
 
@@ -384,7 +399,7 @@ fn a_cluster_keeps_dialling_the_published_port_and_only_vtguard_reaches_the_tabl
     assert!(out.starts_with("ERR UNAVAILABLE"), "{out}");
     assert_eq!(
         requests(&log).len(),
-        2,
+        3,
         "nothing reached the tablet while vtguard was down"
     );
     let (code, status, err) = sh(Command::new(vtguard_bin())
@@ -404,7 +419,7 @@ fn a_cluster_keeps_dialling_the_published_port_and_only_vtguard_reaches_the_tabl
     let agent = start();
     let out = call(&nodes.b, "-", &nodes.a_ip, "tls");
     assert!(out.starts_with("OK "), "after the restart: {out}");
-    assert_eq!(requests(&log).len(), 3);
+    assert_eq!(requests(&log).len(), 4);
     drop(agent);
 }
 
