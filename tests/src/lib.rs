@@ -6,6 +6,7 @@ pub mod fixtures;
 pub mod grpc;
 pub mod inproc;
 pub mod mysql;
+pub mod netns;
 pub mod pki;
 pub mod upstream;
 
