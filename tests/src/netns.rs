@@ -204,6 +204,18 @@ impl Drop for ClusterNode {
 
 impl Cluster {
     pub fn new(names: &[char], tmp: &Path, pki: &Pki, tablet: u16, own: u16) -> Self {
+        Self::new_with_listen(names, tmp, pki, tablet, own, "127.0.0.1")
+    }
+
+    /// [`Cluster::new`] with vtguard's listener on `listen_ip`:`own`.
+    pub fn new_with_listen(
+        names: &[char],
+        tmp: &Path,
+        pki: &Pki,
+        tablet: u16,
+        own: u16,
+        listen_ip: &str,
+    ) -> Self {
         let pid = std::process::id();
         let net = pid % 250 + 1;
         let switch = format!("vtgS-{pid}");
@@ -257,7 +269,7 @@ impl Cluster {
                     cgroup.path.display(),
                     // Client certificates of vtgates and of tablets (VReplication) alike.
                     Listener::grpc("vttablet", ([127, 0, 0, 1], tablet).into())
-                        .port(own)
+                        .listen(&format!("{listen_ip}:{own}"))
                         .tls(pki)
                         .client_ca_file(&pki.path("root.pem"))
                         .extra(

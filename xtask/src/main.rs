@@ -531,7 +531,14 @@ fn bench(root: &Path) -> Result<()> {
     // oltp_point_select, 16 threads, through vtguard's MySQL listener (TLS with a client
     // certificate) and straight to MariaDB with TLS, in one run.
     // cluster: 100 agents and a real etcd, time from `policy load` to the last agent applying.
-    for bench in ["kernel_hook", "grpc_proxy", "acl", "mysql_proxy", "cluster"] {
+    for bench in [
+        "kernel_hook",
+        "grpc_proxy",
+        "acl",
+        "mysql_proxy",
+        "cluster",
+        "intercept",
+    ] {
         run(Command::new("cargo").current_dir(root).args([
             "bench",
             "-p",
