@@ -7,6 +7,7 @@ pub mod grpc;
 pub mod inproc;
 pub mod mysql;
 pub mod pki;
+pub mod soak;
 pub mod upstream;
 
 use std::{
