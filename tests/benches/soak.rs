@@ -14,7 +14,8 @@
 //!
 //! Reports vtguard's RSS and descriptor count at the baseline, with everything connected and
 //! idle after one request each (→ RSS per idle connection), at the end of the load, after all
-//! connections closed (+5 s) and after each churn round; requests/s and p50/p99/max latency.
+//! connections closed (+5 s, +15 s) and after each churn round; requests/s and p50/p99/max
+//! latency.
 //!
 //! `cargo bench -p vtguard-tests --bench soak` (or `cargo xtask bench`), as root (the bench
 //! raises the hard open-files limit; the agent inherits it). No kernel programs: like
@@ -245,13 +246,14 @@ fn main() -> ExitCode {
             )),
             Some(_) => tokio::time::sleep(SETTLE).await,
         }
-        let closed = row(
+        let back = t.elapsed().as_secs_f64() - SETTLE.as_secs_f64();
+        row(
             "all closed, +5 s",
-            format!(
-                "(descriptors back at the baseline {:.1} s after close)",
-                t.elapsed().as_secs_f64() - SETTLE.as_secs_f64()
-            ),
+            format!("(descriptors back at the baseline {back:.1} s after close)"),
         );
+        // jemalloc returns unused pages over its decay time (10 s).
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let closed = row("all closed, +15 s", String::new());
 
         // Churn: the pattern of the issue.
         for r in 1..=churn_rounds {
@@ -328,7 +330,7 @@ fn main() -> ExitCode {
     );
     let mib = |s: &ProcStats| s.rss_mib();
     println!(
-        "  RSS after close: {:+.1} MiB over the baseline (peak {:.1} MiB at the end of the load); after the churn {:+.1} MiB",
+        "  RSS 15 s after close: {:+.1} MiB over the baseline (peak {:.1} MiB at the end of the load); after the churn {:+.1} MiB",
         mib(&closed) - mib(&base),
         mib(&end),
         mib(&last) - mib(&base)

@@ -21,7 +21,7 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 const OBJECT: &str = "ebpf/prebuilt/vtguard.bpf.o";
 /// Debian packages the tests drive: bpftool (attachment checks), iproute2 (network
 /// namespaces), curl and python3 (real clients), util-linux (setpriv, to run as non-root).
-const APT_PACKAGES: [(&str, &str); 10] = [
+const APT_PACKAGES: [(&str, &str); 11] = [
     ("bpftool", "bpftool"),
     ("ip", "iproute2"),
     ("curl", "curl"),
@@ -35,6 +35,8 @@ const APT_PACKAGES: [(&str, &str); 10] = [
     // the cluster tests start a real etcd.
     ("protoc", "protobuf-compiler"),
     ("etcd", "etcd-server"),
+    // The agent's allocator: tikv-jemalloc-sys builds jemalloc from source with make.
+    ("make", "make"),
 ];
 
 #[derive(Parser)]
