@@ -8,6 +8,7 @@ pub mod inproc;
 pub mod mysql;
 pub mod netns;
 pub mod pki;
+pub mod soak;
 pub mod upstream;
 
 use std::{

@@ -21,7 +21,7 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 const OBJECT: &str = "ebpf/prebuilt/vtguard.bpf.o";
 /// Debian packages the tests drive: bpftool (attachment checks), iproute2 (network
 /// namespaces), curl and python3 (real clients), util-linux (setpriv, to run as non-root).
-const APT_PACKAGES: [(&str, &str); 11] = [
+const APT_PACKAGES: [(&str, &str); 12] = [
     ("bpftool", "bpftool"),
     ("ip", "iproute2"),
     ("curl", "curl"),
@@ -41,6 +41,8 @@ const APT_PACKAGES: [(&str, &str); 11] = [
         "libprotobuf-dev",
     ),
     ("etcd", "etcd-server"),
+    // The agent's allocator: tikv-jemalloc-sys builds jemalloc from source with make.
+    ("make", "make"),
 ];
 
 #[derive(Parser)]
@@ -64,8 +66,8 @@ enum Task {
     /// Vitess's encrypted-transport scenario through the real binary (as root for the kernel
     /// steps): the vtguard-demo example (tests/examples/vtguard-demo).
     Demo,
-    /// Benchmarks (as root): the kernel hook's cost per connect(), and the MySQL listener's
-    /// sysbench throughput against a direct TLS connection to MariaDB.
+    /// Benchmarks (as root): the kernel hook's cost per connect(), gRPC and MySQL proxy costs
+    /// against direct connections, table-ACL decisions, cluster propagation, and the soak.
     Bench,
 }
 
@@ -531,6 +533,8 @@ fn bench(root: &Path) -> Result<()> {
     // oltp_point_select, 16 threads, through vtguard's MySQL listener (TLS with a client
     // certificate) and straight to MariaDB with TLS, in one run.
     // cluster: 100 agents and a real etcd, time from `policy load` to the last agent applying.
+    // soak: one agent process holding 10 000 gRPC connections and 500 MySQL sessions through
+    // 1 000 000 checked requests; its RSS and descriptors before, during and after.
     for bench in [
         "kernel_hook",
         "grpc_proxy",
@@ -538,6 +542,7 @@ fn bench(root: &Path) -> Result<()> {
         "mysql_proxy",
         "cluster",
         "intercept",
+        "soak",
     ] {
         run(Command::new("cargo").current_dir(root).args([
             "bench",
