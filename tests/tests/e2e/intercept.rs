@@ -461,3 +461,88 @@ fn three_nodes_reach_each_others_tablets_only_through_their_vtguard() {
     assert!(out.starts_with("OK "), "A to B after the restart: {out}");
     assert_eq!(seen(&cluster, 'B').len(), 2);
 }
+
+/// PyMySQL to `host`:`port`: with the PKI's vtgate-client-1 certificate (`tls`) or without
+/// TLS; prints `ROWS <rows>` or `ERR <code> <message>`.
+const PYMYSQL: &str = r#"
+import sys, pymysql
+host, port, pki, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ssl = {"ca": f"{pki}/root.pem", "cert": f"{pki}/vtgate-client-1.pem",
+       "key": f"{pki}/vtgate-client-1.key", "check_hostname": False} if mode == "tls" else None
+try:
+    c = pymysql.connect(host=host, port=port, user="vtgate client 1", password="", ssl=ssl,
+                        connect_timeout=5)
+    cur = c.cursor()
+    cur.execute("select id, msg from vt.vt_insert_test order by id")
+    print("ROWS", "; ".join(f"{i}|{m}" for i, m in cur.fetchall()))
+except pymysql.err.MySQLError as e:
+    print("ERR", e.args[0], e.args[1] if len(e.args) > 1 else "")
+"#;
+
+/// The same for the MySQL protocol: MariaDB on node A keeps its port; a MySQL client on node B
+/// dials node A's address at that port and gets vtguard's MySQL listener (TLS, client
+/// certificate, identity = CN), which reaches MariaDB; without TLS the client gets no rows.
+#[test]
+fn a_mysql_client_on_another_node_reaches_mariadb_at_its_port_only_through_vtguard() {
+    let name = "a_mysql_client_on_another_node_reaches_mariadb_at_its_port_only_through_vtguard";
+    if !kernel_tests_can_run(name)
+        || !vtguard_tests::mysql::mariadb_available(name)
+        || !vtguard_tests::mysql::python_has(name, "pymysql")
+    {
+        return;
+    }
+    let _serial = vtguard_tests::serial();
+    let nodes = Nodes::new();
+    let node_a = TestCgroup::new("node-a-mysql");
+    let cg = node_a.path.display().to_string();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::generate();
+    // MariaDB started from a thread inside node A: mariadbd (a child) lives there.
+    let ns_file = format!("/var/run/netns/{}", nodes.a);
+    let db = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(&ns_file).expect("netns");
+        // SAFETY: setns(2) on this thread with a namespace descriptor we hold.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        vtguard_tests::mysql::MariaDb::start()
+    })
+    .join()
+    .expect("mariadb in node A");
+    let own = free_port();
+    let pins = test_pin_dir();
+    let config = tmp.path().join("vtguard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}cgroup = \"{cg}\"\n\n{}",
+            kernel_section(&[db.port], Some(&pins), &[]),
+            vtguard_tests::mysql::clientcert(&pki, db.addr())
+                .port(own)
+                .extra("intercept = true\nidentities = [\"vtgate client 1\"]\n")
+                .toml()
+        ),
+    )
+    .expect("config");
+    let _unpin = PinGuard(pins.clone());
+    let agent = AgentProcess::spawn(
+        Path::new("nsenter"),
+        &[
+            &format!("--net=/var/run/netns/{}", nodes.a),
+            &vtguard_bin().display().to_string(),
+        ],
+        &config,
+    )
+    .expect("start vtguard in node A");
+    agent.wait_for("come to this listener");
+    let pki_dir = pki.dir().display().to_string();
+    let port = db.port.to_string();
+    let out = in_ns(&nodes.b, PYMYSQL, &[&nodes.a_ip, &port, &pki_dir, "tls"]);
+    assert_eq!(
+        out, "ROWS 1|one; 2|two; 3|three",
+        "PyMySQL on node B through vtguard"
+    );
+    let out = in_ns(&nodes.b, PYMYSQL, &[&nodes.a_ip, &port, &pki_dir, "plain"]);
+    assert!(out.starts_with("ERR "), "without TLS: {out}");
+    drop(agent);
+    drop(db);
+}
