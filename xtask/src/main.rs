@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask build-ebpf [--check]`, `test`, `demo`, `bench`.
+//! Project tasks: `cargo xtask build-ebpf [--check]`, `test`, `fuzz`, `demo`, `bench`.
 
 use std::{
     env,
@@ -17,6 +17,21 @@ use sha2::{Digest, Sha256};
 const SKIP_LOG_ENV: &str = "VTGUARD_SKIP_LOG";
 /// The bpf-linker release that loads rustc's own LLVM (20-22) on these machines.
 const BPF_LINKER_VERSION: &str = "0.10.4";
+/// The cargo-fuzz release the fuzz passes install (built on stable, run with nightly).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// The fuzz targets (agent/fuzz/fuzz_targets) and their committed seeds (agent/fuzz/seeds).
+const FUZZ_TARGETS: [&str; 6] = [
+    "differential",
+    "classify_no_panic",
+    "caller_id_rewrite",
+    "grpc_frames",
+    "mysql_packets",
+    "policy_and_config",
+];
+/// Seconds each target runs in `cargo xtask test`: with the sanitizer build (about 4 minutes on
+/// 2 cores) the six runs keep the step near 6 minutes of CI time (agent/fuzz/README.md); long
+/// runs use `cargo xtask fuzz --release --keep-going --seconds N`.
+const TEST_FUZZ_SECONDS: u64 = 10;
 /// Where the built eBPF object is committed (the agent embeds it from here).
 const OBJECT: &str = "ebpf/prebuilt/vtguard.bpf.o";
 /// Debian packages the tests drive: bpftool (attachment checks), iproute2 (network
@@ -61,8 +76,25 @@ enum Task {
         check: bool,
     },
     /// Run every test: installs what is missing, fmt, clippy, eBPF check, unit and end-to-end
-    /// tests (the root-only kernel tests included).
+    /// tests (the root-only kernel tests included), and a short run of each fuzz target.
     Test,
+    /// Run fuzz targets (agent/fuzz) from their committed seeds, one after the other; a crash
+    /// fails with the path of its input.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = TEST_FUZZ_SECONDS)]
+        seconds: u64,
+        /// Keep fuzzing after a crash (libFuzzer's -fork=1 -ignore_crashes=1) and report every
+        /// crashing input at the end.
+        #[arg(long)]
+        keep_going: bool,
+        /// Build optimized (cargo fuzz -O -a: a few times the executions per second, twice the
+        /// build time), for long runs; the default is the smoke-run build `test` uses.
+        #[arg(long)]
+        release: bool,
+        /// Targets to run (default: all of them).
+        targets: Vec<String>,
+    },
     /// Vitess's encrypted-transport scenario through the real binary (as root for the kernel
     /// steps): the vtguard-demo example (tests/examples/vtguard-demo).
     Demo,
@@ -77,6 +109,32 @@ fn main() -> Result<()> {
     match cli.task {
         Task::BuildEbpf { check } => build_ebpf(&root, check).map(|_| ()),
         Task::Test => test(&root),
+        Task::Fuzz {
+            seconds,
+            keep_going,
+            release,
+            targets,
+        } => {
+            let targets = if targets.is_empty() {
+                FUZZ_TARGETS.iter().map(|t| t.to_string()).collect()
+            } else {
+                targets
+            };
+            if let Some(why) = fuzz_toolchain_missing() {
+                bail!("cargo xtask fuzz: {why}");
+            }
+            let runs = fuzz(
+                &root,
+                &targets,
+                &FuzzOptions {
+                    seconds,
+                    keep_going,
+                    release,
+                },
+            )?;
+            println!("{}", fuzz_summary(&runs, seconds));
+            Ok(())
+        }
         Task::Demo => demo(&root),
         Task::Bench => bench(&root),
     }
@@ -212,6 +270,212 @@ fn ensure_bpf_linker(root: &Path) -> Result<PathBuf> {
         })?;
     }
     Ok(bin)
+}
+
+/// Why the fuzz targets cannot be built here, with the command that fixes it. cargo-fuzz needs
+/// nightly for the sanitizer flags (-Zsanitizer); it does not use rust-src (no build-std).
+fn fuzz_toolchain_missing() -> Option<String> {
+    let nightly = Command::new("rustc")
+        .args(["+nightly", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    (!nightly).then(|| {
+        "the nightly toolchain is missing (cargo-fuzz builds with its sanitizer flags): install it with `rustup toolchain install nightly`".into()
+    })
+}
+
+/// Installs cargo-fuzz into the project-local .tools/ when it is missing; returns its bin dir.
+fn ensure_cargo_fuzz(root: &Path) -> Result<PathBuf> {
+    let tools = root.join(".tools/cargo-fuzz");
+    let bin = tools.join("bin");
+    let current = Command::new(bin.join("cargo-fuzz"))
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION))
+        .unwrap_or(false);
+    if !current {
+        eprintln!(
+            "installing cargo-fuzz {CARGO_FUZZ_VERSION} into {} (about 2 minutes)",
+            tools.display()
+        );
+        run(Command::new("cargo")
+            .args(["+stable", "install", &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"), "--locked", "--root"])
+            .arg(&tools))
+        .with_context(|| {
+            format!("installing cargo-fuzz; by hand: cargo +stable install cargo-fuzz@{CARGO_FUZZ_VERSION} --locked --root {}", tools.display())
+        })?;
+    }
+    Ok(bin)
+}
+
+/// How `fuzz` runs the targets.
+struct FuzzOptions {
+    seconds: u64,
+    keep_going: bool,
+    release: bool,
+}
+
+/// What one fuzz target's run did.
+struct FuzzRun {
+    target: String,
+    /// libFuzzer's count of inputs run (its last `#N` status line, or its final stats).
+    executions: u64,
+    /// Inputs it wrote for crashes, leaks, timeouts or out-of-memory.
+    findings: Vec<String>,
+}
+
+/// Runs each target for `seconds` from its committed seeds (agent/fuzz/seeds/<target>) and a
+/// working corpus that persists in the fuzz build's target dir, with AddressSanitizer, overflow
+/// checks and debug assertions (where length arithmetic goes wrong). Fails at the first target
+/// that finds something (with `keep_going`, after all of them).
+fn fuzz(root: &Path, targets: &[String], o: &FuzzOptions) -> Result<Vec<FuzzRun>> {
+    let FuzzOptions {
+        seconds,
+        keep_going,
+        release,
+    } = *o;
+    if let Some(t) = targets.iter().find(|t| !FUZZ_TARGETS.contains(&t.as_str())) {
+        bail!(
+            "no fuzz target {t:?}: use one of {} (agent/fuzz/Cargo.toml)",
+            FUZZ_TARGETS.join(", ")
+        );
+    }
+    let bin = ensure_cargo_fuzz(root)?;
+    let mut path = OsString::from(&bin);
+    path.push(":");
+    path.push(env::var_os("PATH").unwrap_or_default());
+    let fuzz_dir = root.join("agent/fuzz");
+    // A CARGO_TARGET_DIR holds the root workspace's build: the fuzz build (other flags, other
+    // workspace) goes to a directory of its own below it instead of thrashing it.
+    let target_dir = match env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => PathBuf::from(d).join("fuzz"),
+        None => fuzz_dir.join("target"),
+    };
+    let mut runs = Vec::new();
+    for t in targets {
+        let corpus = target_dir.join("corpus").join(t);
+        fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(&fuzz_dir)
+            .env("PATH", &path)
+            .args(["+nightly", "fuzz", "run"])
+            // The dev profile (agent/fuzz/Cargo.toml) builds in half the time; -O -a is
+            // cargo-fuzz's optimized build with the same checks.
+            .args(if release {
+                &["-O", "-a"][..]
+            } else {
+                &["--dev"][..]
+            })
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .arg(t)
+            .arg(&corpus)
+            .arg(root.join("agent/fuzz/seeds").join(t))
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                // A hang is a finding too, and must surface within the run.
+                "-timeout=10",
+                "-print_final_stats=1",
+            ]);
+        if keep_going {
+            cmd.args(["-fork=1", "-ignore_crashes=1"]);
+        }
+        // cargo-fuzz writes findings to agent/fuzz/artifacts/<target>/.
+        let run = fuzz_one(t, &mut cmd, &fuzz_dir.join("artifacts").join(t))?;
+        let found = !run.findings.is_empty();
+        runs.push(run);
+        if found && !keep_going {
+            break;
+        }
+    }
+    let findings: Vec<String> = runs
+        .iter()
+        .flat_map(|r| r.findings.iter().map(move |f| format!("{}: {f}", r.target)))
+        .collect();
+    if !findings.is_empty() {
+        bail!(
+            "fuzzing found {} crashing input(s): {}. Reproduce one with `cargo +nightly fuzz run <target> <input>` in agent/fuzz, fix it, and keep it as a regression test next to the code it found (agent/fuzz/README.md)",
+            findings.len(),
+            findings.join(", ")
+        );
+    }
+    Ok(runs)
+}
+
+/// Runs one `cargo fuzz run`, echoing libFuzzer's output (stderr) and reading the execution
+/// count from it; the findings are the files that appeared in `artifacts` meanwhile (in fork
+/// mode, libFuzzer does not print where it wrote them).
+fn fuzz_one(target: &str, cmd: &mut Command, artifacts: &Path) -> Result<FuzzRun> {
+    use std::io::{BufRead, BufReader};
+    let list = |dir: &Path| -> Result<Vec<PathBuf>> {
+        match fs::read_dir(dir) {
+            Ok(entries) => entries
+                .map(|e| Ok(e?.path()))
+                .collect::<std::io::Result<_>>()
+                .with_context(|| format!("listing {}", dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("listing {}", dir.display())),
+        }
+    };
+    let before = list(artifacts)?;
+    eprintln!("+ {}", show(cmd));
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", show(cmd)))?;
+    let stderr = child.stderr.take().context("cargo fuzz stderr")?;
+    let mut run = FuzzRun {
+        target: target.to_owned(),
+        executions: 0,
+        findings: Vec::new(),
+    };
+    for line in BufReader::new(stderr).split(b'\n') {
+        let line = line.context("reading cargo fuzz output")?;
+        let line = String::from_utf8_lossy(&line);
+        eprintln!("{line}");
+        if let Some(n) = fuzz_executions(&line) {
+            run.executions = run.executions.max(n);
+        }
+    }
+    let status = child.wait().context("waiting for cargo fuzz")?;
+    run.findings = list(artifacts)?
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .map(|p| p.display().to_string())
+        .collect();
+    run.findings.sort();
+    if !status.success() && run.findings.is_empty() {
+        bail!(
+            "{} failed ({status}) without writing a crashing input: see its output above",
+            show(cmd)
+        );
+    }
+    Ok(run)
+}
+
+/// The inputs run so far, from a libFuzzer status line (`#1234\tNEW cov: …`, `#1234: cov: …`
+/// in fork mode) or its final stats (`stat::number_of_executed_units: 1234`).
+fn fuzz_executions(line: &str) -> Option<u64> {
+    if let Some(n) = line.strip_prefix("stat::number_of_executed_units:") {
+        return n.trim().parse().ok();
+    }
+    let rest = line.strip_prefix('#')?;
+    let end = rest.find(|c: char| !c.is_ascii_digit())?;
+    rest[..end].parse().ok()
+}
+
+fn fuzz_summary(runs: &[FuzzRun], seconds: u64) -> String {
+    let total: u64 = runs.iter().map(|r| r.executions).sum();
+    let each: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{} {}", r.target, r.executions))
+        .collect();
+    format!(
+        "fuzz: {} target(s), {seconds} s each, no crash; {total} executions ({})",
+        runs.len(),
+        each.join(", ")
+    )
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -460,6 +724,21 @@ fn test(root: &Path) -> Result<()> {
     if skipped_n > 0 && is_ci() {
         bail!("{skipped_n} test(s) skipped under CI, where every prerequisite must be present");
     }
+    // The fuzz targets, briefly, from their seeds: their own summary line (runs, not tests).
+    match fuzz_toolchain_missing() {
+        None => {
+            let targets: Vec<String> = FUZZ_TARGETS.iter().map(|t| t.to_string()).collect();
+            let o = FuzzOptions {
+                seconds: TEST_FUZZ_SECONDS,
+                keep_going: false,
+                release: false,
+            };
+            let runs = fuzz(root, &targets, &o)?;
+            println!("{}", fuzz_summary(&runs, TEST_FUZZ_SECONDS));
+        }
+        Some(why) if is_ci() => bail!("CI needs the fuzz toolchain: {why}"),
+        Some(why) => println!("fuzz: skipped: {why}"),
+    }
     Ok(())
 }
 
@@ -557,7 +836,26 @@ fn bench(root: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::test_result;
+    use super::{fuzz_executions, test_result};
+
+    #[test]
+    fn fuzz_executions_are_read_from_status_lines_and_final_stats() {
+        assert_eq!(
+            fuzz_executions(
+                "#65536\tpulse  cov: 1540 ft: 5210 corp: 310/20Kb exec/s: 21845 rss: 90Mb"
+            ),
+            Some(65536)
+        );
+        assert_eq!(
+            fuzz_executions("#1282633: cov: 3011 ft: 13520 corp: 1771 exec/s: 1424 oom/timeout/crash: 0/0/0 time: 900s job: 64 dft_time: 0"),
+            Some(1282633)
+        );
+        assert_eq!(
+            fuzz_executions("stat::number_of_executed_units: 421337"),
+            Some(421337)
+        );
+        assert_eq!(fuzz_executions("INFO: Seed: 1234"), None);
+    }
 
     #[test]
     fn test_result_lines_are_counted() {

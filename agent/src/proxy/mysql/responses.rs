@@ -224,12 +224,11 @@ impl Responses {
                 Some(0xff) | None => None,
                 _ if state == State::Infile => None,
                 _ => {
+                    // A server sends 1 to 4096 columns; a malformed count (0, or up to
+                    // 2^64 - 1) must neither wrap nor leave a count of 0 definitions to wait for.
                     let columns = lenenc(p).map_or(0, |(n, _)| n);
                     let eof = u64::from(!self.deprecate_eof);
-                    Some(State::Defs {
-                        left: columns + eof,
-                        rows: true,
-                    })
+                    defs(columns.saturating_add(eof), true)
                 }
             },
             State::Start(Expect::Prepare) => match first {
@@ -237,8 +236,7 @@ impl Responses {
                     let columns = u64::from(u16::from_le_bytes([p[5], p[6]]));
                     let params = u64::from(u16::from_le_bytes([p[7], p[8]]));
                     let eof = |n: u64| u64::from(n > 0 && !self.deprecate_eof);
-                    let left = params + eof(params) + columns + eof(columns);
-                    (left > 0).then_some(State::Defs { left, rows: false })
+                    defs(params + eof(params) + columns + eof(columns), false)
                 }
                 _ => None,
             },
@@ -266,6 +264,7 @@ impl Responses {
                 1 if rows && eof && eof_status(p).is_some_and(|s| s & CURSOR_EXISTS != 0) => None,
                 1 if rows => Some(State::Rows),
                 1 => None,
+                // Never 0 (see `defs`).
                 n => Some(State::Defs { left: n - 1, rows }),
             },
         };
@@ -281,6 +280,16 @@ impl Responses {
         status
             .filter(|s| s & MORE_RESULTS != 0)
             .map(|_| State::Start(Expect::Results))
+    }
+}
+
+/// The state after a packet announcing `left` definition packets (then rows when `rows`):
+/// with none to come, the rows follow at once, or the response ends with this packet.
+fn defs(left: u64, rows: bool) -> Option<State> {
+    match left {
+        0 if rows => Some(State::Rows),
+        0 => None,
+        left => Some(State::Defs { left, rows }),
     }
 }
 
@@ -468,6 +477,46 @@ mod tests {
         .concat();
         let (ends, _) = run(&mut r, &stream, 65536);
         assert_eq!(ends, vec![(stream.len(), 0)]);
+    }
+
+    /// Findings of the mysql_packets fuzz target (overflow checks on): column counts that do
+    /// not describe a result set. A count of 0 (`fc 00 00`) with DEPRECATE_EOF left no
+    /// definitions to wait for, and the count of packets left went below zero (a release build
+    /// wrapped it to 2^64 - 1 and the response never ended, holding back vtguard's own answers
+    /// queued behind it); a count of 2^64 - 1 (`fe ff…ff`) overflowed when its EOF was added.
+    #[test]
+    fn fuzz_findings() {
+        // Zero columns: the rows follow at once, and the terminator ends the response.
+        let mut r = Responses::new(cap::DEPRECATE_EOF);
+        r.expect(Expect::Results);
+        r.answer_later(b"denied".to_vec());
+        let stream = [pkt(1, &[0xfc, 0, 0]), pkt(2, b"\x01x"), pkt(3, &ok_eof(0))].concat();
+        let (ends, _) = run(&mut r, &stream, 1);
+        assert_eq!(ends, vec![(stream.len(), 1)]);
+        assert!(r.idle());
+        // Without DEPRECATE_EOF, the EOF after the (no) definitions comes first.
+        let mut r = Responses::new(0);
+        r.expect(Expect::Results);
+        let stream = [
+            pkt(1, &[0xfc, 0, 0]),
+            pkt(2, &eof(0)),
+            pkt(3, b"\x01x"),
+            pkt(4, &eof(0)),
+        ]
+        .concat();
+        let (ends, _) = run(&mut r, &stream, 3);
+        assert_eq!(ends, vec![(stream.len(), 0)]);
+        // 2^64 - 1 columns: waited for (saturated), not wrapped to an early end.
+        for caps in [0, cap::DEPRECATE_EOF] {
+            let mut r = Responses::new(caps);
+            r.expect(Expect::Results);
+            let mut stream = pkt(1, &[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+            for i in 0..4 {
+                stream.extend(pkt(2 + i, &eof(0)));
+            }
+            let (ends, _) = run(&mut r, &stream, 7);
+            assert!(ends.is_empty(), "caps {caps:#x}: {ends:?}");
+        }
     }
 
     #[test]
