@@ -193,6 +193,46 @@ impl Agent {
             };
             let listener = listener::build(l, deps)?;
             let socket = listener::bind(&*listener).await?;
+            if l.intercept {
+                let kernel = self
+                    .kernel
+                    .as_ref()
+                    .context("intercept needs the kernel programs")?;
+                let port = l.upstream.port();
+                let at = || format!("listener {}: intercepting port {port}", l.name);
+                use std::os::fd::AsFd;
+                // The listener's own socket takes its family's connections; a second one on
+                // the other family's loopback takes the rest (a socket of one family cannot
+                // take the other's; an IPv6 wildcard that is dual-stack takes both).
+                let v6 = l.listen.is_ipv6();
+                kernel
+                    .intercept_with(port, v6, socket.as_fd())
+                    .with_context(at)?;
+                let dual = v6 && l.listen.ip().is_unspecified();
+                if dual {
+                    kernel
+                        .intercept_with(port, false, socket.as_fd())
+                        .with_context(at)?;
+                } else {
+                    let other: std::net::IpAddr = if v6 {
+                        std::net::Ipv4Addr::LOCALHOST.into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    };
+                    match tokio::net::TcpListener::bind((other, l.listen.port())).await {
+                        Ok(extra) => {
+                            kernel
+                                .intercept_with(port, !v6, extra.as_fd())
+                                .with_context(at)?;
+                            tasks.spawn(Arc::clone(&listener).serve(extra).map(Ok));
+                        }
+                        Err(e) => {
+                            warn!(listener = %l.name, error = %e, "no {} socket for interception (binding {other}:{}): new {} connections to port {port} are refused", if v6 { "IPv4" } else { "IPv6" }, l.listen.port(), if v6 { "IPv4" } else { "IPv6" })
+                        }
+                    }
+                }
+                info!(listener = %l.name, port, "new connections to port {port} on this node's addresses come to this listener");
+            }
             tasks.spawn(Arc::clone(&listener).serve(socket).map(Ok));
             let protocol = match l.protocol {
                 listener::ProtocolConfig::Grpc(_) => "grpc",

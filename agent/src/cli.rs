@@ -728,6 +728,7 @@ mod tests {
                 destination: "127.0.0.1:16991".parse().expect("addr"),
                 source: None,
             }],
+            owners: Vec::new(),
         })
     }
 

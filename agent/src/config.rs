@@ -21,7 +21,7 @@ use crate::{
     admin,
     cluster::{self, ClusterConfig, EtcdConfig},
     identity::EffectiveCallerId,
-    kernel::{KernelConfig, KernelPolicy, DEFAULT_BPFFS},
+    kernel::{KernelConfig, KernelPolicy, PortOwner, DEFAULT_BPFFS},
     proxy::{
         grpc::{GrpcConfig, GrpcService, DEFAULT_MAX_MESSAGE_SIZE, VTTABLET_OTHER_SERVICES},
         listener::{Limits, ListenerConfig, ProtocolConfig, DEFAULT_HANDSHAKE_TIMEOUT},
@@ -108,6 +108,18 @@ struct RawKernel {
     cgroup: Option<PathBuf>,
     #[serde(default)]
     access: Vec<RawAccess>,
+    #[serde(default)]
+    owner: Vec<RawOwner>,
+}
+
+/// `[[kernel.owner]]`: who may bind a protected port.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOwner {
+    port: i64,
+    cgroup: Option<PathBuf>,
+    uid: Option<i64>,
+    user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +201,8 @@ struct RawGrpc {
     upstream: String,
     identities: Option<Vec<String>>,
     #[serde(default)]
+    intercept: bool,
+    #[serde(default)]
     insecure_plaintext: bool,
     handshake_timeout_seconds: Option<f64>,
     max_connections: Option<i64>,
@@ -208,6 +222,8 @@ struct RawGrpc {
     grpc_server_keepalive_time: Option<f64>,
     grpc_server_keepalive_timeout: Option<f64>,
     grpc_max_connection_idle: Option<f64>,
+    grpc_max_connection_age: Option<f64>,
+    grpc_max_connection_age_grace: Option<f64>,
     #[serde(default)]
     query_log: bool,
     #[serde(default)]
@@ -230,6 +246,8 @@ struct RawMysql {
     listen: String,
     upstream: String,
     identities: Option<Vec<String>>,
+    #[serde(default)]
+    intercept: bool,
     #[serde(default)]
     insecure_plaintext: bool,
     handshake_timeout_seconds: Option<f64>,
@@ -362,6 +380,7 @@ impl Config {
         }
         for l in &listeners {
             grant_listener_identities(kernel.as_mut(), l).map_err(invalid)?;
+            intercept_for(kernel.as_mut(), l).map_err(invalid)?;
         }
         let admin_socket = raw
             .admin
@@ -419,6 +438,53 @@ fn grant_listener_identities(
             l.name
         )),
     }
+}
+
+/// A listener with `intercept = true` takes the new connections to its upstream's port, which
+/// must be protected; one listener per port.
+fn intercept_for(kernel: Option<&mut KernelConfig>, l: &ListenerConfig) -> Result<(), String> {
+    if let Some(k) = kernel.as_deref() {
+        if k.policy.protected_ports.contains(&l.listen.port()) {
+            return Err(format!(
+                "listener {:?}: listens on protected port {}: the kernel would refuse its own callers; give it a port that is not in [kernel] protected-ports",
+                l.name,
+                l.listen.port()
+            ));
+        }
+    }
+    if !l.intercept {
+        return Ok(());
+    }
+    let port = l.upstream.port();
+    let k = match kernel {
+        Some(k) if k.policy.protected_ports.contains(&port) => k,
+        Some(_) => {
+            return Err(format!(
+                "listener {:?}: intercept needs the upstream's port protected: add {port} to [kernel] protected-ports",
+                l.name
+            ))
+        }
+        None => {
+            return Err(format!(
+                "listener {:?}: intercept is done by the kernel: add a [kernel] section with protected-ports = [{port}]",
+                l.name
+            ))
+        }
+    };
+    if k.intercept.len() >= vtguard_common::INTERCEPT_V6_SLOTS as usize {
+        return Err(format!(
+            "listener {:?}: more than {} intercepted ports on one node",
+            l.name,
+            vtguard_common::INTERCEPT_V6_SLOTS
+        ));
+    }
+    if !k.intercept.insert(port) {
+        return Err(format!(
+            "listener {:?}: another listener already intercepts port {port}: one listener per port",
+            l.name
+        ));
+    }
+    Ok(())
 }
 
 /// `[tableacl]` beside `[cluster]`: settings only, the ACL comes from etcd. Returns the
@@ -647,6 +713,15 @@ fn kernel(k: RawKernel) -> Result<KernelConfig, String> {
             cg.display()
         ));
     }
+    let mut owners = BTreeMap::new();
+    for o in &k.owner {
+        let (port, owner) = port_owner(o, &protected_ports)?;
+        if owners.insert(port, owner).is_some() {
+            return Err(format!(
+                "[[kernel.owner]] port {port} is listed twice: give each port one owner"
+            ));
+        }
+    }
     Ok(KernelConfig {
         bpffs,
         cgroup: k.cgroup,
@@ -654,7 +729,76 @@ fn kernel(k: RawKernel) -> Result<KernelConfig, String> {
             protected_ports,
             access,
         },
+        owners,
+        intercept: BTreeSet::new(),
     })
+}
+
+fn port_owner(o: &RawOwner, protected: &BTreeSet<u16>) -> Result<(u16, PortOwner), String> {
+    let port = valid_port(o.port).map_err(|m| format!("[[kernel.owner]] port: {m}"))?;
+    let at = |m: String| format!("[[kernel.owner]] port {port}: {m}");
+    if !protected.contains(&port) {
+        return Err(at(
+            "is not in [kernel] protected-ports: the bind guard covers protected ports only; add it there or remove this entry".into(),
+        ));
+    }
+    if let Some(cg) = &o.cgroup {
+        if !cg.is_absolute() {
+            return Err(at(format!(
+                "cgroup {} is not an absolute path: use the service's cgroup2 directory, e.g. /sys/fs/cgroup/system.slice/vttablet.service",
+                cg.display()
+            )));
+        }
+    }
+    let uid = match (o.uid, &o.user) {
+        (Some(_), Some(_)) => return Err(at("set uid or user, not both".into())),
+        (Some(u), None) => Some(
+            u32::try_from(u)
+                .ok()
+                .filter(|u| *u != u32::MAX)
+                .ok_or_else(|| at(format!("uid {u} is not a user id: use 0 to 4294967294")))?,
+        ),
+        (None, Some(name)) => Some(uid_of(name).ok_or_else(|| {
+            at(format!(
+                "user {name:?} does not exist on this host: create it, or give its uid"
+            ))
+        })?),
+        (None, None) => None,
+    };
+    if o.cgroup.is_none() && uid.is_none() {
+        return Err(at(
+            "names no owner: set cgroup (the service's cgroup2 directory), uid or user, or both"
+                .into(),
+        ));
+    }
+    Ok((
+        port,
+        PortOwner {
+            cgroup: o.cgroup.clone(),
+            uid,
+        },
+    ))
+}
+
+/// The uid of user `name` (getpwnam_r).
+fn uid_of(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: passwd is plain data (integers and pointers); all-zero is a valid value.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the length passed; `result` is set to `&mut pwd` or
+    // null by the call.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(pwd.pw_uid)
 }
 
 fn from_table<T: DeserializeOwned>(
@@ -839,6 +983,7 @@ fn grpc_listener(l: RawGrpc) -> Result<ListenerConfig, String> {
     }
     Ok(ListenerConfig {
         identities: identities(l.identities)?,
+        intercept: l.intercept,
         limits: limits(l.max_connections, l.max_connections_per_identity)?,
         name: l.name,
         listen,
@@ -866,6 +1011,15 @@ fn grpc_listener(l: RawGrpc) -> Result<ListenerConfig, String> {
                 l.grpc_max_connection_idle,
                 1800.0,
             )?,
+            // grpc-go's defaults: no age limit, and no limit on the grace after it.
+            max_connection_age: l
+                .grpc_max_connection_age
+                .map(|s| seconds("grpc-max-connection-age", Some(s), 0.0))
+                .transpose()?,
+            max_connection_age_grace: l
+                .grpc_max_connection_age_grace
+                .map(|s| seconds("grpc-max-connection-age-grace", Some(s), 0.0))
+                .transpose()?,
             services,
         }),
     })
@@ -987,6 +1141,7 @@ fn mysql_listener(l: RawMysql) -> Result<ListenerConfig, String> {
     };
     Ok(ListenerConfig {
         identities: identities(l.identities)?,
+        intercept: l.intercept,
         limits: limits(l.max_connections, l.max_connections_per_identity)?,
         name: l.name,
         listen,
@@ -1234,6 +1389,94 @@ mod tests {
     }
 
     #[test]
+    fn kernel_owners_are_read_and_bad_ones_named() {
+        let c = parse("[kernel]\nprotected-ports = [16991, 16999]\n[[kernel.owner]]\nport = 16991\ncgroup = \"/sys/fs/cgroup/system.slice/vttablet.service\"\nuid = 999\n[[kernel.owner]]\nport = 16999\nuser = \"root\"\n")
+            .expect("valid owners");
+        let owners = c.kernel.expect("kernel").owners;
+        assert_eq!(
+            owners[&16991],
+            PortOwner {
+                cgroup: Some("/sys/fs/cgroup/system.slice/vttablet.service".into()),
+                uid: Some(999)
+            }
+        );
+        assert_eq!(
+            owners[&16999],
+            PortOwner {
+                cgroup: None,
+                uid: Some(0)
+            }
+        );
+        let k = "[kernel]\nprotected-ports = [16991]\n[[kernel.owner]]\n";
+        for (owner, expected) in [
+            (
+                "port = 17000\nuid = 1\n",
+                "[[kernel.owner]] port 17000: is not in [kernel] protected-ports",
+            ),
+            (
+                "port = 16991\n",
+                "[[kernel.owner]] port 16991: names no owner: set cgroup",
+            ),
+            (
+                "port = 16991\ncgroup = \"system.slice/x\"\n",
+                "cgroup system.slice/x is not an absolute path",
+            ),
+            (
+                "port = 16991\nuid = 1\nuser = \"root\"\n",
+                "set uid or user, not both",
+            ),
+            ("port = 16991\nuid = -1\n", "uid -1 is not a user id"),
+            (
+                "port = 16991\nuser = \"no-such-user-vtguard\"\n",
+                "user \"no-such-user-vtguard\" does not exist on this host",
+            ),
+            ("port = 16991\ngid = 1\n", "unknown field `gid`"),
+        ] {
+            let e = err(&format!("{k}{owner}"));
+            assert!(e.contains(expected), "{owner:?}: {e}");
+        }
+        let e = err(&format!(
+            "{k}port = 16991\nuid = 1\n[[kernel.owner]]\nport = 16991\nuid = 2\n"
+        ));
+        assert!(e.contains("port 16991 is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn intercept_needs_a_protected_upstream_and_one_listener_per_port() {
+        let l = |name: &str, listen: u16, upstream: u16| {
+            format!("[[listener]]\nname = \"{name}\"\nprotocol = \"grpc\"\nservice = \"vttablet\"\nlisten = \"127.0.0.1:{listen}\"\nupstream = \"127.0.0.1:{upstream}\"\ninsecure-plaintext = true\nintercept = true\n")
+        };
+        let c = parse(&format!(
+            "[kernel]\nprotected-ports = [16991]\n{}",
+            l("a", 15991, 16991)
+        ))
+        .expect("valid");
+        assert_eq!(c.kernel.expect("kernel").intercept, BTreeSet::from([16991]));
+        assert!(c.listeners[0].intercept);
+        for (text, expected) in [
+            (
+                format!("[kernel]\nprotected-ports = [1]\n{}", l("a", 15991, 16991)),
+                "listener \"a\": intercept needs the upstream's port protected: add 16991 to [kernel] protected-ports",
+            ),
+            (
+                l("a", 15991, 16991),
+                "listener \"a\": intercept is done by the kernel: add a [kernel] section with protected-ports = [16991]",
+            ),
+            (
+                format!("[kernel]\nprotected-ports = [16991]\n{}{}", l("a", 15991, 16991), l("b", 15992, 16991)),
+                "listener \"b\": another listener already intercepts port 16991: one listener per port",
+            ),
+            (
+                format!("[kernel]\nprotected-ports = [16991, 15991]\n{}", l("a", 15991, 16991)),
+                "listener \"a\": listens on protected port 15991",
+            ),
+        ] {
+            let e = err(&text);
+            assert!(e.contains(expected), "{e}");
+        }
+    }
+
+    #[test]
     fn upstream_tls_needs_a_ca() {
         let e = err("[[listener]]\nname = \"t\"\nprotocol = \"grpc\"\nservice = \"vttablet\"\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\ninsecure-plaintext = true\ntablet-grpc-server-name = \"vttablet server instance\"\n");
         assert!(
@@ -1372,6 +1615,16 @@ mod tests {
         let e = plain("grpc-max-connection-idle = 0\n");
         assert!(
             e.contains("grpc-max-connection-idle 0: use 0.1 to 604800 seconds"),
+            "{e}"
+        );
+        let e = plain("grpc-max-connection-age = -5\n");
+        assert!(
+            e.contains("grpc-max-connection-age -5: use 0.1 to 604800 seconds"),
+            "{e}"
+        );
+        let e = plain("grpc-max-connection-age-grace = 1e9\n");
+        assert!(
+            e.contains("grpc-max-connection-age-grace 1000000000: use 0.1 to 604800 seconds"),
             "{e}"
         );
         let e = err(&listener("grpc-cert = \"/c\"\n"));

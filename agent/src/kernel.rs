@@ -6,7 +6,9 @@
 //! Fail closed: the pinned links keep the programs attached after the agent exits or dies.
 //! Only [`detach`] (`vtguard kernel detach`) removes them.
 
+mod addrs;
 mod events;
+mod owner;
 mod policy;
 mod socket;
 mod status;
@@ -36,7 +38,9 @@ use vtguard_common::{
     LAYOUT_VERSION,
 };
 
+pub use addrs::node_addresses;
 pub use events::{Denial, EventReader};
+pub use owner::{check_listeners, listening_sockets, ListeningSocket, NotOwner, PortOwner};
 pub use policy::{IdentityTable, KernelPolicy, PolicySummary};
 pub use socket::{FlowRecord, Registration, Upstream};
 pub use status::{detach, detach_forced, DetachReport, KernelStatus, LinkStatus};
@@ -53,6 +57,12 @@ pub struct KernelConfig {
     pub cgroup: Option<PathBuf>,
     /// The kernel half of policy: protected ports, and who may reach each.
     pub policy: KernelPolicy,
+    /// The bind guard: who may bind each protected port (`[[kernel.owner]]`). A protected
+    /// port without an owner may be bound by anyone.
+    pub owners: std::collections::BTreeMap<u16, PortOwner>,
+    /// Protected ports whose new connections the lookup program hands to a vtguard listener
+    /// (listeners with `intercept = true`). Empty: the lookup program is not attached.
+    pub intercept: std::collections::BTreeSet<u16>,
 }
 
 /// The eBPF object, built by `cargo xtask build-ebpf` and committed.
@@ -109,6 +119,11 @@ pub enum Error {
     },
     #[error("socket: {0}")]
     Socket(io::Error),
+    #[error("[[kernel.owner]] port {port}: {detail}")]
+    Owner { port: u16, detail: String },
+    /// Whoever listens where the upstream connection landed is not the port's owner.
+    #[error("{0}")]
+    NotOwner(#[from] NotOwner),
 }
 
 /// Whether to attach the programs (the agent) or only open the maps (benchmark baselines).
@@ -149,6 +164,11 @@ pub struct Kernel {
     flows: socket::Flows,
     route_sources: socket::RouteSources,
     events: Mutex<Option<RingBuf<MapData>>>,
+    owners: std::sync::Arc<Mutex<owner::Owners>>,
+    local_addrs: std::sync::Arc<Mutex<addrs::LocalAddrs>>,
+    /// Intercepted ports, in LISTENERS slot order.
+    intercept: Vec<u16>,
+    listeners: Mutex<aya::maps::SockMap<MapData>>,
     recent: Mutex<Array<MapData, DenyEvent>>,
     tally: events::DenialTally,
     // Held while the agent runs: a second agent on the same folder is refused.
@@ -156,7 +176,9 @@ pub struct Kernel {
 }
 
 /// Program name, ELF section (for messages), link pin file name.
-const PROGRAMS: [(&str, &str); 3] = [
+const PROGRAMS: [(&str, &str); 5] = [
+    (prog_names::BIND4, "cgroup/bind4"),
+    (prog_names::BIND6, "cgroup/bind6"),
     (prog_names::CONNECT4, "cgroup/connect4"),
     (prog_names::CONNECT6, "cgroup/connect6"),
     (prog_names::INGRESS, "cgroup_skb/ingress"),
@@ -227,7 +249,7 @@ impl Kernel {
                     source,
                 })?;
         }
-        let result = Self::start_in(&dir, cgroup, &cfg.policy, attach);
+        let result = Self::start_in(&dir, cgroup, cfg, attach);
         if result.is_err() && created_dir {
             remove_pins(&dir);
         }
@@ -237,9 +259,10 @@ impl Kernel {
     fn start_in(
         dir: &Path,
         cgroup: PathBuf,
-        kernel_policy: &KernelPolicy,
+        cfg: &KernelConfig,
         attach: Attach,
     ) -> Result<Self, Error> {
+        let kernel_policy = &cfg.policy;
         let lock = lock_pin_dir(dir)?;
         check_layout(dir)?;
         let mut ebpf = EbpfLoader::new()
@@ -281,8 +304,40 @@ impl Kernel {
             "kernel policy installed"
         );
 
+        // Owners too: the bind guard is right from its first verdict.
+        let mut owners = owner::Owners::open(dir, resolve_cgroup(None)?)?;
+        owners.set(&cfg.owners)?;
+        for port in &kernel_policy.protected_ports {
+            if !cfg.owners.contains_key(port) {
+                warn!(port, "protected port without an owner: any process may bind it while its service is down; set [[kernel.owner]] for it");
+            }
+        }
+        let owners = std::sync::Arc::new(Mutex::new(owners));
+        owner_watch(std::sync::Arc::downgrade(&owners));
+        // This node's addresses, before connect() is policed by them.
+        let local_addrs = addrs::start(dir)?;
+        let intercept: Vec<u16> = cfg.intercept.iter().copied().collect();
+        write_intercept(dir, &intercept)?;
+
         let attachments = match attach {
-            Attach::Yes => attach_all(&mut ebpf, dir, &cgroup)?,
+            Attach::Yes => {
+                // The lookup program first: when this kernel refuses it, nothing is attached.
+                let lookup = attach_lookup(&mut ebpf, dir, !intercept.is_empty())?;
+                let mut attachments = match attach_all(&mut ebpf, dir, &cgroup) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        if lookup
+                            .as_ref()
+                            .is_some_and(|l| l.origin == Origin::Attached)
+                        {
+                            let _ = fs::remove_file(link_pin(dir, prog_names::LOOKUP));
+                        }
+                        return Err(e);
+                    }
+                };
+                attachments.extend(lookup);
+                attachments
+            }
             Attach::MapsOnly => Vec::new(),
         };
         // The links are pinned (or unneeded): dropping the loaded object detaches nothing.
@@ -300,6 +355,10 @@ impl Kernel {
             flows,
             route_sources: Default::default(),
             events: Mutex::new(Some(open_map(dir, map_names::EVENTS)?)),
+            owners,
+            local_addrs,
+            intercept,
+            listeners: Mutex::new(open_map(dir, map_names::LISTENERS)?),
             recent: Mutex::new(recent),
             tally: events::DenialTally::default(),
             _lock: lock,
@@ -325,6 +384,60 @@ impl Kernel {
     /// the new one is written into the inactive generation, then the generation flips.
     pub fn apply_policy(&self, policy: &KernelPolicy) -> Result<PolicySummary, Error> {
         self.policy.lock().install(policy, &self.identities)
+    }
+
+    /// Replaces the bind guard's owners (a config reload).
+    pub fn set_owners(
+        &self,
+        owners: &std::collections::BTreeMap<u16, PortOwner>,
+    ) -> Result<(), Error> {
+        self.owners.lock().set(owners)
+    }
+
+    /// The bind guard's owners, by port.
+    pub fn owners(&self) -> std::collections::BTreeMap<u16, PortOwner> {
+        self.owners.lock().configured().clone()
+    }
+
+    /// This node's addresses, as the connect hooks know them.
+    pub fn node_addresses(&self) -> std::collections::BTreeSet<std::net::IpAddr> {
+        self.local_addrs.lock().addresses().clone()
+    }
+
+    /// Puts `listener` (a vtguard listening socket) in charge of new connections to the
+    /// intercepted port `port` of its family (`ipv6`; a dual-stack socket is given for both).
+    pub fn intercept_with(
+        &self,
+        port: u16,
+        ipv6: bool,
+        listener: BorrowedFd<'_>,
+    ) -> Result<(), Error> {
+        let slot = self
+            .intercept
+            .iter()
+            .position(|p| *p == port)
+            .ok_or(Error::Owner {
+                port,
+                detail: "is not intercepted by this agent's configuration".into(),
+            })?;
+        let slot = slot as u32
+            + if ipv6 {
+                vtguard_common::INTERCEPT_V6_SLOTS
+            } else {
+                0
+            };
+        self.listeners
+            .lock()
+            .set(slot, &listener, 0)
+            .map_err(|source| Error::MapOp {
+                name: map_names::LISTENERS,
+                source,
+            })
+    }
+
+    /// The configured owner of `port`.
+    pub fn owner(&self, port: u16) -> Option<PortOwner> {
+        self.owners.lock().owner(port).cloned()
     }
 
     /// Decision counters, summed over CPUs, in [`vtguard_common::Counter`] order.
@@ -490,8 +603,14 @@ fn link_info(pin: &Path) -> Result<Attachment, aya::programs::links::LinkError> 
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(|n| n.strip_prefix("link_"))
-        .and_then(|n| PROGRAMS.iter().find(|(p, _)| *p == n))
-        .map_or("unknown", |(p, _)| *p);
+        .and_then(|n| {
+            PROGRAMS
+                .iter()
+                .map(|(p, _)| *p)
+                .chain([prog_names::LOOKUP])
+                .find(|p| *p == n)
+        })
+        .unwrap_or("unknown");
     Ok(Attachment {
         program: name,
         origin: Origin::Adopted,
@@ -518,10 +637,11 @@ fn attach_one(
     let (fd, attach_type) = match prog {
         Program::CgroupSockAddr(p) => {
             p.load().map_err(|e| refused(program_error(&e)))?;
-            let t = if name == prog_names::CONNECT4 {
-                sys::attach_type::CGROUP_INET4_CONNECT
-            } else {
-                sys::attach_type::CGROUP_INET6_CONNECT
+            let t = match name {
+                prog_names::CONNECT4 => sys::attach_type::CGROUP_INET4_CONNECT,
+                prog_names::CONNECT6 => sys::attach_type::CGROUP_INET6_CONNECT,
+                prog_names::BIND4 => sys::attach_type::CGROUP_INET4_BIND,
+                _ => sys::attach_type::CGROUP_INET6_BIND,
             };
             (p.fd().map_err(|e| refused(program_error(&e)))?.as_fd(), t)
         }
@@ -565,6 +685,136 @@ fn program_error(e: &ProgramError) -> String {
             }
         }
         other => crate::telemetry::chain_line(other),
+    }
+}
+
+/// Writes which ports are intercepted, each with its LISTENERS slot (their order in
+/// `ports`); clears the rest. Until a listener puts its socket in its slot, a new connection to
+/// an intercepted port finds none and is refused.
+fn write_intercept(dir: &Path, ports: &[u16]) -> Result<(), Error> {
+    let mut map: Array<MapData, u32> = open_map(dir, map_names::INTERCEPT)?;
+    let op = |source| Error::MapOp {
+        name: map_names::INTERCEPT,
+        source,
+    };
+    for (slot, port) in ports.iter().enumerate() {
+        map.set(u32::from(*port), slot as u32 + 1, 0).map_err(op)?;
+    }
+    for port in 0..=u16::MAX {
+        if !ports.contains(&port) && matches!(map.get(&u32::from(port), 0), Ok(v) if v != 0) {
+            map.set(u32::from(port), 0, 0).map_err(op)?;
+        }
+    }
+    Ok(())
+}
+
+/// Attaches the lookup program to this network namespace when `wanted` (or adopts its pinned
+/// link); when not wanted, removes a link an earlier configuration left.
+fn attach_lookup(ebpf: &mut Ebpf, dir: &Path, wanted: bool) -> Result<Option<Attachment>, Error> {
+    use aya::programs::Program;
+    let pin = link_pin(dir, prog_names::LOOKUP);
+    if !wanted {
+        if pin.exists() {
+            info!("no listener intercepts: detaching the lookup program");
+            let _ = fs::remove_file(&pin);
+        }
+        return Ok(None);
+    }
+    if pin.exists() {
+        if let Ok(a) = link_info(&pin) {
+            return Ok(Some(Attachment {
+                origin: Origin::Adopted,
+                ..a
+            }));
+        }
+        let _ = fs::remove_file(&pin);
+    }
+    let refused = |detail: String| Error::Program {
+        name: prog_names::LOOKUP,
+        section: "sk_lookup",
+        detail,
+    };
+    let netns = fs::File::open("/proc/self/ns/net").map_err(|source| Error::Io {
+        what: "opening network namespace",
+        path: "/proc/self/ns/net".into(),
+        source,
+    })?;
+    let Some(Program::SkLookup(p)) = ebpf.program_mut(prog_names::LOOKUP) else {
+        return Err(refused("not in the embedded eBPF object".into()));
+    };
+    p.load().map_err(|e| refused(program_error(&e)))?;
+    let fd = p.fd().map_err(|e| refused(program_error(&e)))?;
+    let link = sys::bpf_link_create(fd.as_fd(), netns.as_fd(), sys::attach_type::SK_LOOKUP)
+        .map_err(|e| refused(format!("attach failed: {e}")))?;
+    sys::bpf_obj_pin(link.as_fd(), &pin).map_err(|e| Error::Pin {
+        path: pin.clone(),
+        detail: e.to_string(),
+    })?;
+    let a = link_info(&pin).map_err(|e| Error::Pin {
+        path: pin,
+        detail: e.to_string(),
+    })?;
+    Ok(Some(Attachment {
+        origin: Origin::Attached,
+        ..a
+    }))
+}
+
+/// Keeps the OWNERS map current while owner cgroups come and go: woken by inotify on each
+/// owner cgroup's nearest existing ancestor, and once a second in any case. Ends when the
+/// kernel handle is dropped.
+fn owner_watch(owners: std::sync::Weak<Mutex<owner::Owners>>) {
+    let spawned = std::thread::Builder::new()
+        .name("vtguard-owners".into())
+        .spawn(move || {
+            use inotify::{Inotify, WatchMask};
+            use std::os::fd::AsRawFd;
+            let mut inotify = match Inotify::init() {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    warn!(error = %e, "inotify unavailable: owner cgroups are looked at once a second");
+                    None
+                }
+            };
+            let mut watched: Vec<PathBuf> = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let Some(owners) = owners.upgrade() else { return };
+                let paths = {
+                    let mut o = owners.lock();
+                    if let Err(e) = o.refresh() {
+                        warn!(error = %e, "updating the bind guard's owners");
+                    }
+                    o.watch_paths()
+                };
+                drop(owners);
+                if let Some(i) = inotify.as_mut() {
+                    for p in paths {
+                        if watched.contains(&p) {
+                            continue;
+                        }
+                        let mask = WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_TO;
+                        if i.watches().add(&p, mask).is_ok() {
+                            watched.push(p);
+                        }
+                    }
+                    let mut pfd = libc::pollfd {
+                        fd: i.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd, for the inotify descriptor this thread owns.
+                    if unsafe { libc::poll(&mut pfd, 1, 1000) } > 0 {
+                        // Only the wake-up matters: everything is looked at again above.
+                        while i.read_events(&mut buf).is_ok_and(|mut ev| ev.next().is_some()) {}
+                    }
+                } else {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "could not start the owner cgroup watch: owners are written only at start and reload");
     }
 }
 

@@ -214,6 +214,7 @@ impl Metrics {
             dry_run: Mutex::default(),
             refused_outright: Counter::default(),
             limit_refused: Counter::default(),
+            upstream_not_owner: Counter::default(),
         }
     }
 }
@@ -240,6 +241,9 @@ pub struct ListenerMetrics {
     refused_outright: Counter,
     /// Connections refused by the listener's connection limits.
     limit_refused: Counter,
+    /// Upstream connections refused because the socket listening there was not the port's
+    /// owner's.
+    upstream_not_owner: Counter,
 }
 
 /// The series of one method.
@@ -310,6 +314,11 @@ impl ListenerMetrics {
         self.limit_refused.inc();
     }
 
+    /// An upstream connection dropped before anything was sent: not the owner's listener.
+    pub fn upstream_not_owner(&self) {
+        self.upstream_not_owner.inc();
+    }
+
     /// A MySQL command vtguard refuses without checking it.
     pub fn refused_outright(&self) {
         self.refused_outright.inc();
@@ -364,6 +373,7 @@ impl ListenerMetrics {
             refused,
             acl_dry_run_denials: self.dry_run.lock().values().map(Counter::get).sum(),
             limit_refused: self.limit_refused.get(),
+            upstream_not_owner: self.upstream_not_owner.get(),
         }
     }
 
@@ -684,6 +694,7 @@ mod tests {
                 refused: 2,
                 acl_dry_run_denials: 0,
                 limit_refused: 0,
+                upstream_not_owner: 0,
             }
         );
         let my = m1.get().expect("m1");
@@ -700,6 +711,7 @@ mod tests {
                 refused: 2,
                 acl_dry_run_denials: 3,
                 limit_refused: 0,
+                upstream_not_owner: 0,
             }
         );
     }

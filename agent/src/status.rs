@@ -89,6 +89,10 @@ pub struct ListenerCounts {
     /// Connections refused by `max-connections` or `max-connections-per-identity`.
     #[serde(default)]
     pub limit_refused: u64,
+    /// Upstream connections refused, nothing sent, because the socket listening there was not
+    /// the port's owner's (`[[kernel.owner]]`).
+    #[serde(default)]
+    pub upstream_not_owner: u64,
 }
 
 /// Open connections of one identity on one listener.
@@ -171,6 +175,7 @@ pub(crate) mod tests {
                         refused: 1,
                         acl_dry_run_denials: 0,
                         limit_refused: 0,
+                        upstream_not_owner: 0,
                     },
                 },
                 ListenerStatus {
@@ -247,7 +252,8 @@ pub(crate) mod tests {
                 "requests",
                 "service",
                 "tls",
-                "upstream"
+                "upstream",
+                "upstream_not_owner"
             ]
         );
         assert_eq!(v["listeners"][0]["protocol"], "grpc");

@@ -29,10 +29,37 @@ pub mod maps {
     pub const RECENT: &str = "VTG_RECENT";
     /// `Array<u32>[1]`: layout version of these maps (see [`super::LAYOUT_VERSION`]).
     pub const META: &str = "VTG_META";
+    /// `HashMap<u32 port, PortOwner>`: who may bind a protected port (the bind guard). A
+    /// protected port without an entry may be bound by anyone.
+    pub const OWNERS: &str = "VTG_OWNERS";
+    /// `HashMap<[u32; 4] address, u32>`: this node's addresses (IPv4 mapped), kept from
+    /// rtnetlink. connect() to a protected port is policed only towards these (and loopback).
+    pub const LOCAL_ADDRS: &str = "VTG_LOCAL_ADDRS";
+    /// `Array<u32>[65536]`: for an intercepted port, 1 + the [`LISTENERS`] slot of the
+    /// vtguard listener that takes its new connections; 0 when not intercepted.
+    pub const INTERCEPT: &str = "VTG_INTERCEPT";
+    /// `SockMap[MAX_INTERCEPT_LISTENERS]`: vtguard's listening sockets for interception.
+    pub const LISTENERS: &str = "VTG_LISTENERS";
+    /// `LruHashMap<FlowKey, FlowValue>`: connections the lookup program handed to vtguard; the
+    /// ingress filter admits their packets to vtguard's socket on the protected port.
+    pub const INTERCEPTED: &str = "VTG_INTERCEPTED";
 
     /// Every map the agent pins, in a fixed order.
-    pub const ALL: [&str; 9] = [
-        POLICY_GEN, PROTECTED, ACCESS, SOCKETS, FLOWS, COUNTERS, EVENTS, RECENT, META,
+    pub const ALL: [&str; 14] = [
+        POLICY_GEN,
+        PROTECTED,
+        ACCESS,
+        SOCKETS,
+        FLOWS,
+        COUNTERS,
+        EVENTS,
+        RECENT,
+        META,
+        OWNERS,
+        LOCAL_ADDRS,
+        INTERCEPT,
+        LISTENERS,
+        INTERCEPTED,
     ];
 }
 
@@ -44,15 +71,22 @@ pub mod programs {
     pub const CONNECT6: &str = "vtg_connect6";
     /// cgroup_skb/ingress: drops packets to a protected port outside recorded flows.
     pub const INGRESS: &str = "vtg_ingress";
+    /// cgroup/bind4: only a protected port's owner may bind it.
+    pub const BIND4: &str = "vtg_bind4";
+    /// cgroup/bind6.
+    pub const BIND6: &str = "vtg_bind6";
 
-    /// Every program, in the order the agent attaches them: connect() is policed before
-    /// packets are.
-    pub const ALL: [&str; 3] = [CONNECT4, CONNECT6, INGRESS];
+    /// Every program, in the order the agent attaches them: binds are guarded first (so no
+    /// impostor takes a port meanwhile), then connect() is policed before packets are.
+    pub const ALL: [&str; 5] = [BIND4, BIND6, CONNECT4, CONNECT6, INGRESS];
+    /// sk_lookup on the node's network namespace (attached only when a listener intercepts):
+    /// new connections to an intercepted port go to vtguard's listener.
+    pub const LOOKUP: &str = "vtg_lookup";
 }
 
 /// Bumped whenever a key or value layout below changes; pinned maps of another layout are
 /// not adopted.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Slots of [`maps::PROTECTED`]: one per port, per generation.
 pub const PROTECTED_SLOTS: u32 = 2 * 65_536;
@@ -85,6 +119,37 @@ pub struct AccessKey {
     pub port: u16,
     pub _pad: [u16; 3],
 }
+
+/// Value of [`maps::OWNERS`]: who may bind a protected port. Both conditions hold when both
+/// are set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortOwner {
+    /// The owner's cgroup2 id (its directory's inode number): the binding task must be in
+    /// that cgroup or below it. 0: any cgroup.
+    pub cgroup_id: u64,
+    /// Depth of that cgroup below the cgroup2 root (the root is 0), for
+    /// `bpf_get_current_ancestor_cgroup_id`.
+    pub cgroup_level: u32,
+    /// The owner's uid (real uid of the binding task), or [`ANY_UID`].
+    pub uid: u32,
+}
+
+/// Capacity of [`maps::LOCAL_ADDRS`].
+pub const MAX_LOCAL_ADDRS: u32 = 4096;
+/// Capacity of [`maps::LISTENERS`]: an IPv4 and an IPv6 socket for each of up to
+/// [`INTERCEPT_V6_SLOTS`] intercepted ports (a socket takes only its own family's connections).
+pub const MAX_INTERCEPT_LISTENERS: u32 = 64;
+/// Where the IPv6 sockets start in [`maps::LISTENERS`]: slot `s` (IPv4) pairs with
+/// `s + INTERCEPT_V6_SLOTS` (IPv6). Also the most ports one node intercepts.
+pub const INTERCEPT_V6_SLOTS: u32 = 32;
+/// Capacity of [`maps::INTERCEPTED`].
+pub const MAX_INTERCEPTED: u32 = 131_072;
+
+/// [`PortOwner::uid`] when any uid may bind.
+pub const ANY_UID: u32 = u32::MAX;
+/// Capacity of [`maps::OWNERS`].
+pub const MAX_OWNERS: u32 = 1024;
 
 /// Value of [`maps::SOCKETS`].
 #[repr(C)]
@@ -135,6 +200,8 @@ pub enum DenyReason {
     UnknownFlow = 3,
     /// A packet to a protected port whose headers could not be read.
     Malformed = 4,
+    /// bind() of a protected port by a task that is not the port's configured owner.
+    NotOwner = 5,
 }
 
 impl DenyReason {
@@ -145,6 +212,7 @@ impl DenyReason {
             2 => Some(Self::IdentityNotAllowed),
             3 => Some(Self::UnknownFlow),
             4 => Some(Self::Malformed),
+            5 => Some(Self::NotOwner),
             _ => None,
         }
     }
@@ -156,6 +224,7 @@ impl DenyReason {
             Self::IdentityNotAllowed => "identity_not_allowed",
             Self::UnknownFlow => "unknown_flow",
             Self::Malformed => "malformed_packet",
+            Self::NotOwner => "bind_not_owner",
         }
     }
 }
@@ -166,6 +235,10 @@ pub const HOOK_CONNECT4: u32 = 1;
 pub const HOOK_CONNECT6: u32 = 2;
 /// See [`HOOK_CONNECT4`].
 pub const HOOK_INGRESS: u32 = 3;
+/// See [`HOOK_CONNECT4`].
+pub const HOOK_BIND4: u32 = 4;
+/// See [`HOOK_CONNECT4`].
+pub const HOOK_BIND6: u32 = 5;
 
 /// One denial, written by the kernel programs into [`maps::EVENTS`].
 #[repr(C)]
@@ -241,10 +314,23 @@ pub enum Counter {
     IngressDeniedMalformed = 5,
     /// Events that did not fit in the ring buffer.
     EventsLost = 6,
+    /// bind() of a protected port by its owner.
+    BindAllowed = 7,
+    /// bind() of a protected port refused: not its owner.
+    BindDenied = 8,
+    /// connect() to a protected port number on another host: not this node's business.
+    ConnectOtherHost = 9,
+    /// New connections to an intercepted port handed to vtguard's listener.
+    LookupIntercepted = 10,
+    /// New connections to an intercepted port that vtguard opened (recorded flows), left to
+    /// the real service.
+    LookupPassedFlow = 11,
+    /// New connections to an intercepted port refused: no vtguard listener in the map.
+    LookupRefused = 12,
 }
 
 /// Number of slots in [`maps::COUNTERS`].
-pub const COUNTER_SLOTS: u32 = 7;
+pub const COUNTER_SLOTS: u32 = 13;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -256,6 +342,12 @@ impl Counter {
         Counter::IngressDeniedFlow,
         Counter::IngressDeniedMalformed,
         Counter::EventsLost,
+        Counter::BindAllowed,
+        Counter::BindDenied,
+        Counter::ConnectOtherHost,
+        Counter::LookupIntercepted,
+        Counter::LookupPassedFlow,
+        Counter::LookupRefused,
     ];
 
     /// A stable snake_case name, used in status output and metrics.
@@ -268,6 +360,12 @@ impl Counter {
             Self::IngressDeniedFlow => "ingress_denied_unknown_flow",
             Self::IngressDeniedMalformed => "ingress_denied_malformed",
             Self::EventsLost => "events_lost",
+            Self::BindAllowed => "bind_allowed",
+            Self::BindDenied => "bind_denied_not_owner",
+            Self::ConnectOtherHost => "connect_other_host",
+            Self::LookupIntercepted => "lookup_intercepted",
+            Self::LookupPassedFlow => "lookup_passed_own_flow",
+            Self::LookupRefused => "lookup_refused_no_listener",
         }
     }
 }
@@ -289,6 +387,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for DenyEvent {}
+    unsafe impl aya::Pod for PortOwner {}
 }
 
 #[cfg(test)]
@@ -302,6 +401,7 @@ mod tests {
         assert_eq!(size_of::<SocketEntry>(), 8);
         assert_eq!(size_of::<FlowKey>(), 36);
         assert_eq!(size_of::<FlowValue>(), 24);
+        assert_eq!(size_of::<PortOwner>(), 16);
         // 4*8 + 5*4 + 2*2 + 2*16 + 16 = 104
         assert_eq!(size_of::<DenyEvent>(), 104);
     }

@@ -10,7 +10,9 @@ use vtguard_common::{v4_mapped, Counter, DenyReason, HOOK_CONNECT4, HOOK_CONNECT
 
 use crate::{
     event::{emit, Denial},
-    policy::{count, generation, is_protected, may_reach, registered_identity},
+    policy::{
+        count, generation, intercept_slot, is_local, is_protected, may_reach, registered_identity,
+    },
 };
 
 const ALLOW: i32 = 1;
@@ -58,6 +60,12 @@ fn verdict(
     if !is_protected(gen, port) || sock_type == SOCK_DGRAM {
         return ALLOW;
     }
+    // Protected endpoints are this node's: the same port on another host is that node's
+    // business (its own vtguard).
+    if !is_local(daddr) {
+        count(Counter::ConnectOtherHost);
+        return ALLOW;
+    }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
     let (reason, identity) = match registered_identity(cookie) {
         Some(identity) if may_reach(gen, identity, port) => {
@@ -67,6 +75,12 @@ fn verdict(
         Some(identity) => {
             count(Counter::ConnectDeniedIdentity);
             (DenyReason::IdentityNotAllowed, identity)
+        }
+        // An intercepted port: the lookup program hands the connection to vtguard's listener,
+        // which asks for a certificate like any other caller's.
+        None if intercept_slot(port).is_some() => {
+            count(Counter::ConnectAllowed);
+            return ALLOW;
         }
         None => {
             count(Counter::ConnectDeniedUnregistered);

@@ -7,7 +7,7 @@ use vtguard_common::{v4_mapped, Counter, DenyReason, FlowKey, HOOK_INGRESS};
 
 use crate::{
     event::{emit, Denial},
-    policy::{count, generation, is_protected, FLOWS},
+    policy::{count, generation, is_protected, FLOWS, INTERCEPTED},
 };
 
 const PASS: i32 = 1;
@@ -50,6 +50,11 @@ fn check_flow(key: FlowKey, flags: u8, local_port: u16) -> i32 {
                 count(Counter::IngressAllowed);
                 return PASS;
             }
+        }
+        // A connection the lookup program handed to vtguard's own listener.
+        if INTERCEPTED.get_ptr(key).is_some() {
+            count(Counter::IngressAllowed);
+            return PASS;
         }
     }
     count(Counter::IngressDeniedFlow);

@@ -6,14 +6,25 @@
 //!   flow the agent recorded (it binds a registered socket, records its 4-tuple, then
 //!   connects), so a connection from another host (or a hand-made packet) never completes.
 //!
+//! - `bind` (cgroup/bind4, cgroup/bind6): only a protected port's configured owner (cgroup
+//!   and/or uid) may bind it, so no impostor can listen there while the service is down.
+//!
+//! - `lookup` (sk_lookup on the node's network namespace, when a listener intercepts): new
+//!   connections to an intercepted port go to vtguard's listening socket, except vtguard's own
+//!   (recorded flows); with no vtguard socket they are refused.
+//! - connect() is policed only towards this node's addresses (kept from rtnetlink): the same
+//!   port on another host is that node's business.
+//!
 //! Every program reads the active policy generation once and looks up only that generation, so
 //! a policy swap done by the agent is seen whole or not at all.
 #![no_std]
 #![no_main]
 
+mod bind;
 mod connect;
 mod event;
 mod ingress;
+mod lookup;
 mod policy;
 
 #[panic_handler]

@@ -64,6 +64,12 @@ impl Listener {
     }
 
     /// Listens on 127.0.0.1:`port` instead of any free port (the binary's listeners).
+    /// Listens on `addr` (`ip:port`).
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = addr.to_owned();
+        self
+    }
+
     pub fn port(mut self, port: u16) -> Self {
         self.listen = format!("127.0.0.1:{port}");
         self

@@ -6,7 +6,9 @@ pub mod fixtures;
 pub mod grpc;
 pub mod inproc;
 pub mod mysql;
+pub mod netns;
 pub mod pki;
+pub mod soak;
 pub mod upstream;
 
 use std::{
@@ -138,11 +140,22 @@ pub struct TestKernel {
 impl TestKernel {
     /// Attaches to `cgroup` (default: the cgroup2 root) and installs `policy`.
     pub fn start(policy: KernelPolicy, cgroup: Option<PathBuf>) -> Self {
+        Self::start_with_owners(policy, cgroup, Default::default())
+    }
+
+    /// [`TestKernel::start`] with the bind guard's owners.
+    pub fn start_with_owners(
+        policy: KernelPolicy,
+        cgroup: Option<PathBuf>,
+        owners: std::collections::BTreeMap<u16, vtguard_agent::kernel::PortOwner>,
+    ) -> Self {
         let dir = test_pin_dir();
         let cfg = KernelConfig {
             bpffs: dir.clone(),
             cgroup,
             policy,
+            owners,
+            intercept: Default::default(),
         };
         let kernel = Kernel::start(&cfg, Attach::Yes).expect("attach vtguard's programs");
         TestKernel {
@@ -158,6 +171,8 @@ impl TestKernel {
             bpffs: dir.clone(),
             cgroup: None,
             policy,
+            owners: Default::default(),
+            intercept: Default::default(),
         };
         let kernel = Kernel::start(&cfg, Attach::MapsOnly).expect("load vtguard's maps");
         TestKernel {
@@ -355,6 +370,44 @@ pub fn sh(cmd: &mut Command) -> (i32, String, String) {
         ),
         // A program that cannot be started fails like one that exits with an error.
         Err(e) => (-1, String::new(), format!("run {cmd:?}: {e}")),
+    }
+}
+
+/// A cgroup made for one test under the cgroup2 root; its tasks are moved back to the root
+/// and it is removed on drop.
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> Self {
+        let root = kernel::resolve_cgroup(None).expect("cgroup2 root");
+        let path = root.join(format!("vtguard-test-{name}-{}", std::process::id()));
+        std::fs::create_dir(&path)
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
+        TestCgroup { path }
+    }
+
+    /// Moves the tasks of the cgroup at `path` to the root and removes it.
+    pub fn remove_dir(path: &Path) {
+        let root = kernel::resolve_cgroup(None).expect("cgroup2 root");
+        if let Ok(procs) = std::fs::read_to_string(path.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = std::fs::write(root.join("cgroup.procs"), pid);
+            }
+        }
+        for _ in 0..50 {
+            if std::fs::remove_dir(path).is_ok() || !path.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        Self::remove_dir(&self.path);
     }
 }
 

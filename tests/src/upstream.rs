@@ -17,7 +17,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -58,6 +58,10 @@ pub struct Upstream {
     pub recorded: Arc<Mutex<Vec<Recorded>>>,
     /// Set when a `select sleep` stream saw its caller go away.
     pub cancelled: Arc<AtomicBool>,
+    /// Requests received so far, recorded or not.
+    pub served: Arc<AtomicU64>,
+    /// Whether requests are kept in `recorded` (benchmarks sending millions turn it off).
+    record: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -158,25 +162,35 @@ pub const VT_INSERT_TEST: [&str; 3] = ["1|alpha", "2|beta", "3|gamma"];
 /// The SQL the stand-ins answer from [`VT_INSERT_TEST`].
 pub const SELECT_TABLE: &str = "select id, msg from vt_insert_test";
 
-async fn handle(
-    req: Request<Incoming>,
+/// What every connection's handler shares.
+#[derive(Clone)]
+struct Shared {
     recorded: Arc<Mutex<Vec<Recorded>>>,
     cancelled: Arc<AtomicBool>,
-) -> Result<Response<Body>, Infallible> {
+    served: Arc<AtomicU64>,
+    record: Arc<AtomicBool>,
+}
+
+async fn handle(req: Request<Incoming>, shared: Shared) -> Result<Response<Body>, Infallible> {
+    let cancelled = shared.cancelled;
     let path = req.uri().path().to_owned();
     let headers = req.headers().clone();
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    recorded
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(Recorded {
-            path: path.clone(),
-            headers,
-            body: body.clone(),
-        });
+    shared.served.fetch_add(1, Ordering::Relaxed);
+    if shared.record.load(Ordering::Relaxed) {
+        shared
+            .recorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Recorded {
+                path: path.clone(),
+                headers,
+                body: body.clone(),
+            });
+    }
     let resp = match path.as_str() {
         "/queryservice.Query/Execute" => {
             let req: query::ExecuteRequest = decode_body(&body).unwrap_or_default();
@@ -288,19 +302,24 @@ impl Upstream {
             .await
             .expect("bind stand-in upstream");
         let addr = listener.local_addr().expect("addr");
-        let recorded = Arc::new(Mutex::new(Vec::new()));
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let (rec, can) = (Arc::clone(&recorded), Arc::clone(&cancelled));
+        let shared = Shared {
+            recorded: Arc::new(Mutex::new(Vec::new())),
+            cancelled: Arc::new(AtomicBool::new(false)),
+            served: Arc::new(AtomicU64::new(0)),
+            record: Arc::new(AtomicBool::new(true)),
+        };
+        let s = shared.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let (rec, can) = (Arc::clone(&rec), Arc::clone(&can));
+                // As grpc-go (vttablet, vtgate) does on every connection: without it, a
+                // response written in pieces waits for the peer's delayed ACK.
+                let _ = tcp.set_nodelay(true);
+                let s = s.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        handle(req, Arc::clone(&rec), Arc::clone(&can))
-                    });
+                    let svc = hyper::service::service_fn(move |req| handle(req, s.clone()));
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tcp), svc)
                         .await;
@@ -309,10 +328,17 @@ impl Upstream {
         });
         Upstream {
             addr,
-            recorded,
-            cancelled,
+            recorded: shared.recorded,
+            cancelled: shared.cancelled,
+            served: shared.served,
+            record: shared.record,
             task,
         }
+    }
+
+    /// Stops keeping requests in `recorded` (only `served` counts them from now on).
+    pub fn stop_recording(&self) {
+        self.record.store(false, Ordering::Relaxed);
     }
 
     /// What it received so far.

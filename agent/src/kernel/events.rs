@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tracing::warn;
 use vtguard_common::{
-    DenyEvent, DenyReason, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_INGRESS, RECENT_SLOTS,
+    DenyEvent, DenyReason, HOOK_BIND4, HOOK_BIND6, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_INGRESS,
+    RECENT_SLOTS,
 };
 
 use super::{Error, Kernel};
@@ -46,6 +47,8 @@ impl Denial {
             HOOK_CONNECT4 => "connect4",
             HOOK_CONNECT6 => "connect6",
             HOOK_INGRESS => "ingress",
+            HOOK_BIND4 => "bind4",
+            HOOK_BIND6 => "bind6",
             _ => "unknown",
         };
         let comm_len = ev
@@ -85,9 +88,14 @@ impl fmt::Display for Denial {
             }
             Ok(())
         } else {
+            let what = if self.hook.starts_with("bind") {
+                "bind of"
+            } else {
+                "connect to"
+            };
             write!(
                 f,
-                "connect to {} refused ({}): pid {} ({}) uid {} cgroup {}",
+                "{what} {} refused ({}): pid {} ({}) uid {} cgroup {}",
                 self.destination, self.reason, self.pid, self.comm, self.uid, self.cgroup_id
             )?;
             if let Some(id) = &self.identity {
@@ -252,7 +260,8 @@ impl EventReader<'_> {
 /// Userspace tally of the denials the agent has logged, by reason.
 #[derive(Debug, Default)]
 pub(super) struct DenialTally {
-    by_reason: [AtomicU64; 5],
+    /// Slot 0 for reasons this build does not know, then one per [`DenyReason`] value.
+    by_reason: [AtomicU64; 6],
 }
 
 impl DenialTally {
@@ -342,6 +351,20 @@ mod tests {
         assert_eq!(
             d.to_string(),
             "connect to [::1]:16991 refused (identity_not_allowed): pid 4242 (python3) uid 1000 cgroup 1 identity \"vtgate client 2\""
+        );
+    }
+
+    #[test]
+    fn bind_denial_names_the_impostor() {
+        let mut ev = event();
+        ev.reason = DenyReason::NotOwner as u32;
+        ev.hook = HOOK_BIND4;
+        ev.uid = 65534;
+        ev.daddr = v4_mapped(0);
+        let d = Denial::from_event(&ev, |_| None);
+        assert_eq!(
+            d.to_string(),
+            "bind of 0.0.0.0:16991 refused (bind_not_owner): pid 4242 (python3) uid 65534 cgroup 1"
         );
     }
 

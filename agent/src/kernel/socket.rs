@@ -197,10 +197,16 @@ impl Kernel {
         let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
         let stream = socket.connect(addr).await.map_err(Error::Socket);
         drop(registration);
-        Ok(Upstream {
+        let upstream = Upstream {
             stream: stream?,
             _flow: flow,
-        })
+        };
+        // Defence in depth behind the bind guard: nothing is sent on a connection until the
+        // socket listening there is known to be the port's owner's.
+        if let Some(owner) = self.owner(addr.port()) {
+            super::owner::check_listeners(addr, &owner)?;
+        }
+        Ok(upstream)
     }
 
     /// Blocking form of [`Kernel::connect`], for tools, tests and benchmarks.
@@ -214,6 +220,9 @@ impl Kernel {
         let result = socket.connect(&addr.into());
         drop(registration);
         result.map_err(Error::Socket)?;
+        if let Some(owner) = self.owner(addr.port()) {
+            super::owner::check_listeners(addr, &owner)?;
+        }
         Ok(Upstream {
             stream: socket.into(),
             _flow: flow,
@@ -315,7 +324,7 @@ fn source_address(dest: SocketAddr) -> io::Result<IpAddr> {
 }
 
 /// An address as the maps carry it: 16 bytes in network order, IPv4 as IPv4-mapped IPv6.
-fn words(ip: IpAddr) -> [u32; 4] {
+pub(super) fn words(ip: IpAddr) -> [u32; 4] {
     let octets = match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),

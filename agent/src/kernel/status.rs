@@ -15,7 +15,8 @@ use aya::{
 };
 use serde::{Deserialize, Serialize};
 use vtguard_common::{
-    maps as map_names, AccessKey, Counter, DenyEvent, FlowKey, FlowValue, SocketEntry, RECENT_SLOTS,
+    maps as map_names, AccessKey, Counter, DenyEvent, FlowKey, FlowValue, PortOwner, SocketEntry,
+    ANY_UID, RECENT_SLOTS,
 };
 
 use super::{events::Denial, link_pin, open_map, read_counters, sys, Error, PROGRAMS};
@@ -46,6 +47,19 @@ pub struct KernelStatus {
     pub flows: usize,
     pub counters: Vec<(Cow<'static, str>, u64)>,
     pub recent_denials: Vec<Denial>,
+    /// The bind guard, as the kernel holds it: who may bind each guarded port.
+    #[serde(default)]
+    pub owners: Vec<OwnerStatus>,
+}
+
+/// One entry of the bind guard's OWNERS map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerStatus {
+    pub port: u16,
+    /// The owner cgroup's id; `None` when any cgroup may bind, `Some(u64::MAX)` while the
+    /// owner cgroup does not exist (nobody may bind).
+    pub cgroup_id: Option<u64>,
+    pub uid: Option<u32>,
 }
 
 impl KernelStatus {
@@ -62,9 +76,13 @@ impl KernelStatus {
             });
         }
         let agent_running = sys::DirLock::try_lock(dir).ok().flatten().is_none();
+        // The lookup program is attached only when a listener intercepts.
+        let lookup = (vtguard_common::programs::LOOKUP, "sk_lookup");
         let links = PROGRAMS
             .iter()
-            .map(|&(program, section)| {
+            .copied()
+            .chain(link_pin(dir, lookup.0).exists().then_some(lookup))
+            .map(|(program, section)| {
                 let info = PinnedLink::from_pin(link_pin(dir, program))
                     .ok()
                     .and_then(|p| FdLink::from(p).info().ok());
@@ -94,7 +112,22 @@ impl KernelStatus {
             flows: 0,
             counters: Vec::new(),
             recent_denials: Vec::new(),
+            owners: Vec::new(),
         };
+        if let Ok(o) = open_map::<HashMap<MapData, u32, PortOwner>>(dir, map_names::OWNERS) {
+            st.owners = o
+                .iter()
+                .filter_map(Result::ok)
+                .filter_map(|(port, v)| {
+                    Some(OwnerStatus {
+                        port: u16::try_from(port).ok()?,
+                        cgroup_id: (v.cgroup_id != 0).then_some(v.cgroup_id),
+                        uid: (v.uid != ANY_UID).then_some(v.uid),
+                    })
+                })
+                .collect();
+            st.owners.sort_by_key(|o| o.port);
+        }
         if let Ok(g) = open_map::<Array<MapData, u32>>(dir, map_names::POLICY_GEN) {
             let gen = g.get(&0, 0).ok().map(|v| v & 1);
             st.generation = gen;
@@ -189,6 +222,28 @@ impl fmt::Display for KernelStatus {
             ports.join(", "),
             self.grants
         )?;
+        let guarded: BTreeSet<u16> = self.owners.iter().map(|o| o.port).collect();
+        for o in &self.owners {
+            let cgroup = match o.cgroup_id {
+                None => "any cgroup".to_owned(),
+                Some(u64::MAX) => "its cgroup (absent now: nobody may bind)".to_owned(),
+                Some(id) => format!("cgroup id {id}"),
+            };
+            let uid = o.uid.map_or("any uid".to_owned(), |u| format!("uid {u}"));
+            writeln!(f, "bind guard: port {}: {cgroup}, {uid}", o.port)?;
+        }
+        let unguarded: Vec<String> = self
+            .protected_ports
+            .difference(&guarded)
+            .map(u16::to_string)
+            .collect();
+        if !unguarded.is_empty() {
+            writeln!(
+                f,
+                "bind guard: none for port(s) {} (anyone may bind them: set [[kernel.owner]])",
+                unguarded.join(", ")
+            )?;
+        }
         writeln!(
             f,
             "sockets:    {} registered, {} flows recorded",
@@ -239,7 +294,8 @@ pub fn detach_forced(dir: &Path) -> Result<DetachReport, Error> {
     if !dir.exists() {
         return Ok(report);
     }
-    for (program, _) in PROGRAMS {
+    let lookup = (vtguard_common::programs::LOOKUP, "sk_lookup");
+    for (program, _) in PROGRAMS.into_iter().chain([lookup]) {
         let pin = link_pin(dir, program);
         if !pin.exists() {
             continue;

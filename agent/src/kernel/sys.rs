@@ -26,6 +26,9 @@ const BPF_LINK_DETACH: libc::c_long = 34;
 /// `enum bpf_attach_type` values vtguard uses.
 pub mod attach_type {
     pub const CGROUP_INET_INGRESS: u32 = 0;
+    pub const CGROUP_INET4_BIND: u32 = 8;
+    pub const CGROUP_INET6_BIND: u32 = 9;
+    pub const SK_LOOKUP: u32 = 36;
     pub const CGROUP_INET4_CONNECT: u32 = 10;
     pub const CGROUP_INET6_CONNECT: u32 = 11;
 }

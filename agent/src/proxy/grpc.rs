@@ -87,6 +87,12 @@ pub struct GrpcConfig {
     /// `grpc-max-connection-idle`: a connection without a request for this long is closed
     /// (GOAWAY).
     pub max_connection_idle: Duration,
+    /// `grpc-max-connection-age`: a connection older than this (±10 % jitter, so that clients
+    /// do not reconnect in step) gets GOAWAY; `None`: no limit.
+    pub max_connection_age: Option<Duration>,
+    /// `grpc-max-connection-age-grace`: how long requests in flight may still run after that
+    /// GOAWAY before the connection is closed; `None`: as long as they take.
+    pub max_connection_age_grace: Option<Duration>,
     /// Non-query services (vttablet only) and the identities (user or group) allowed on each.
     pub services: BTreeMap<String, BTreeSet<String>>,
 }
@@ -235,6 +241,14 @@ impl GrpcProxy {
         // Checked a few times per idle period (not every second on every connection).
         let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
         let mut tick = tokio::time::interval(period);
+        let age = self.cfg.max_connection_age.map(jittered);
+        let aged = async {
+            match age {
+                Some(age) => tokio::time::sleep(age).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(aged);
         loop {
             tokio::select! {
                 res = serve.as_mut() => {
@@ -245,6 +259,21 @@ impl GrpcProxy {
                 }
                 () = cut.as_mut() => {
                     info!(listener = %name, %peer, identity = who.as_deref().unwrap_or(""), "connection closed: policy no longer lets this identity reach the upstream");
+                    return;
+                }
+                () = aged.as_mut() => {
+                    info!(listener = %name, %peer, ?age, "closing a connection at its maximum age (grpc-max-connection-age)");
+                    serve.as_mut().graceful_shutdown();
+                    match self.cfg.max_connection_age_grace {
+                        Some(grace) => {
+                            if tokio::time::timeout(grace, serve.as_mut()).await.is_err() {
+                                info!(listener = %name, %peer, ?grace, "requests still in flight after grpc-max-connection-age-grace: connection closed");
+                            }
+                        }
+                        None => {
+                            let _ = serve.as_mut().await;
+                        }
+                    }
                     return;
                 }
                 _ = tick.tick() => {
@@ -298,6 +327,7 @@ impl GrpcProxy {
                 Status::permission_denied(format!("vtguard: {e}"))
             }
             DialError::Unavailable { detail, .. } => unavailable(detail),
+            DialError::NotOwner { .. } => Status::unavailable(format!("vtguard: {e}")),
         })?;
         match &self.upstream_tls {
             None => Ok(tcp),
@@ -335,6 +365,17 @@ struct Conn {
     /// may name different identities, and no upstream socket is ever shared between them.
     upstreams: AsyncMutex<HashMap<String, hyper::client::conn::http2::SendRequest<Full<Bytes>>>>,
     activity: Arc<Activity>,
+}
+
+/// `age` ± 10 %, from the clock's sub-second digits (spreading reconnects needs no real
+/// randomness).
+fn jittered(age: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    // 0.9 ..= 1.1
+    let factor = 0.9 + f64::from(nanos % 1_000_001) / 1_000_000.0 * 0.2;
+    age.mul_f64(factor)
 }
 
 /// Requests in flight on a connection and when the last one ended: how long it has been idle.

@@ -111,6 +111,10 @@ pub struct ListenerConfig {
     /// into the kernel's access list for the upstream port. `None`: the listener adds none.
     pub identities: Option<BTreeSet<String>>,
     pub limits: Limits,
+    /// `intercept`: new connections to the upstream's port, on every address of this node,
+    /// are handed to this listener by the kernel (the callers keep dialling the published
+    /// port).
+    pub intercept: bool,
 }
 
 /// What a listener speaks, and that protocol's settings.
@@ -150,6 +154,13 @@ pub enum DialError {
     KernelRefused {
         identity: String,
         upstream: SocketAddr,
+    },
+    /// Whoever listens on the upstream's port is not its owner (`[[kernel.owner]]`): nothing
+    /// was sent to it.
+    #[error("refusing upstream {upstream}: {detail}")]
+    NotOwner {
+        upstream: SocketAddr,
+        detail: String,
     },
     #[error("upstream {upstream} unavailable: {detail}")]
     Unavailable {
@@ -342,6 +353,14 @@ impl Core {
                     Err(DialError::KernelRefused {
                         identity: identity.to_owned(),
                         upstream,
+                    })
+                }
+                Err(kernel::Error::NotOwner(e)) => {
+                    warn!(listener = %self.name, identity = %identity, "upstream connection refused, nothing sent: {e}");
+                    self.metrics.upstream_not_owner();
+                    Err(DialError::NotOwner {
+                        upstream,
+                        detail: e.to_string(),
                     })
                 }
                 Err(e) => Err(unavailable(e.to_string())),

@@ -289,6 +289,10 @@ impl LoginError {
                 DialError::Unavailable { upstream, .. } => {
                     (er::UPSTREAM, format!("vtguard: upstream {upstream} unavailable"))
                 }
+                DialError::NotOwner { upstream, .. } => (
+                    er::UPSTREAM,
+                    format!("vtguard: upstream {upstream} unavailable: whoever listens there is not the port's owner, so nothing was sent (see the agent's log)"),
+                ),
             },
             Self::UpstreamGreeting(_) => (
                 er::UPSTREAM,
@@ -1231,6 +1235,7 @@ mod tests {
             protocol: super::listener::ProtocolConfig::Mysql(cfg.clone()),
             identities: None,
             limits: Default::default(),
+            intercept: false,
         };
         let deps = Deps {
             kernel: None,

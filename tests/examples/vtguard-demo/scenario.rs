@@ -271,6 +271,9 @@ pub async fn run(agent_bin: &Path) -> Report {
     }
     drop(agent);
     drop(mariadb);
+    // After the node agent is gone: its programs on the cgroup2 root would police the
+    // cluster nodes' loopback too.
+    cluster_steps(&mut r, agent_bin, &pki, root);
     r.say(&format!(
         "\n{} step(s): {} ok, {} failed, {} skipped",
         r.n,
@@ -343,6 +346,11 @@ fn plan(
     if kernel {
         let _ = vtguard_agent::kernel::detach(Path::new(PIN_DIR));
         config.push_str(&kernel_section(&protected, Some(Path::new(PIN_DIR)), &[]));
+        // The bind guard: the stand-in tablet runs in this (root) process, so its owner is
+        // uid 0; on a real node it is the vttablet unit's cgroup and user.
+        if tablet {
+            config.push_str(&format!("[[kernel.owner]]\nport = {TABLET}\nuid = 0\n"));
+        }
         config.push('\n');
     }
     let ids = |list: &[&str]| {
@@ -678,6 +686,21 @@ fn kernel_steps(r: &mut Report, a: &Agent) {
             None => Outcome::Failed(format!("no log line containing {needle:?}")),
         },
     );
+
+    // An impostor tablet: another user tries to listen on the tablet's port (as it could
+    // while vttablet restarts). Only the owner, uid 0 here, may bind it.
+    let (code, out, err) = sh(Command::new("python3").arg("-c").arg(format!(
+        "import os, socket\nos.setgid(65534); os.setuid(65534)\ns=socket.socket(socket.AF_INET6)\ntry:\n s.bind(('::', {TABLET})); print('bound')\nexcept OSError as e:\n print(e.strerror)"
+    )));
+    r.expect(
+        &format!("an impostor (python3 as uid 65534) binds [::]:{TABLET}, the tablet's port"),
+        "Operation not permitted",
+        if code == 0 {
+            Ok(out.trim().to_owned())
+        } else {
+            Err(format!("exit {code}: {}", err.trim()))
+        },
+    );
 }
 
 /// What an operator watches: `vtguard status` and the metrics endpoint.
@@ -864,6 +887,107 @@ async fn mysql_kernel_step(r: &mut Report, port: u16) {
             Outcome::Failed(format!(
                 "expected a refusal with errno 1 (EPERM); exit {code}: {first}"
             ))
+        },
+    );
+}
+
+/// A running cluster, simulated: nodes A and B (network namespaces on one switch, each with
+/// its own cgroup, pins and vtguard intercepting the tablet's published port). vtgate on A
+/// calls B's tablet at its published address; B's tablet calls A's (as VReplication does).
+fn cluster_steps(r: &mut Report, agent_bin: &Path, pki: &Pki, root: bool) {
+    use prost::Message;
+    use vtguard_tests::netns::{hex, in_ns, requests, Cluster, CALLER};
+    const TITLE: &str =
+        "a two-node cluster: vtguard on each node intercepts the tablet's published port";
+    if !root {
+        r.step(
+            TITLE,
+            Outcome::Skipped("not root: network namespaces and kernel programs need root".into()),
+        );
+        return;
+    }
+    let (code, _, _) = sh(Command::new("python3").args(["-c", "import grpc"]));
+    if code != 0 {
+        r.step(
+            TITLE,
+            Outcome::Skipped("python3 cannot import grpc (python3 -m pip install grpcio)".into()),
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    r.progress("making nodes A and B (network namespaces, cgroups) and starting their tablets and vtguards");
+    let own = 15991;
+    let mut cluster = Cluster::new(&['A', 'B'], tmp.path(), pki, TABLET, own);
+    for n in &mut cluster.nodes {
+        n.start_tablet(TABLET);
+        n.start_agent(agent_bin);
+    }
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    r.step(
+        TITLE,
+        Outcome::Ok(format!(
+            "node A {}, node B {}: stand-in tablets listen on {TABLET} (the port the topology publishes), vtguard on 127.0.0.1:{own} with intercept = true",
+            a.ip, b.ip
+        )),
+    );
+    let request = hex(&vtguard_proto::query::ExecuteRequest {
+        query: Some(vtguard_tests::upstream::bound(
+            "select * from vt_insert_test",
+        )),
+        ..Default::default()
+    }
+    .encode_to_vec());
+    let pki_dir = pki.dir().display().to_string();
+    let call = |from: &vtguard_tests::netns::ClusterNode, to: &str, client: &str, mode: &str| {
+        in_ns(
+            &from.ns,
+            CALLER,
+            &[
+                &from.cg(),
+                &format!("{to}:{TABLET}"),
+                &pki_dir,
+                &request,
+                mode,
+                client,
+            ],
+        )
+    };
+    let saw = |node: &vtguard_tests::netns::ClusterNode, who: &str| {
+        requests(&node.log)
+            .last()
+            .is_some_and(|req| req.contains(&hex(who.as_bytes())))
+    };
+    let out = call(a, &b.ip, "vtgate-client-1", "tls");
+    r.step(
+        &format!("vtgate on node A calls node B's tablet at {}:{TABLET} with its certificate (--tablet-grpc-*)", b.ip),
+        if out.starts_with("OK ") && saw(b, "vtgate client 1") {
+            Outcome::Ok("answered through B's vtguard; tablet B saw caller \"vtgate client 1\"".into())
+        } else {
+            Outcome::Failed(out)
+        },
+    );
+    let out = call(b, &a.ip, "vttablet-client-1", "tls");
+    r.step(
+        &format!(
+            "node B's tablet calls node A's at {}:{TABLET} (as VReplication does)",
+            a.ip
+        ),
+        if out.starts_with("OK ") && saw(a, "vttablet client 1") {
+            Outcome::Ok(
+                "answered through A's vtguard; tablet A saw caller \"vttablet client 1\"".into(),
+            )
+        } else {
+            Outcome::Failed(out)
+        },
+    );
+    let before = requests(&b.log).len();
+    let out = call(a, &b.ip, "vtgate-client-1", "plain");
+    r.step(
+        &format!("plaintext from node A to {}:{TABLET}", b.ip),
+        if out.starts_with("ERR UNAVAILABLE") && requests(&b.log).len() == before {
+            Outcome::Ok("refused: B's vtguard requires TLS; tablet B received nothing".into())
+        } else {
+            Outcome::Failed(out)
         },
     );
 }

@@ -58,6 +58,20 @@ fn vtguard(args: &[&str]) -> (i32, String, String) {
     sh(Command::new(vtguard_bin()).args(args))
 }
 
+/// Every kernel program vtguard attaches.
+const PROGRAMS: [&str; 5] = vtguard_common::programs::ALL;
+
+/// python3 (uid 0, this cgroup) binding 127.0.0.1:`port`: "OK" or "ERR <errno>".
+fn bind_errno(port: u16) -> String {
+    let (code, out, err) = sh(Command::new("python3").args([
+        "-c",
+        "import socket,sys\ns=socket.socket()\ntry:\n s.bind(('127.0.0.1',int(sys.argv[1]))); print('OK')\nexcept OSError as e:\n print('ERR %d' % e.errno)",
+        &port.to_string(),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    out.trim().to_owned()
+}
+
 fn link_ids(status_json: &str) -> Vec<u64> {
     let v: serde_json::Value = serde_json::from_str(status_json).expect("status is JSON");
     v["links"]
@@ -82,10 +96,13 @@ fn kill_9_keeps_ports_closed_and_a_restart_adopts_the_pins() {
     let _guard = PinGuard(pins.clone());
     let config = write_config(
         tmp.path(),
-        &kernel_section(
-            &[protected],
-            Some(&pins),
-            &[(protected, &["vtgate client 1"])],
+        &format!(
+            "{}[[kernel.owner]]\nport = {protected}\nuid = 4242\n",
+            kernel_section(
+                &[protected],
+                Some(&pins),
+                &[(protected, &["vtgate client 1"])],
+            )
         ),
     );
     let cfg = config.to_str().expect("utf-8 path");
@@ -94,7 +111,7 @@ fn kill_9_keeps_ports_closed_and_a_restart_adopts_the_pins() {
     let agent = start(&config);
     assert_eq!(
         vtguard_attachments(&cgroup).len(),
-        3,
+        PROGRAMS.len(),
         "one attachment per hook"
     );
     let r = py_connect(None, "127.0.0.1", protected, 3.0, "connect");
@@ -119,6 +136,11 @@ fn kill_9_keeps_ports_closed_and_a_restart_adopts_the_pins() {
         "{err}"
     );
 
+    // The bind guard: only uid 4242 may bind the port; the refusal is logged like a connect's.
+    assert_eq!(bind_errno(protected), "ERR 1", "bind of the protected port");
+    let line = agent.wait_for("\"reason\":\"bind_not_owner\"");
+    assert!(line.contains("\"comm\":\"python3\""), "{line}");
+
     let (code, before, err) = vtguard(&["kernel", "status", "--config", cfg, "--json"]);
     assert_eq!(code, 0, "{err}");
     let ids_before = link_ids(&before);
@@ -136,12 +158,21 @@ fn kill_9_keeps_ports_closed_and_a_restart_adopts_the_pins() {
         py_connect(None, "127.0.0.1", open, 3.0, "connect").outcome,
         "CONNECTED hello"
     );
+    // The bind guard too, agent or no agent.
+    assert_eq!(bind_errno(protected), "ERR 1", "bind after kill -9");
     let (code, text, err) = vtguard(&["kernel", "status", "--config", cfg]);
     assert_eq!(code, 0, "{err}");
     assert!(
         text.contains("not running (pinned programs keep enforcing)"),
         "{text}"
     );
+    assert!(
+        text.contains(&format!(
+            "bind guard: port {protected}: any cgroup, uid 4242"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("refused (bind_not_owner): pid"), "{text}");
     assert!(
         text.contains(&format!("protected ports [{protected}]")),
         "{text}"
@@ -153,13 +184,13 @@ fn kill_9_keeps_ports_closed_and_a_restart_adopts_the_pins() {
 
     // A restarted agent adopts the pins: same links, still one attachment per hook.
     let agent = start(&config);
-    for prog in ["vtg_connect4", "vtg_connect6", "vtg_ingress"] {
+    for prog in PROGRAMS {
         agent.wait_for(&format!("adopted {prog}"));
     }
     let attachments = vtguard_attachments(&cgroup);
     assert_eq!(
         attachments.len(),
-        3,
+        PROGRAMS.len(),
         "no second attachment: {attachments:#?}"
     );
     let (code, after, err) = vtguard(&["kernel", "status", "--config", cfg, "--json"]);
@@ -178,7 +209,7 @@ fn kill_9_keeps_ports_closed_and_a_restart_adopts_the_pins() {
     );
     let (code, out, err) = vtguard(&["kernel", "detach", "--config", cfg]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("detached 3 program(s)"), "{out}");
+    assert!(out.starts_with("detached 5 program(s)"), "{out}");
     assert!(
         vtguard_attachments(&cgroup).is_empty(),
         "detach removed every attachment"
@@ -297,7 +328,7 @@ fn bad_kernel_input_gets_one_line_naming_the_cause_and_the_fix() {
     refused(&body, &["in use by another running vtguard agent"]);
     assert_eq!(
         vtguard_attachments(&cgroup).len(),
-        3,
+        PROGRAMS.len(),
         "the second agent attached nothing"
     );
     drop(agent);

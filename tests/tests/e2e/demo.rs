@@ -36,7 +36,11 @@ async fn the_demo_runs_every_step_with_the_expected_outcome() {
         "denied: Select command denied to user 'vtgate client 2'",
         "EPERM (Operation not permitted)",
         "ERROR 1142 (42000)",
-        "cleanup: vtguard stopped; detached 3 kernel program(s)",
+        "binds [::]:16991, the tablet's port: ok\n       Operation not permitted",
+        "cleanup: vtguard stopped; detached 5 kernel program(s)",
+        "tablet B saw caller \"vtgate client 1\"",
+        "tablet A saw caller \"vttablet client 1\"",
+        "refused: B's vtguard requires TLS; tablet B received nothing",
     ] {
         assert!(out.contains(step), "{step:?} missing from:\n{out}");
     }

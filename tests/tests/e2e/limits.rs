@@ -97,6 +97,44 @@ async fn an_idle_grpc_connection_is_closed_at_grpc_max_connection_idle() {
     );
 }
 
+/// A busy connection is replaced at `grpc-max-connection-age` (GOAWAY, then the grace), and a
+/// gRPC client does not lose a call over it: it reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_grpc_connection_is_replaced_at_its_maximum_age_without_a_failed_call() {
+    use vtguard_proto::{query::ExecuteRequest, queryservice::query_client::QueryClient};
+    let pki = Pki::generate();
+    let up_port = free_port();
+    let _up = Upstream::start(up_port).await;
+    let toml = Listener::grpc("vttablet", ([127, 0, 0, 1], up_port).into())
+        .mtls(&pki)
+        .extra("grpc-max-connection-age = 1\ngrpc-max-connection-age-grace = 1\n")
+        .toml();
+    let l = start_listener(&toml, None).await;
+    let mut client = QueryClient::new(
+        vtguard_tests::grpc::tls_channel(&pki, l.addr, Some("vtgate-client-1"))
+            .await
+            .expect("connect"),
+    );
+    let started = Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < Duration::from_millis(3500) {
+        client
+            .execute(ExecuteRequest {
+                query: Some(vtguard_tests::upstream::bound("select 1")),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("call {calls} failed across the age limit: {e}"));
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connections = l.proxy.status().counts.connections;
+    assert!(
+        (3..=5).contains(&connections),
+        "a connection aged out about once a second over 3.5 s: {connections} connections for {calls} calls"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_mysql_session_is_closed_at_mysql_server_read_timeout_and_told_why() {
     if !mariadb_available(

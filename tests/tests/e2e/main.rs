@@ -10,6 +10,7 @@
 use std::path::Path;
 
 mod agent;
+mod bind_guard;
 mod cluster;
 mod demo;
 mod grpc;
@@ -18,6 +19,7 @@ mod grpc_bad_input;
 mod grpc_kernel;
 mod grpc_python;
 mod impostor;
+mod intercept;
 mod kernel;
 mod limits;
 mod mysql;
