@@ -108,6 +108,19 @@ pub fn spawn_ready(cmd: &mut Command) -> Bg {
     Bg(child)
 }
 
+/// `vtguard run --config <config>` from `bin`, started in network namespace `ns`.
+pub fn agent_in(ns: &str, bin: &Path, config: &Path) -> AgentProcess {
+    AgentProcess::spawn(
+        Path::new("nsenter"),
+        &[
+            &format!("--net=/var/run/netns/{ns}"),
+            &bin.display().to_string(),
+        ],
+        config,
+    )
+    .unwrap_or_else(|e| panic!("start vtguard in {ns}: {e}"))
+}
+
 /// A command run in network namespace `ns`. nsenter, not `ip netns exec`: that one mounts a
 /// fresh /sys, hiding the cgroup2 and bpffs mounts below it.
 pub fn in_node(ns: &str) -> Command {
@@ -172,15 +185,7 @@ impl ClusterNode {
 
     /// Starts `bin` (the agent) in the node with its config; returns once it intercepts.
     pub fn start_agent(&mut self, bin: &Path) {
-        let agent = AgentProcess::spawn(
-            Path::new("nsenter"),
-            &[
-                &format!("--net=/var/run/netns/{}", self.ns),
-                &bin.display().to_string(),
-            ],
-            &self.config,
-        )
-        .expect("start vtguard");
+        let agent = agent_in(&self.ns, bin, &self.config);
         agent.wait_for("come to this listener");
         self.agent = Some(agent);
     }

@@ -10,7 +10,6 @@
 //! Python grpcio too, with the client certificate a vtgate's `--tablet-grpc-cert` would hold.
 
 use std::{
-    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -18,7 +17,6 @@ use std::{
 use prost::Message;
 use vtguard_proto::query::ExecuteRequest;
 use vtguard_tests::{
-    agent::AgentProcess,
     fixtures::{kernel_section, Listener},
     free_port, kernel_tests_can_run,
     netns::*,
@@ -130,15 +128,7 @@ fn a_cluster_keeps_dialling_the_published_port_and_only_vtguard_reaches_the_tabl
     )
     .expect("config");
     let start = || {
-        let agent = AgentProcess::spawn(
-            Path::new("nsenter"),
-            &[
-                &format!("--net=/var/run/netns/{}", nodes.a),
-                &vtguard_bin().display().to_string(),
-            ],
-            &config,
-        )
-        .expect("start vtguard in node A");
+        let agent = agent_in(&nodes.a, vtguard_bin(), &config);
         agent.wait_for("kernel enforcement active");
         agent.wait_for("come to this listener");
         agent
@@ -524,15 +514,7 @@ fn a_mysql_client_on_another_node_reaches_mariadb_at_its_port_only_through_vtgua
     )
     .expect("config");
     let _unpin = PinGuard(pins.clone());
-    let agent = AgentProcess::spawn(
-        Path::new("nsenter"),
-        &[
-            &format!("--net=/var/run/netns/{}", nodes.a),
-            &vtguard_bin().display().to_string(),
-        ],
-        &config,
-    )
-    .expect("start vtguard in node A");
+    let agent = agent_in(&nodes.a, vtguard_bin(), &config);
     agent.wait_for("come to this listener");
     let pki_dir = pki.dir().display().to_string();
     let port = db.port.to_string();
