@@ -108,6 +108,16 @@ pub fn spawn_ready(cmd: &mut Command) -> Bg {
     Bg(child)
 }
 
+/// The hex of the Execute request the stand-in callers send (CALLER's `req` argument).
+pub fn execute_request_hex() -> String {
+    use prost::Message;
+    hex(&vtguard_proto::query::ExecuteRequest {
+        query: Some(crate::upstream::bound("select * from vt_insert_test")),
+        ..Default::default()
+    }
+    .encode_to_vec())
+}
+
 /// `vtguard run --config <config>` from `bin`, started in network namespace `ns`.
 pub fn agent_in(ns: &str, bin: &Path, config: &Path) -> AgentProcess {
     AgentProcess::spawn(

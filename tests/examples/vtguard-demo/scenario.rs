@@ -895,8 +895,7 @@ async fn mysql_kernel_step(r: &mut Report, port: u16) {
 /// its own cgroup, pins and vtguard intercepting the tablet's published port). vtgate on A
 /// calls B's tablet at its published address; B's tablet calls A's (as VReplication does).
 fn cluster_steps(r: &mut Report, agent_bin: &Path, pki: &Pki, root: bool) {
-    use prost::Message;
-    use vtguard_tests::netns::{hex, in_ns, requests, Cluster, CALLER};
+    use vtguard_tests::netns::{execute_request_hex, hex, in_ns, requests, Cluster, CALLER};
     const TITLE: &str =
         "a two-node cluster: vtguard on each node intercepts the tablet's published port";
     if !root {
@@ -930,13 +929,7 @@ fn cluster_steps(r: &mut Report, agent_bin: &Path, pki: &Pki, root: bool) {
             a.ip, b.ip
         )),
     );
-    let request = hex(&vtguard_proto::query::ExecuteRequest {
-        query: Some(vtguard_tests::upstream::bound(
-            "select * from vt_insert_test",
-        )),
-        ..Default::default()
-    }
-    .encode_to_vec());
+    let request = execute_request_hex();
     let pki_dir = pki.dir().display().to_string();
     let call = |from: &vtguard_tests::netns::ClusterNode, to: &str, client: &str, mode: &str| {
         in_ns(

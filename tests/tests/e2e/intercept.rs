@@ -14,8 +14,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prost::Message;
-use vtguard_proto::query::ExecuteRequest;
 use vtguard_tests::{
     fixtures::{kernel_section, Listener},
     free_port, kernel_tests_can_run,
@@ -136,19 +134,8 @@ fn a_cluster_keeps_dialling_the_published_port_and_only_vtguard_reaches_the_tabl
     let _unpin = PinGuard(pins.clone());
     let agent = start();
 
-    let request = hex(&ExecuteRequest {
-        query: Some(vtguard_tests::upstream::bound(
-            "select * from vt_insert_test",
-        )),
-        ..Default::default()
-    }
-    .encode_to_vec());
-    let pki_dir = pki
-        .path("root.pem")
-        .parent()
-        .expect("pki dir")
-        .display()
-        .to_string();
+    let request = execute_request_hex();
+    let pki_dir = pki.dir().display().to_string();
     let call = |ns: &str, cgroup: &str, host: &str, mode: &str| {
         in_ns(
             ns,
@@ -329,19 +316,8 @@ fn three_nodes_reach_each_others_tablets_only_through_their_vtguard() {
         n.start_tablet(tablet);
         n.start_agent(vtguard_bin());
     }
-    let request = hex(&ExecuteRequest {
-        query: Some(vtguard_tests::upstream::bound(
-            "select * from vt_insert_test",
-        )),
-        ..Default::default()
-    }
-    .encode_to_vec());
-    let pki_dir = pki
-        .path("root.pem")
-        .parent()
-        .expect("pki dir")
-        .display()
-        .to_string();
+    let request = execute_request_hex();
+    let pki_dir = pki.dir().display().to_string();
     let ip = |c: &Cluster, n: char| {
         c.nodes
             .iter()
