@@ -56,7 +56,7 @@ impl LocalAddrs {
             source,
         };
         // Add first, then remove: an address present in both lists is never missing.
-        for a in addrs.difference(&self.written.clone()) {
+        for a in addrs.difference(&self.written) {
             self.map.insert(words(*a), 1, 0).map_err(op)?;
         }
         let wanted: BTreeSet<[u32; 4]> = addrs.iter().map(|a| words(*a)).collect();
